@@ -11,6 +11,7 @@ the types without pulling in the state machine of the core.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 
 from .log import LogEntry, LogIndex, Membership, SnapshotMeta, Term
@@ -92,6 +93,7 @@ class AppendEntriesRequest:
     receiver: str = ""
     # Echoed by heartbeat responses so the leader can confirm ReadIndex rounds (§6.4).
     read_ctx: int = 0
+    heartbeat: bool = False
 
     @property
     def sender(self) -> str:
@@ -127,6 +129,7 @@ class AppendEntriesResponse:
     hint_term: Term = Term(0)
     receiver: str = ""
     read_ctx: int = 0
+    heartbeat: bool = False
 
     @property
     def sender(self) -> str:
@@ -285,15 +288,20 @@ class ConfigChange:
             addrs[self.node_id] = self.address
         return Membership.of(voters, learners, addrs)
 
-    def encode(self) -> bytes:
-        body = f"{int(self.type)}\x00{self.node_id}\x00{self.address}"
-        return body.encode("utf-8")
+    def encode(self, result: Membership) -> bytes:
+        """Entry payload: the change and the membership it results in (self-contained, so
+        the configuration at any index is read from one entry, never replayed)."""
+        body = {"type": int(self.type), "node": self.node_id, "address": self.address,
+                "membership": result.to_dict()}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     @classmethod
-    def decode(cls, data: bytes) -> ConfigChange:
+    def decode(cls, data: bytes) -> tuple[ConfigChange, Membership]:
         try:
-            t, node, addr = bytes(data).decode("utf-8").split("\x00")
-            return cls(type=ConfigChangeType(int(t)), node_id=node, address=addr)
-        except (ValueError, UnicodeDecodeError) as exc:
+            body = json.loads(bytes(data).decode("utf-8"))
+            change = cls(type=ConfigChangeType(int(body["type"])), node_id=str(body["node"]),
+                         address=str(body.get("address", "")))
+            return change, Membership.from_dict(body["membership"])
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"malformed config change: {exc}") from None
 

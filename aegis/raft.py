@@ -1,0 +1,1291 @@
+"""RaftNode: the consensus core, a deterministic state machine with no I/O and no clock.
+
+Theory of operation
+-------------------
+Inputs: `tick()` (the only notion of time), `step(message)`, `propose(...)`,
+`propose_config_change(...)`, `read_index(ctx)`, `transfer_leadership(id)`.
+Outputs: a `Ready` batch (hard state, truncate point, entries, snapshot to install,
+messages, committed entries, read states, soft state). The driver persists what `Ready`
+asks, sends the messages, applies the committed entries, then calls `advance(ready)`.
+
+Invariants this module keeps (dissertation section in brackets):
+
+* `step` checks the term first, then dispatches on the message class to the current
+  role's handler (etcd's stepLeader/stepCandidate/stepFollower) [3.3].
+* One vote per term: `voted_for` is in the hard state, and every message that depends on
+  a new term or vote leaves in a `Ready` whose hard state the driver persists first [3.4].
+* Only entries of the current term commit by counting replicas [3.6.2, Figure 3.7].
+* A follower never truncates an entry that matches the leader's, so a reordered, shorter
+  AppendEntries cannot undo progress; nothing at or below `commit_index` is ever removed.
+* The leader counts itself only for entries its driver has persisted (advance), which lets
+  the driver write its own log in parallel with replication [10.2.1].
+* Membership changes one server at a time, taking effect when appended; at most one is
+  uncommitted, and none before the leader has committed an entry of its term [4.1, 4.4].
+* PreVote [9.6], CheckQuorum [6.2], and a leader-lease check on votes so a removed or
+  partitioned server cannot disrupt a stable leader [4.2.3].
+* ReadIndex [6.4]: a read is safe at the leader's commit index once a quorum confirmed
+  leadership after that index was recorded and the leader has committed in its term.
+
+Never imports trio, lmdb, socket or time; randomness comes from a seeded `random.Random`.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from .log import (
+    CompactedError,
+    EntryType,
+    HardState,
+    LogEntry,
+    LogIndex,
+    LogInvariantError,
+    LogStore,
+    Membership,
+    MemoryLogStore,
+    ReplicatedLog,
+    SnapshotMeta,
+    Term,
+    UnavailableError,
+)
+from .messages import (
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    ConfigChange,
+    ConfigChangeType,
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    RaftMessage,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
+
+__all__ = [
+    "RaftConfig",
+    "RaftState",
+    "Role",
+    "SoftState",
+    "ReadState",
+    "IncomingSnapshot",
+    "Ready",
+    "Progress",
+    "ProgressState",
+    "RaftNode",
+    "RaftError",
+    "NotLeaderError",
+    "ProposalDroppedError",
+    "ConfigChangeError",
+    # messages re-exported
+    "VoteRequest",
+    "VoteResponse",
+    "AppendEntriesRequest",
+    "AppendEntriesResponse",
+    "InstallSnapshotRequest",
+    "InstallSnapshotResponse",
+    "TimeoutNow",
+    "ReadIndexRequest",
+    "ReadIndexResponse",
+    "ConfigChange",
+    "ConfigChangeType",
+    "RaftMessage",
+]
+
+
+class RaftError(Exception):
+    """Root of the core's errors (aegis.errors.AegisError is its base once imported)."""
+
+
+class NotLeaderError(RaftError):
+    """This node cannot accept the proposal; `leader_id` is a hint (may be None)."""
+
+    def __init__(self, leader_id: str | None, message: str | None = None) -> None:
+        self.leader_id = leader_id
+        super().__init__(message or f"not the leader (leader: {leader_id or 'unknown'})")
+
+
+class ProposalDroppedError(RaftError):
+    """The leader refused the proposal (transfer in progress, removed, ...): nothing written."""
+
+
+class ConfigChangeError(RaftError):
+    """A membership change that is invalid or not allowed now: nothing written."""
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    """Tunables. Times are in ticks; the driver decides how long a tick is."""
+
+    election_timeout_min: int = 10
+    election_timeout_max: int = 20
+    heartbeat_interval: int = 2
+    snapshot_threshold: int = 10_000
+    max_entries_per_message: int = 4096
+    max_bytes_per_message: int = 1 << 20
+    max_inflight: int = 64
+    max_committed_bytes_per_ready: int = 16 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval < 1:
+            raise ValueError("heartbeat_interval must be >= 1 tick")
+        if self.election_timeout_min <= self.heartbeat_interval:
+            raise ValueError("election_timeout_min must exceed heartbeat_interval")
+        if self.election_timeout_max <= self.election_timeout_min:
+            raise ValueError("election_timeout_max must exceed election_timeout_min")
+        if self.max_inflight < 1 or self.max_entries_per_message < 1:
+            raise ValueError("max_inflight and max_entries_per_message must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class RaftState:
+    """The persistent state of Figure 3.1 plus the volatile commit index."""
+
+    current_term: Term
+    voted_for: str | None
+    commit_index: LogIndex
+    last_applied: LogIndex
+    last_log_index: LogIndex
+    last_log_term: Term
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    leader_id: str | None
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A read with context `ctx` may be served once the state machine applied `index`."""
+
+    ctx: int
+    index: LogIndex
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingSnapshot:
+    meta: SnapshotMeta
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """One batch of work for the driver. Persist first (hard_state, truncate_from, entries,
+    snapshot, membership), then send `messages`, then apply `committed_entries`, then call
+    `RaftNode.advance(ready)`.
+
+    AppendEntries requests from a leader whose term did not change in this Ready may be sent
+    before the leader's own write completes [10.2.1]; `send_before_persist` says whether that
+    holds for this batch.
+    """
+
+    hard_state: HardState | None = None
+    truncate_from: LogIndex | None = None
+    entries: tuple[LogEntry, ...] = ()
+    snapshot: IncomingSnapshot | None = None
+    membership: Membership | None = None
+    messages: tuple[RaftMessage, ...] = ()
+    committed_entries: tuple[LogEntry, ...] = ()
+    read_states: tuple[ReadState, ...] = ()
+    soft_state: SoftState | None = None
+    send_before_persist: bool = False
+
+    def is_empty(self) -> bool:
+        return (
+            self.hard_state is None
+            and self.truncate_from is None
+            and not self.entries
+            and self.snapshot is None
+            and self.membership is None
+            and not self.messages
+            and not self.committed_entries
+            and not self.read_states
+            and self.soft_state is None
+        )
+
+    def must_sync(self) -> bool:
+        """Whether the driver must fsync before sending (new entries, term or vote)."""
+        return bool(self.entries) or self.truncate_from is not None or self.snapshot is not None or (
+            self.hard_state is not None
+        )
+
+
+class ProgressState(enum.Enum):
+    PROBE = "probe"
+    REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
+
+
+@dataclass(slots=True)
+class Progress:
+    """The leader's view of one follower (match_index/next_index of Figure 3.1, plus flow control)."""
+
+    match_index: LogIndex = LogIndex(0)
+    next_index: LogIndex = LogIndex(1)
+    state: ProgressState = ProgressState.PROBE
+    probe_sent: bool = False
+    pending_snapshot: LogIndex = LogIndex(0)
+    recent_active: bool = False
+    inflight: deque[LogIndex] = field(default_factory=deque)
+    stalled_heartbeats: int = 0
+    last_heartbeat_match: LogIndex = LogIndex(0)
+
+    def become_probe(self) -> None:
+        if self.state == ProgressState.SNAPSHOT:
+            self.next_index = LogIndex(max(self.match_index + 1, self.pending_snapshot + 1))
+        else:
+            self.next_index = LogIndex(self.match_index + 1)
+        self.state = ProgressState.PROBE
+        self.probe_sent = False
+        self.pending_snapshot = LogIndex(0)
+        self.inflight.clear()
+        self.stalled_heartbeats = 0
+
+    def become_replicate(self) -> None:
+        self.state = ProgressState.REPLICATE
+        self.next_index = LogIndex(self.match_index + 1)
+        self.probe_sent = False
+        self.pending_snapshot = LogIndex(0)
+        self.inflight.clear()
+        self.stalled_heartbeats = 0
+
+    def become_snapshot(self, index: LogIndex) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = index
+        self.probe_sent = False
+        self.inflight.clear()
+
+    def maybe_update(self, n: LogIndex) -> bool:
+        """A success ack for `n`. Stale acks (n <= match) never move match_index."""
+        updated = False
+        if n > self.match_index:
+            self.match_index = n
+            updated = True
+            self.probe_sent = False
+        if n + 1 > self.next_index:
+            self.next_index = LogIndex(n + 1)
+        while self.inflight and self.inflight[0] <= n:
+            self.inflight.popleft()
+        return updated
+
+    def is_paused(self, max_inflight: int) -> bool:
+        if self.state == ProgressState.PROBE:
+            return self.probe_sent
+        if self.state == ProgressState.REPLICATE:
+            return len(self.inflight) >= max_inflight
+        return True
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    ctx: int
+    index: LogIndex
+    origin: str  # node id that asked (self for local reads)
+    round: int
+
+
+class RaftNode:
+    """The Raft core. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        node_id: str,
+        config: RaftConfig | None = None,
+        store: LogStore | None = None,
+        *,
+        peers: Iterable[str] = (),
+        state_machine: Any = None,
+    ) -> None:
+        self.id = str(node_id)
+        self.config = config or RaftConfig()
+        self.rng = random.Random(self.config.seed if self.config.seed is not None else None)
+        if store is None:
+            store = MemoryLogStore(Membership.of([self.id, *peers]))
+        self.log = ReplicatedLog(store)
+        hs, stored_membership = store.initial_state()
+        self.term: Term = hs.term
+        self.voted_for: str | None = hs.voted_for
+        self._persisted_hs = hs
+        self._bootstrap_membership = stored_membership
+        if not stored_membership.voters and not self.log.snapshot_meta().membership.voters:
+            self._bootstrap_membership = Membership.of([self.id, *peers])
+        self._configs: list[tuple[LogIndex, Membership]] = []
+        self._configs_gap = False
+        self._rebuild_configs(self.log.last_index())
+        self._persisted_membership: Membership | None = stored_membership
+        self.role = Role.FOLLOWER
+        self.leader_id: str | None = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = 0
+        self._reset_randomized_timeout()
+        self.votes: dict[str, bool] = {}
+        self.progress: dict[str, Progress] = {}
+        self.pending_conf_index: LogIndex = LogIndex(0)
+        self.lead_transferee: str | None = None
+        self._transfer_elapsed = 0
+        self._msgs: list[RaftMessage] = []
+        self._read_states: list[ReadState] = []
+        self._pending_reads: list[_PendingRead] = []
+        self._reads_awaiting_commit: list[tuple[int, str]] = []
+        self._read_round = 0
+        self._read_round_wanted = False
+        self._read_acks: dict[str, int] = {}
+        self._incoming_snapshot: IncomingSnapshot | None = None
+        self._applying: LogIndex = self.log.last_applied
+        self._prev_soft = SoftState(None, Role.FOLLOWER)
+        self._ready_outstanding = False
+        self._ready_state: tuple[HardState, SoftState, Membership] = (hs, self._prev_soft, self.membership)
+        self._outbox: list[RaftMessage] = []
+        # Convenience layer (the seed's API): an optional state machine the node applies to.
+        self.state_machine = state_machine
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def node_id(self) -> str:
+        return self.id
+
+    @property
+    def membership(self) -> Membership:
+        return self._configs[-1][1]
+
+    @property
+    def commit_index(self) -> LogIndex:
+        return self.log.commit_index
+
+    @property
+    def last_applied(self) -> LogIndex:
+        return self.log.last_applied
+
+    @property
+    def current_term(self) -> Term:
+        return self.term
+
+    def is_leader(self) -> bool:
+        return self.role == Role.LEADER
+
+    def is_voter(self) -> bool:
+        return self.id in self.membership.voters
+
+    def is_learner(self) -> bool:
+        return self.id in self.membership.learners
+
+    def state(self) -> RaftState:
+        return RaftState(
+            current_term=self.term,
+            voted_for=self.voted_for,
+            commit_index=self.log.commit_index,
+            last_applied=self.log.last_applied,
+            last_log_index=self.log.last_index(),
+            last_log_term=self.log.last_term(),
+        )
+
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.voted_for, self.log.commit_index)
+
+    def quorum(self) -> int:
+        return len(self.membership.voters) // 2 + 1
+
+    # ------------------------------------------------------------------ configuration
+    def add_peer(self, peer: str) -> None:
+        """Bootstrap helper (the seed's API): add a voter without going through the log.
+
+        Only for forming a cluster before any entry exists; a running cluster changes
+        membership with `propose_config_change`.
+        """
+        if self.log.last_index() > 0:
+            raise ConfigChangeError("add_peer is for bootstrap only; use propose_config_change")
+        m = self.membership
+        new = Membership.of(m.voters | {str(peer)}, m.learners - {str(peer)}, m.address_map())
+        self._bootstrap_membership = new
+        self._configs = [(LogIndex(0), new)]
+        if self.role == Role.LEADER:
+            self.progress.setdefault(str(peer), Progress(next_index=LogIndex(self.log.last_index() + 1)))
+
+    def _rebuild_configs(self, upto: LogIndex) -> None:
+        """Load the latest configuration in the log at or below `upto` [4.1: a server uses
+        the latest configuration in its log, committed or not]. Config entries carry the
+        whole membership, so one entry suffices; older ones are read lazily if needed."""
+        snap = self.log.snapshot_meta()
+        base = snap.membership if snap.index > 0 or snap.membership.voters else self._bootstrap_membership
+        self._configs = [(snap.index, base)]
+        self._configs_gap = False
+        found = self._scan_config(upto)
+        if found is not None:
+            self._configs.append(found)
+            self._configs_gap = True  # configs between the base and `found` were not loaded
+
+    def _scan_config(self, upto: LogIndex) -> tuple[LogIndex, Membership] | None:
+        idx = upto
+        first = self.log.first_index()
+        while idx >= first:
+            lo = LogIndex(max(first, idx - 255))
+            for e in reversed(self.log.slice(lo, LogIndex(idx + 1))):
+                if e.type == EntryType.CONFIG_CHANGE:
+                    try:
+                        _, m = ConfigChange.decode(e.data)
+                    except ValueError:
+                        continue
+                    return e.index, m
+            idx = LogIndex(lo - 1)
+        return None
+
+    def membership_at(self, index: LogIndex) -> Membership:
+        """The configuration in force at `index` (for snapshot metadata)."""
+        for pos in range(len(self._configs) - 1, -1, -1):
+            idx, m = self._configs[pos]
+            if idx <= index:
+                if pos == 0 and self._configs_gap:
+                    found = self._scan_config(index)
+                    return found[1] if found is not None else m
+                return m
+        found = self._scan_config(index)
+        return found[1] if found is not None else self._configs[0][1]
+
+    def _note_appended(self, entries: Sequence[LogEntry]) -> None:
+        for e in entries:
+            if e.type == EntryType.CONFIG_CHANGE:
+                try:
+                    _, m = ConfigChange.decode(e.data)
+                except ValueError:
+                    continue  # a malformed config entry changes nothing
+                self._configs.append((e.index, m))
+                if self.role == Role.LEADER:
+                    self._sync_progress()
+
+    def _note_truncated(self, index: LogIndex) -> None:
+        """Entries from `index` on are being replaced: fall back to the previous config."""
+        if self._configs[-1][0] < index:
+            return
+        while len(self._configs) > 1 and self._configs[-1][0] >= index:
+            self._configs.pop()
+        if len(self._configs) == 1 and self._configs_gap:
+            self._rebuild_configs(LogIndex(index - 1))
+
+    def _sync_progress(self) -> None:
+        members = self.membership.members
+        for nid in members:
+            if nid not in self.progress:
+                self.progress[nid] = Progress(
+                    next_index=LogIndex(self.log.last_index() + 1), recent_active=True
+                )
+        for nid in list(self.progress):
+            if nid not in members and nid != self.id:
+                del self.progress[nid]
+
+    def _send(self, m: RaftMessage) -> None:
+        self._msgs.append(m)
+
+    # ------------------------------------------------------------------ role changes
+    def _reset_randomized_timeout(self) -> None:
+        self.randomized_timeout = self.rng.randrange(
+            self.config.election_timeout_min, self.config.election_timeout_max
+        )
+
+    def _reset(self, term: Term) -> None:
+        if term != self.term:
+            self.term = term
+            self.voted_for = None
+        self.leader_id = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_randomized_timeout()
+        self.votes = {}
+        self.lead_transferee = None
+        self._transfer_elapsed = 0
+        self._fail_pending_reads()
+
+    def become_follower(self, term: Term, leader_id: str | None) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.leader_id = leader_id
+        self.progress = {}
+
+    def _become_pre_candidate(self) -> None:
+        # A pre-candidate keeps its term and vote: nothing durable changes [9.6].
+        self.role = Role.PRE_CANDIDATE
+        self.votes = {}
+        self.leader_id = None
+        self.election_elapsed = 0
+        self._reset_randomized_timeout()
+
+    def _become_candidate(self) -> None:
+        self._reset(Term(self.term + 1))
+        self.role = Role.CANDIDATE
+        self.voted_for = self.id
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        self.progress = {}
+        self._sync_progress()
+        stable_last = LogIndex(self.log.unstable_offset - 1)
+        for nid, pr in self.progress.items():
+            pr.recent_active = True
+            if nid == self.id:
+                pr.match_index = stable_last
+                pr.next_index = LogIndex(self.log.last_index() + 1)
+        # No config change until an entry of this term commits [4.4, the no-op-first fix].
+        self.pending_conf_index = self.log.last_index()
+        self._append_as_leader([(EntryType.NO_OP, b"", 0.0)])
+
+    # ------------------------------------------------------------------ time
+    def tick(self) -> None:
+        if self.role == Role.LEADER:
+            self._tick_leader()
+        else:
+            self._tick_election()
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.randomized_timeout and self._promotable():
+            self.election_elapsed = 0
+            self.campaign(pre_vote=self.config.pre_vote)
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_timeout_min:
+            self.election_elapsed = 0
+            if self.config.check_quorum and not self._check_quorum_active():
+                self.become_follower(self.term, None)
+                return
+            if self.lead_transferee is not None:
+                self.lead_transferee = None  # transfer timed out [3.10]
+        if self.role != Role.LEADER:
+            return
+        if self.heartbeat_elapsed >= self.config.heartbeat_interval:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat()
+
+    def _promotable(self) -> bool:
+        return self.id in self.membership.voters and self.log.pending_snapshot is None
+
+    def _check_quorum_active(self) -> bool:
+        """CheckQuorum [6.2]: a leader that has not heard from a majority steps down."""
+        active = 0
+        for nid in self.membership.voters:
+            if nid == self.id:
+                active += 1
+                continue
+            pr = self.progress.get(nid)
+            if pr is not None and pr.recent_active:
+                active += 1
+        for nid, pr in self.progress.items():
+            if nid != self.id:
+                pr.recent_active = False
+        return active >= self.quorum()
+
+    # ------------------------------------------------------------------ elections
+    def start_election(self) -> None:
+        """Start a real election now at term+1 (the seed's API; skips PreVote)."""
+        if not self._promotable():
+            raise ConfigChangeError(f"{self.id} is not a voter and cannot stand for election")
+        self.campaign(pre_vote=False)
+
+    def campaign(self, *, pre_vote: bool, transfer: bool = False) -> None:
+        if pre_vote:
+            self._become_pre_candidate()
+            term = Term(self.term + 1)
+        else:
+            self._become_candidate()
+            term = self.term
+        self.votes[self.id] = True
+        if self._tally() >= self.quorum():
+            if pre_vote:
+                self.campaign(pre_vote=False, transfer=transfer)
+            else:
+                self._become_leader()
+            return
+        last_index, last_term = self.log.last_index(), self.log.last_term()
+        for peer in sorted(self.membership.voters):
+            if peer == self.id:
+                continue
+            self._send(
+                VoteRequest(
+                    term=term,
+                    candidate_id=self.id,
+                    last_log_index=last_index,
+                    last_log_term=last_term,
+                    pre_vote=pre_vote,
+                    transfer=transfer,
+                    receiver=peer,
+                )
+            )
+
+    def _tally(self) -> int:
+        return sum(1 for nid, granted in self.votes.items() if granted and nid in self.membership.voters)
+
+    def _rejections(self) -> int:
+        return sum(1 for nid, granted in self.votes.items() if not granted and nid in self.membership.voters)
+
+    def handle_vote_response(self, resp: VoteResponse) -> None:
+        """The seed's API: feed a vote response (same as `step`)."""
+        self.step(resp)
+
+    # ------------------------------------------------------------------ step
+    def step(self, m: RaftMessage) -> None:
+        """Process one message. Term check first, then dispatch to the role's handler."""
+        if m.receiver and m.receiver != self.id:
+            return  # not for us
+        sender = m.sender
+        if sender == self.id:
+            return
+        if m.term > self.term:
+            if isinstance(m, VoteRequest):
+                in_lease = (
+                    self.config.check_quorum
+                    and self.leader_id is not None
+                    and self.election_elapsed < self.config.election_timeout_min
+                )
+                if in_lease and not m.transfer:
+                    return  # a leader is alive: ignore the disruptive candidate [4.2.3]
+                if not m.pre_vote:
+                    self.become_follower(m.term, None)
+            elif isinstance(m, VoteResponse) and m.pre_vote:
+                if not m.vote_granted:
+                    self.become_follower(m.term, None)
+                # a granted pre-vote carries our future term: no change
+            elif isinstance(m, (AppendEntriesRequest, InstallSnapshotRequest, TimeoutNow)):
+                self.become_follower(m.term, sender)
+            else:
+                self.become_follower(m.term, None)
+        elif m.term < self.term:
+            if isinstance(m, (AppendEntriesRequest, InstallSnapshotRequest)) and (
+                self.config.check_quorum or self.config.pre_vote
+            ):
+                # A stale leader (e.g. healed from a partition) learns the new term and steps
+                # down, instead of disrupting us with elections later.
+                self._send(AppendEntriesResponse(term=self.term, success=False, follower_id=self.id, receiver=sender))
+            elif isinstance(m, VoteRequest) and m.pre_vote:
+                self._send(VoteResponse(term=self.term, vote_granted=False, voter_id=self.id, pre_vote=True, receiver=sender))
+            return
+
+        if isinstance(m, VoteRequest):
+            self._handle_vote_request(m)
+            return
+        match self.role:
+            case Role.LEADER:
+                self._step_leader(m)
+            case Role.CANDIDATE | Role.PRE_CANDIDATE:
+                self._step_candidate(m)
+            case Role.FOLLOWER:
+                self._step_follower(m)
+
+    def _handle_vote_request(self, m: VoteRequest) -> None:
+        can_vote = (
+            self.voted_for == m.candidate_id
+            or (self.voted_for is None and self.leader_id is None)
+            or (m.pre_vote and m.term > self.term)
+        )
+        grant = (
+            can_vote
+            and self.id in self.membership.voters
+            and self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+        )
+        if grant and not m.pre_vote:
+            self.voted_for = m.candidate_id
+            self.election_elapsed = 0
+        self._send(
+            VoteResponse(
+                term=m.term if (m.pre_vote and grant) else self.term,
+                vote_granted=grant,
+                voter_id=self.id,
+                pre_vote=m.pre_vote,
+                receiver=m.candidate_id,
+            )
+        )
+
+    def _step_candidate(self, m: RaftMessage) -> None:
+        match m:
+            case VoteResponse():
+                if m.pre_vote != (self.role == Role.PRE_CANDIDATE):
+                    return  # a response to an earlier phase
+                self.votes.setdefault(m.voter_id, m.vote_granted)
+                if self._tally() >= self.quorum():
+                    if self.role == Role.PRE_CANDIDATE:
+                        self.campaign(pre_vote=False)
+                    else:
+                        self._become_leader()
+                elif self._rejections() >= self.quorum():
+                    self.become_follower(self.term, None)
+            case AppendEntriesRequest() | InstallSnapshotRequest():
+                self.become_follower(self.term, m.sender)
+                self._step_follower(m)
+            case TimeoutNow():
+                pass
+            case ReadIndexResponse():
+                pass
+            case _:
+                pass
+
+    def _step_follower(self, m: RaftMessage) -> None:
+        match m:
+            case AppendEntriesRequest():
+                self.election_elapsed = 0
+                self.leader_id = m.leader_id
+                self._handle_append(m)
+            case InstallSnapshotRequest():
+                self.election_elapsed = 0
+                self.leader_id = m.leader_id
+                self._handle_snapshot(m)
+            case TimeoutNow():
+                if self._promotable():
+                    self.campaign(pre_vote=False, transfer=True)
+            case ReadIndexResponse():
+                if m.success:
+                    self._read_states.append(ReadState(m.ctx, m.index))
+            case ReadIndexRequest():
+                # we are not the leader; the asker will time out and retry
+                pass
+            case _:
+                pass
+
+    # ------------------------------------------------------------------ follower side
+    def _handle_append(self, m: AppendEntriesRequest) -> None:
+        reply_base = dict(term=self.term, follower_id=self.id, receiver=m.leader_id,
+                          read_ctx=m.read_ctx, heartbeat=m.heartbeat)
+        if m.prev_log_index < self.log.commit_index:
+            # Everything up to our commit index matches the leader already (Log Matching);
+            # a reordered, older message must not truncate anything.
+            self._send(AppendEntriesResponse(success=True, match_index=self.log.commit_index, **reply_base))  # type: ignore[arg-type]
+            return
+        if self.log.matches(m.prev_log_index, m.prev_log_term):
+            last_new = LogIndex(m.prev_log_index + len(m.entries))
+            conflict = self.log.find_conflict(m.entries)
+            if conflict:
+                if conflict <= self.log.commit_index:
+                    raise LogInvariantError(
+                        f"leader {m.leader_id} conflicts with committed entry {conflict}"
+                    )
+                new = [e for e in m.entries if e.index >= conflict]
+                if conflict <= self.log.last_index():
+                    self._note_truncated(conflict)
+                self.log.append(new)
+                self._note_appended(new)
+            self.log.commit(LogIndex(min(m.leader_commit, last_new)))
+            self._send(AppendEntriesResponse(success=True, match_index=last_new, **reply_base))  # type: ignore[arg-type]
+            return
+        hint, hint_term = self.log.find_conflict_by_term(m.prev_log_index, m.prev_log_term)
+        self._send(
+            AppendEntriesResponse(
+                success=False,
+                reject_index=m.prev_log_index,
+                reject_hint=hint,
+                hint_term=hint_term,
+                **reply_base,  # type: ignore[arg-type]
+            )
+        )
+
+    def _handle_snapshot(self, m: InstallSnapshotRequest) -> None:
+        meta = m.snapshot
+        if meta.index <= self.log.commit_index:
+            self._send(InstallSnapshotResponse(term=self.term, follower_id=self.id,
+                                               match_index=self.log.commit_index, receiver=m.leader_id))
+            return
+        if self.log.matches(meta.index, meta.term):
+            # We already hold the entries the snapshot covers: just commit them.
+            self.log.commit(meta.index)
+            self._send(InstallSnapshotResponse(term=self.term, follower_id=self.id,
+                                               match_index=meta.index, receiver=m.leader_id))
+            return
+        self.log.restore(meta)
+        self._incoming_snapshot = IncomingSnapshot(meta, m.data)
+        self._configs = [(meta.index, meta.membership)]
+        self._applying = meta.index
+        self._send(InstallSnapshotResponse(term=self.term, follower_id=self.id,
+                                           match_index=meta.index, receiver=m.leader_id))
+
+    # ------------------------------------------------------------------ leader side
+    def _step_leader(self, m: RaftMessage) -> None:
+        match m:
+            case AppendEntriesResponse():
+                self._handle_append_response(m)
+            case InstallSnapshotResponse():
+                pr = self.progress.get(m.follower_id)
+                if pr is None:
+                    return
+                pr.recent_active = True
+                if m.success:
+                    pr.maybe_update(m.match_index)
+                pr.become_probe()
+                self._send_append(m.follower_id)
+            case ReadIndexRequest():
+                if m.sender_id not in self.progress:
+                    return
+                self._read_index_from(m.ctx, m.sender_id)
+            case VoteResponse() | TimeoutNow() | ReadIndexResponse():
+                pass
+            case AppendEntriesRequest() | InstallSnapshotRequest():
+                # Same term, two leaders: impossible unless a safety bug.
+                raise LogInvariantError(f"two leaders in term {self.term}: {self.id} and {m.sender}")
+            case _:
+                pass
+
+    def _handle_append_response(self, m: AppendEntriesResponse) -> None:
+        pr = self.progress.get(m.follower_id)
+        if pr is None:
+            return  # not a member (anymore)
+        pr.recent_active = True
+        if m.read_ctx:
+            self._ack_read(m.follower_id, m.read_ctx)
+        if not m.success:
+            if m.reject_index == 0 and m.reject_hint == 0 and m.match_index == 0 and m.hint_term == 0:
+                return  # a stale-term nudge, nothing to do in this term
+            self._handle_reject(m, pr)
+            return
+        old_paused = pr.is_paused(self.config.max_inflight)
+        if pr.maybe_update(m.match_index):
+            if pr.state == ProgressState.PROBE:
+                pr.become_replicate()
+            elif pr.state == ProgressState.SNAPSHOT and pr.match_index >= pr.pending_snapshot:
+                pr.become_probe()
+            if self._maybe_commit():
+                self._broadcast_append()
+            elif pr.match_index < self.log.last_index():
+                self._send_append(m.follower_id)
+            if m.follower_id == self.lead_transferee and pr.match_index == self.log.last_index():
+                self._send(TimeoutNow(term=self.term, leader_id=self.id, receiver=m.follower_id))
+        elif m.heartbeat:
+            self._heartbeat_ack(pr, m.follower_id)
+        elif old_paused and not pr.is_paused(self.config.max_inflight):
+            self._send_append(m.follower_id)
+
+    def _heartbeat_ack(self, pr: Progress, peer: str) -> None:
+        """A heartbeat ack that shows no progress: resend what may have been lost."""
+        if pr.state == ProgressState.PROBE:
+            pr.probe_sent = False
+        elif pr.state == ProgressState.REPLICATE:
+            if pr.next_index > pr.match_index + 1 and pr.match_index == pr.last_heartbeat_match:
+                pr.stalled_heartbeats += 1
+                if pr.stalled_heartbeats >= 3:
+                    pr.become_probe()  # pipelined messages were lost; probe again
+            else:
+                pr.stalled_heartbeats = 0
+            pr.last_heartbeat_match = pr.match_index
+        if pr.match_index < self.log.last_index():
+            self._send_append(peer)
+
+    def _handle_reject(self, m: AppendEntriesResponse, pr: Progress) -> None:
+        if pr.state == ProgressState.REPLICATE:
+            if m.reject_index <= pr.match_index:
+                return  # stale
+        elif pr.state == ProgressState.PROBE:
+            if m.reject_index != pr.next_index - 1:
+                return  # stale
+        else:
+            return
+        # Fast back-off: skip every entry of a term the follower does not have.
+        next_probe = m.reject_hint
+        if m.hint_term > 0:
+            next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.hint_term)
+        next_index = max(min(m.reject_index, next_probe + 1), pr.match_index + 1, 1)
+        pr.become_probe()
+        pr.next_index = LogIndex(next_index)
+        self._send_append(m.follower_id)
+
+    def _maybe_commit(self) -> bool:
+        voters = self.membership.voters
+        matches = sorted(
+            (self.progress[nid].match_index if nid in self.progress else LogIndex(0)) for nid in voters
+        )
+        if not matches:
+            return False
+        candidate = matches[len(matches) - self.quorum()]
+        if candidate <= self.log.commit_index:
+            return False
+        # Only entries of the current term commit by counting [Figure 3.7].
+        if self.log.term_or_none(candidate) != self.term:
+            return False
+        self.log.commit(candidate)
+        self._after_commit()
+        return True
+
+    def _after_commit(self) -> None:
+        if self._reads_awaiting_commit and self._committed_in_term():
+            waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
+            for ctx, origin in waiting:
+                self._read_index_from(ctx, origin)
+        # Removing the leader: it steps down once the change commits [4.2.2].
+        if self.id not in self.membership.voters and self._configs[-1][0] <= self.log.commit_index:
+            self.become_follower(self.term, None)
+
+    def _committed_in_term(self) -> bool:
+        return self.log.term_or_none(self.log.commit_index) == self.term
+
+    def _send_append(self, to: str, *, allow_empty: bool = False) -> bool:
+        pr = self.progress.get(to)
+        if pr is None or to == self.id:
+            return False
+        if pr.is_paused(self.config.max_inflight):
+            return False
+        prev = LogIndex(pr.next_index - 1)
+        prev_term = self.log.term_or_none(prev)
+        entries: list[LogEntry] = []
+        if prev_term is not None:
+            hi = LogIndex(min(self.log.last_index() + 1, pr.next_index + self.config.max_entries_per_message))
+            try:
+                entries = self.log.slice(pr.next_index, hi, self.config.max_bytes_per_message)
+            except CompactedError:
+                prev_term = None
+        if prev_term is None:
+            return self._send_snapshot(to, pr)
+        if not entries and not allow_empty and pr.state == ProgressState.REPLICATE:
+            return False
+        self._send(
+            AppendEntriesRequest(
+                term=self.term,
+                leader_id=self.id,
+                prev_log_index=prev,
+                prev_log_term=prev_term,
+                entries=tuple(entries),
+                leader_commit=self.log.commit_index,
+                receiver=to,
+            )
+        )
+        if entries:
+            last = entries[-1].index
+            if pr.state == ProgressState.REPLICATE:
+                pr.next_index = LogIndex(last + 1)
+                pr.inflight.append(last)
+            else:
+                pr.probe_sent = True
+        elif pr.state == ProgressState.PROBE:
+            pr.probe_sent = True
+        return True
+
+    def _send_snapshot(self, to: str, pr: Progress) -> bool:
+        if not pr.recent_active:
+            return False
+        meta = self.log.store.snapshot()
+        if meta.index == 0:
+            return False  # nothing to send yet (cannot happen once compacted)
+        pr.become_snapshot(meta.index)
+        self._send(InstallSnapshotRequest(term=self.term, leader_id=self.id, snapshot=meta, receiver=to))
+        return True
+
+    def report_snapshot(self, to: str, success: bool) -> None:
+        """The driver tells the core a snapshot send finished (or failed at the transport)."""
+        pr = self.progress.get(to)
+        if pr is None or pr.state != ProgressState.SNAPSHOT:
+            return
+        if not success:
+            pr.pending_snapshot = LogIndex(0)
+        pr.become_probe()
+        pr.probe_sent = success  # wait for the follower's answer before probing again
+
+    def report_unreachable(self, to: str) -> None:
+        pr = self.progress.get(to)
+        if pr is not None and pr.state == ProgressState.REPLICATE:
+            pr.become_probe()
+
+    def _broadcast_append(self) -> None:
+        for peer in sorted(self.progress):
+            if peer != self.id:
+                if not self._send_append(peer):
+                    pass
+
+    def _broadcast_heartbeat(self, read_ctx: int = 0) -> None:
+        for peer in sorted(self.progress):
+            if peer == self.id:
+                continue
+            pr = self.progress[peer]
+            prev = pr.match_index
+            prev_term = self.log.term_or_none(prev)
+            if prev_term is None:
+                prev, prev_term = LogIndex(0), Term(0)
+            self._send(
+                AppendEntriesRequest(
+                    term=self.term,
+                    leader_id=self.id,
+                    prev_log_index=prev,
+                    prev_log_term=prev_term,
+                    leader_commit=LogIndex(min(self.log.commit_index, pr.match_index)),
+                    receiver=peer,
+                    read_ctx=read_ctx,
+                    heartbeat=True,
+                )
+            )
+
+    # ------------------------------------------------------------------ proposals
+    def propose(self, command: Any, *, timestamp: float = 0.0) -> LogIndex:
+        """Append a client command (a `Command` or raw bytes). Returns its log index.
+
+        Raises NotLeaderError (with a leader hint) on a non-leader and ProposalDroppedError
+        during a leadership transfer: in both cases nothing was written.
+        """
+        data = command if isinstance(command, (bytes, bytearray)) else command.encode()
+        return self.propose_batch([bytes(data)], timestamp=timestamp)[0]
+
+    def propose_batch(self, payloads: Sequence[bytes], *, timestamp: float = 0.0) -> list[LogIndex]:
+        self._check_can_propose()
+        return self._append_as_leader([(EntryType.COMMAND, bytes(p), timestamp) for p in payloads])
+
+    def _check_can_propose(self) -> None:
+        if self.role != Role.LEADER:
+            raise NotLeaderError(self.leader_id)
+        if self.lead_transferee is not None:
+            raise ProposalDroppedError(f"leadership is being transferred to {self.lead_transferee}")
+
+    def propose_config_change(self, change: ConfigChange, *, timestamp: float = 0.0) -> LogIndex:
+        """One server at a time [4.1]; refused while another change is uncommitted or
+        before this leader has committed an entry of its term [4.4]."""
+        self._check_can_propose()
+        if self.pending_conf_index > self.log.commit_index or not self._committed_in_term():
+            raise ConfigChangeError("another membership change is in progress; try again")
+        try:
+            new = change.apply_to(self.membership)
+        except ValueError as exc:
+            raise ConfigChangeError(str(exc)) from None
+        if not new.voters:
+            raise ConfigChangeError("cannot remove the last voter")
+        idx = self._append_as_leader([(EntryType.CONFIG_CHANGE, change.encode(new), timestamp)])[0]
+        self.pending_conf_index = idx
+        return idx
+
+    def _append_as_leader(self, items: Sequence[tuple[EntryType, bytes, float]]) -> list[LogIndex]:
+        start = self.log.last_index() + 1
+        entries = [
+            LogEntry(LogIndex(start + i), self.term, t, data, ts) for i, (t, data, ts) in enumerate(items)
+        ]
+        self.log.append(entries)
+        self._note_appended(entries)
+        self._broadcast_append()
+        # A single-voter cluster commits once its own write is persisted (advance).
+        return [e.index for e in entries]
+
+    # ------------------------------------------------------------------ leadership transfer
+    def transfer_leadership(self, target: str) -> None:
+        """Hand leadership to `target` [3.10]; proposals are refused until it completes."""
+        if self.role != Role.LEADER:
+            raise NotLeaderError(self.leader_id)
+        target = str(target)
+        if target == self.id:
+            return
+        if target not in self.membership.voters:
+            raise ConfigChangeError(f"{target} is not a voter")
+        self.lead_transferee = target
+        self.election_elapsed = 0
+        pr = self.progress[target]
+        if pr.match_index == self.log.last_index():
+            self._send(TimeoutNow(term=self.term, leader_id=self.id, receiver=target))
+        else:
+            self._send_append(target)
+
+    # ------------------------------------------------------------------ ReadIndex
+    def read_index(self, ctx: int) -> bool:
+        """Ask for a linearizable read point [6.4]. The answer comes as a ReadState with the
+        same `ctx` in a later Ready. Returns False if no leader is known (fail fast)."""
+        if self.role == Role.LEADER:
+            self._read_index_from(ctx, self.id)
+            return True
+        if self.leader_id is None:
+            return False
+        self._send(ReadIndexRequest(term=self.term, sender_id=self.id, ctx=ctx, receiver=self.leader_id))
+        return True
+
+    def _read_index_from(self, ctx: int, origin: str) -> None:
+        if not self._committed_in_term():
+            self._reads_awaiting_commit.append((ctx, origin))
+            return
+        if len(self.membership.voters) == 1 and self.id in self.membership.voters:
+            self._release_read(ctx, self.log.commit_index, origin)
+            return
+        self._pending_reads.append(_PendingRead(ctx, self.log.commit_index, origin, self._read_round + 1))
+        self._read_round_wanted = True
+
+    def _release_read(self, ctx: int, index: LogIndex, origin: str) -> None:
+        if origin == self.id:
+            self._read_states.append(ReadState(ctx, index))
+        else:
+            self._send(ReadIndexResponse(term=self.term, sender_id=self.id, ctx=ctx, index=index, receiver=origin))
+
+    def _ack_read(self, peer: str, round_no: int) -> None:
+        if round_no > self._read_acks.get(peer, 0):
+            self._read_acks[peer] = round_no
+        if not self._pending_reads:
+            return
+        voters = self.membership.voters
+        released = 0
+        for pr in self._pending_reads:
+            acks = sum(1 for v in voters if v == self.id or self._read_acks.get(v, 0) >= pr.round)
+            if acks < self.quorum():
+                break
+            self._release_read(pr.ctx, pr.index, pr.origin)
+            released += 1
+        del self._pending_reads[:released]
+
+    def _fail_pending_reads(self) -> None:
+        # Reads simply never complete on a deposed leader; drivers time them out.
+        self._read_round_wanted = False
+        self._pending_reads = []
+        self._reads_awaiting_commit = []
+        self._read_acks = {}
+
+    # ------------------------------------------------------------------ Ready / advance
+    def has_ready(self) -> bool:
+        if self._ready_outstanding:
+            return False
+        if self._msgs or self._read_states or self._read_round_wanted or self._incoming_snapshot:
+            return True
+        if self.log.unstable or self.log.truncated_from is not None:
+            return True
+        if self.hard_state() != self._persisted_hs:
+            return True
+        if self.membership != self._persisted_membership:
+            return True
+        if self._soft_state() != self._prev_soft:
+            return True
+        return self.log.commit_index > self._applying
+
+    def _soft_state(self) -> SoftState:
+        return SoftState(self.leader_id, self.role)
+
+    def ready(self) -> Ready:
+        """Collect the work for the driver. Call `advance(ready)` when done with it."""
+        if self._read_round_wanted and self.role == Role.LEADER:
+            self._read_round += 1
+            self._read_round_wanted = False
+            self._broadcast_heartbeat(read_ctx=self._read_round)
+            self._ack_read(self.id, self._read_round)
+        hs = self.hard_state()
+        truncate_from, entries = self.log.take_unstable()
+        committed: list[LogEntry] = []
+        if self.log.commit_index > self._applying:
+            committed = self.log.slice(
+                LogIndex(self._applying + 1),
+                LogIndex(self.log.commit_index + 1),
+                self.config.max_committed_bytes_per_ready,
+            )
+        soft = self._soft_state()
+        membership = self.membership if self.membership != self._persisted_membership else None
+        leader_unchanged_term = hs.term == self._persisted_hs.term and hs.voted_for == self._persisted_hs.voted_for
+        rd = Ready(
+            hard_state=hs if hs != self._persisted_hs else None,
+            truncate_from=truncate_from,
+            entries=tuple(entries),
+            snapshot=self._incoming_snapshot,
+            membership=membership,
+            messages=tuple(self._msgs),
+            committed_entries=tuple(committed),
+            read_states=tuple(self._read_states),
+            soft_state=soft if soft != self._prev_soft else None,
+            send_before_persist=self.role == Role.LEADER and leader_unchanged_term and self._incoming_snapshot is None,
+        )
+        self._msgs = []
+        self._read_states = []
+        if committed:
+            self._applying = committed[-1].index
+        self._ready_outstanding = True
+        self._ready_state = (hs, soft, self.membership)
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The driver persisted, sent and applied `rd`."""
+        self._ready_outstanding = False
+        hs, soft, membership = self._ready_state
+        self._persisted_hs = hs
+        self._prev_soft = soft
+        self._persisted_membership = membership
+        if rd.snapshot is not None:
+            self.log.snapshot_installed(rd.snapshot.meta)
+            if self._incoming_snapshot is rd.snapshot:
+                self._incoming_snapshot = None
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+            if self.role == Role.LEADER:
+                me = self.progress.get(self.id)
+                if me is not None and self.log.term_or_none(last.index) == last.term:
+                    me.maybe_update(LogIndex(min(last.index, self.log.unstable_offset - 1)))
+                    if self._maybe_commit():
+                        self._broadcast_append()
+        elif rd.truncate_from is not None:
+            self.log.truncated_from = None
+        if rd.committed_entries:
+            self.log.applied_to(rd.committed_entries[-1].index)
+
+    # ------------------------------------------------------------------ snapshots (driver)
+    def snapshot_meta_for(self, index: LogIndex) -> SnapshotMeta:
+        """Metadata for a snapshot of the state machine at applied index `index`."""
+        if index > self.log.last_applied:
+            raise LogInvariantError(f"cannot snapshot at {index}: only {self.log.last_applied} applied")
+        return SnapshotMeta(index, self.log.term_at(index), self.membership_at(index))
+
+    def compacted(self, meta: SnapshotMeta) -> None:
+        """The driver compacted its store up to meta.index (after taking a snapshot)."""
+        self.log.compact(meta)
+        if self._configs[0][0] < meta.index:
+            keep = [(i, m) for i, m in self._configs if i > meta.index]
+            self._configs = [(meta.index, meta.membership)] + keep
+
+    def should_snapshot(self) -> bool:
+        return self.log.last_applied - self.log.snapshot_meta().index >= self.config.snapshot_threshold
+
+    # ------------------------------------------------------------------ seed convenience
+    def apply_committed(self) -> list[Any]:
+        """Run one in-memory driver cycle (the seed's API): persist to the node's own store,
+        apply committed entries to `state_machine`, and return their results.
+
+        A production driver uses `ready()`/`advance()` directly (see aegis.server)."""
+        if self.state_machine is None:
+            from .state import StateMachine
+
+            self.state_machine = StateMachine()
+        results: list[Any] = []
+        for _ in range(3):
+            if not self.has_ready():
+                break
+            rd = self.ready()
+            store = self.log.store
+            if rd.snapshot is not None:
+                store.compact(rd.snapshot.meta)
+                if rd.snapshot.data:
+                    self.state_machine.restore_chunks([rd.snapshot.data])
+            if rd.truncate_from is not None:
+                store.truncate_suffix(rd.truncate_from)
+            if rd.entries:
+                store.append(rd.entries)
+            if rd.hard_state is not None:
+                store.set_hard_state(rd.hard_state)
+            if rd.membership is not None:
+                store.set_membership(rd.membership)
+            self._outbox.extend(rd.messages)
+            for e in rd.committed_entries:
+                r = self.state_machine.apply_entry(e)
+                if r is not None:
+                    results.append(r)
+            self.advance(rd)
+        return results
+
+    def take_messages(self) -> list[RaftMessage]:
+        """Messages produced by `apply_committed()` cycles (seed convenience)."""
+        out = list(self._outbox)
+        self._outbox.clear()
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"RaftNode({self.id!r}, role={self.role.value}, term={self.term}, "
+            f"commit={self.log.commit_index}, last={self.log.last_index()})"
+        )
+
+
+_ = UnavailableError  # re-exported for drivers catching log errors
