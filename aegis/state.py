@@ -1,0 +1,765 @@
+"""The replicated state machine: commands, their results, the versioned key-value store,
+and snapshots of it.
+
+Theory of operation
+-------------------
+A `Command` is what a client asks for; `Command.encode()` turns it into the payload of a
+COMMAND log entry and `Command.decode()` turns it back. The encoding is msgpack arrays (never
+pickle: log payloads cross the network and outlive the code that wrote them). Keys are `str`;
+binary client keys arrive decoded with UTF-8 ``surrogateescape`` and are encoded the same way,
+so any byte string a client sends round-trips exactly. A key must be in the canonical form
+such a decoding produces (checked when the command is built).
+
+`StateMachine` holds ``key -> (value, version)``. The version of a key starts at 1 when it is
+created and grows by one on every write; deleting a key forgets it, so a later SET starts
+again at 1. Invariants:
+
+* entries are applied in strictly increasing index order; applying an index at or below
+  `last_applied` is a no-op returning None, so a driver may replay its log after a restart;
+* applying is deterministic: the result and the new state depend only on the state before
+  and the command (custom handlers must be deterministic too, and registered alike on every
+  replica);
+* a committed entry never raises: a payload that does not decode, an INCREMENT of a
+  non-integer, a handler that raises — each becomes a failed `CommandResult` and the state
+  is left exactly as it was;
+* a failed command changes nothing (INCREMENT checks before it writes; a custom handler's
+  writes are buffered in a `StateView` and dropped when it fails).
+
+Snapshots are a msgpack stream: a header ``["aegis-sm", 1, applied_index, key_count]``, one
+``[key, value, version]`` record per key in sorted key order (so equal states give equal
+bytes), and a trailer ``["end", key_count, crc32]``. `StateMachine.restore_chunks` validates
+the whole stream into a new dict before it swaps it in, so garbage never half-replaces a
+state. `Snapshot` wraps the same stream with the index and term it covers.
+
+This module does no I/O and never imports trio, lmdb, socket or time.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Final, Iterable, Iterator, Mapping, TypeAlias
+
+import msgpack
+
+from .log import EntryType, LogEntry
+
+__all__ = [
+    "CommandType",
+    "Command",
+    "CommandResult",
+    "StateView",
+    "Handler",
+    "StateMachine",
+    "Snapshot",
+    "NOT_AN_INTEGER",
+    "OVERFLOW",
+    "read_snapshot_header",
+]
+
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+NOT_AN_INTEGER: Final = "value is not an integer or out of range"
+OVERFLOW: Final = "increment or decrement would overflow"
+
+_SNAP_TAG: Final = "aegis-sm"
+_SNAP_VERSION: Final = 1
+_SNAP_END: Final = "end"
+_FILE_TAG: Final = "aegis-snapshot"
+
+# Redis's string2ll: optional '-', no '+', no spaces, no leading zeros, no "-0".
+_REDIS_INT = re.compile(rb"-?[1-9][0-9]{0,19}|0")
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+def _key_bytes(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _key_str(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _check_key(key: object, what: str = "key") -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"{what} must be str, got {type(key).__name__}")
+    try:
+        canonical = _key_str(_key_bytes(key)) == key
+    except UnicodeEncodeError:
+        canonical = False
+    if not canonical:
+        # e.g. a lone surrogate outside U+DC80..U+DCFF, or escaped bytes that form valid
+        # UTF-8: such a key would not come back unchanged from the log.
+        raise ValueError(f"{what} {key!r} is not a canonical utf-8/surrogateescape string")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+def _as_bytes(value: object, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
+
+
+def parse_redis_int(raw: bytes) -> int | None:
+    """The integer a stored value holds under Redis's rules, or None if it holds none."""
+    if len(raw) > 20 or _REDIS_INT.fullmatch(raw) is None:
+        return None
+    n = int(raw)
+    return n if INT64_MIN <= n <= INT64_MAX else None
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+class CommandType(enum.IntEnum):
+    GET = 0
+    SET = 1
+    DELETE = 2
+    COMPARE_AND_SWAP = 3
+    INCREMENT = 4
+    CUSTOM = 5
+
+    # The seed's CamelCase spellings.
+    Get = 0
+    Set = 1
+    Delete = 2
+    CompareAndSwap = 3
+    Increment = 4
+    Custom = 5
+
+
+# Which optional fields each command type uses; every other field must keep its default,
+# so that a command has exactly one encoding and decode(encode(c)) == c.
+_USES: Final[dict[CommandType, frozenset[str]]] = {
+    CommandType.GET: frozenset({"key"}),
+    CommandType.SET: frozenset({"key", "value"}),
+    CommandType.DELETE: frozenset({"key", "keys"}),
+    CommandType.COMPARE_AND_SWAP: frozenset({"key", "expected", "value"}),
+    CommandType.INCREMENT: frozenset({"key", "delta"}),
+    CommandType.CUSTOM: frozenset({"name", "args"}),
+}
+_DEFAULTS: Final[dict[str, object]] = {
+    "key": "",
+    "value": None,
+    "expected": None,
+    "delta": 0,
+    "keys": (),
+    "name": None,
+    "args": (),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A client command, validated when built. Prefer the constructors (`Command.set(...)`)."""
+
+    type: CommandType
+    key: str = ""
+    value: bytes | None = None
+    expected: bytes | None = None
+    delta: int = 0
+    keys: tuple[str, ...] = ()
+    name: str | None = None
+    args: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.type, CommandType):
+            raise TypeError(f"command type must be a CommandType, got {self.type!r}")
+        uses = _USES[self.type]
+        for fname, default in _DEFAULTS.items():
+            if fname not in uses and getattr(self, fname) != default:
+                raise ValueError(f"{self.type.name} does not take {fname!r}")
+        if "key" in uses:
+            _check_key(self.key)
+        if "value" in uses and not isinstance(self.value, bytes):
+            raise TypeError(f"{self.type.name} value must be bytes, got {type(self.value).__name__}")
+        if "expected" in uses and not isinstance(self.expected, bytes):
+            raise TypeError(f"expected value must be bytes, got {type(self.expected).__name__}")
+        if "delta" in uses:
+            if not isinstance(self.delta, int) or isinstance(self.delta, bool):
+                raise TypeError("delta must be an int")
+            if not INT64_MIN <= self.delta <= INT64_MAX:
+                raise ValueError(f"delta {self.delta} is outside the signed 64-bit range")
+        if "keys" in uses:
+            if not isinstance(self.keys, tuple):
+                raise TypeError("keys must be a tuple of str")
+            for k in self.keys:
+                _check_key(k)
+        if "name" in uses:
+            if not isinstance(self.name, str) or not self.name:
+                raise ValueError("a custom command needs a non-empty name")
+            try:
+                self.name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"custom command name {self.name!r} is not valid unicode") from None
+        if "args" in uses:
+            if not isinstance(self.args, tuple) or not all(isinstance(a, bytes) for a in self.args):
+                raise TypeError("custom command args must be a tuple of bytes")
+
+    # --- constructors ----------------------------------------------------------------------
+    @classmethod
+    def get(cls, key: str) -> Command:
+        return cls(CommandType.GET, key)
+
+    @classmethod
+    def set(cls, key: str, value: bytes) -> Command:
+        return cls(CommandType.SET, key, value=_as_bytes(value, "value"))
+
+    @classmethod
+    def delete(cls, key: str, *more_keys: str) -> Command:
+        return cls(CommandType.DELETE, key, keys=tuple(more_keys))
+
+    @classmethod
+    def compare_and_swap(cls, key: str, expected: bytes, new: bytes) -> Command:
+        return cls(
+            CommandType.COMPARE_AND_SWAP,
+            key,
+            expected=_as_bytes(expected, "expected"),
+            value=_as_bytes(new, "new value"),
+        )
+
+    cas = compare_and_swap
+
+    @classmethod
+    def increment(cls, key: str, delta: int = 1) -> Command:
+        return cls(CommandType.INCREMENT, key, delta=delta)
+
+    @classmethod
+    def custom(cls, name: str, *args: bytes) -> Command:
+        return cls(CommandType.CUSTOM, name=name, args=tuple(_as_bytes(a, "argument") for a in args))
+
+    # --- properties ------------------------------------------------------------------------
+    @property
+    def all_keys(self) -> tuple[str, ...]:
+        """Every key the command names (empty for CUSTOM: a handler picks its own)."""
+        if self.type == CommandType.CUSTOM:
+            return ()
+        return (self.key, *self.keys)
+
+    @property
+    def is_read_only(self) -> bool:
+        return self.type == CommandType.GET
+
+    # --- codec -----------------------------------------------------------------------------
+    def encode(self) -> bytes:
+        """The compact, safe payload of a COMMAND log entry."""
+        t = self.type
+        body: list[object]
+        if t == CommandType.CUSTOM:
+            body = [int(t), self.name, list(self.args)]
+        else:
+            body = [int(t), _key_bytes(self.key)]
+            if t == CommandType.SET:
+                body.append(self.value)
+            elif t == CommandType.DELETE:
+                body.append([_key_bytes(k) for k in self.keys])
+            elif t == CommandType.COMPARE_AND_SWAP:
+                body += [self.expected, self.value]
+            elif t == CommandType.INCREMENT:
+                body.append(self.delta)
+        return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+
+    @classmethod
+    def decode(cls, data: bytes) -> Command:
+        """Parse a payload written by `encode`. Raises ValueError on anything else."""
+        try:
+            obj = msgpack.unpackb(bytes(data), raw=False, use_list=True, strict_map_key=True)
+        except Exception as exc:  # msgpack raises a zoo of types on garbage
+            raise ValueError(f"malformed command payload: {_describe(exc)}") from None
+        try:
+            return cls._from_wire(obj)
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise ValueError(f"malformed command payload: {exc}") from None
+
+    @classmethod
+    def _from_wire(cls, obj: object) -> Command:
+        if not isinstance(obj, list) or not obj:
+            raise ValueError("not a non-empty array")
+        code = obj[0]
+        if not isinstance(code, int) or isinstance(code, bool) or code not in _ARITY:
+            raise ValueError(f"unknown command type {code!r}")
+        t = CommandType(code)
+        if len(obj) != _ARITY[t]:
+            raise ValueError(f"{t.name} needs {_ARITY[t]} fields, got {len(obj)}")
+        if t == CommandType.CUSTOM:
+            name, args = obj[1], obj[2]
+            if not isinstance(name, str) or not isinstance(args, list):
+                raise ValueError("bad CUSTOM fields")
+            return cls(t, name=name, args=tuple(args))
+        key = _wire_key(obj[1])
+        if t == CommandType.GET:
+            return cls(t, key)
+        if t == CommandType.SET:
+            return cls(t, key, value=_wire_bytes(obj[2]))
+        if t == CommandType.DELETE:
+            if not isinstance(obj[2], list):
+                raise ValueError("DELETE keys must be an array")
+            return cls(t, key, keys=tuple(_wire_key(k) for k in obj[2]))
+        if t == CommandType.COMPARE_AND_SWAP:
+            return cls(t, key, expected=_wire_bytes(obj[2]), value=_wire_bytes(obj[3]))
+        return cls(t, key, delta=obj[2])  # INCREMENT; __post_init__ checks the delta
+
+
+_ARITY: Final[dict[int, int]] = {
+    CommandType.GET: 2,
+    CommandType.SET: 3,
+    CommandType.DELETE: 3,
+    CommandType.COMPARE_AND_SWAP: 4,
+    CommandType.INCREMENT: 3,
+    CommandType.CUSTOM: 3,
+}
+
+
+def _wire_key(raw: object) -> str:
+    if not isinstance(raw, bytes):
+        raise ValueError("key must be binary")
+    return _key_str(raw)
+
+
+def _wire_bytes(raw: object) -> bytes:
+    if not isinstance(raw, bytes):
+        raise ValueError("value must be binary")
+    return raw
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """The outcome of applying (or reading) a command.
+
+    `value` is bytes for GET, an int for DELETE (keys removed), INCREMENT (new value) and
+    COMPARE_AND_SWAP (1 swapped, 0 not), None for SET or a missing key. `version` is the
+    key's version after the command (0 when the key does not exist). A failed result
+    (`success` False) carries `error` and means the state did not change.
+    """
+
+    success: bool
+    value: bytes | int | None = None
+    version: int = 0
+    applied_index: int = 0
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.success and self.error is not None:
+            raise ValueError("a successful result carries no error")
+        if not self.success and not self.error:
+            raise ValueError("a failed result needs an error message")
+
+    @classmethod
+    def ok(cls, value: bytes | int | None = None, *, version: int = 0, applied_index: int = 0) -> CommandResult:
+        return cls(True, value, version, applied_index)
+
+    @classmethod
+    def fail(cls, error: str, *, version: int = 0, applied_index: int = 0) -> CommandResult:
+        return cls(False, None, version, applied_index, error)
+
+
+# --- custom handlers ----------------------------------------------------------------------
+
+
+class StateView:
+    """What a custom handler sees: reads go to the state (and the handler's own writes);
+    writes are buffered and applied only if the handler succeeds."""
+
+    __slots__ = ("_data", "_writes")
+
+    def __init__(self, data: Mapping[str, tuple[bytes, int]]) -> None:
+        self._data = data
+        self._writes: dict[str, bytes | None] = {}
+
+    def get(self, key: str) -> bytes | None:
+        if key in self._writes:
+            return self._writes[key]
+        rec = self._data.get(key)
+        return rec[0] if rec is not None else None
+
+    def exists(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def version(self, key: str) -> int:
+        """The committed version (writes buffered by this handler are not counted yet)."""
+        rec = self._data.get(key)
+        return rec[1] if rec is not None else 0
+
+    def set(self, key: str, value: bytes) -> None:
+        _check_key(key)
+        self._writes[key] = _as_bytes(value, "value")
+
+    def delete(self, key: str) -> bool:
+        _check_key(key)
+        existed = self.exists(key)
+        self._writes[key] = None
+        return existed
+
+
+#: A custom command handler: gets a view of the state and the command's arguments; returns
+#: a `CommandResult`, or a plain value (bytes, int or None) meaning success. Raising, or
+#: returning a failed result, discards its writes. It must be deterministic.
+HandlerReturn: TypeAlias = CommandResult | bytes | int | None
+Handler: TypeAlias = Callable[[StateView, tuple[bytes, ...]], HandlerReturn]
+
+
+# --- the state machine --------------------------------------------------------------------
+
+
+class StateMachine:
+    """A versioned key-value store driven by committed log entries."""
+
+    def __init__(self, handlers: Mapping[str, Handler] | None = None) -> None:
+        self._data: dict[str, tuple[bytes, int]] = {}
+        self._last_applied = 0
+        self._handlers: dict[str, Handler] = {}
+        self._digest: str | None = None
+        for name, fn in (handlers or {}).items():
+            self.register_handler(name, fn)
+
+    # --- introspection ---------------------------------------------------------------------
+    @property
+    def last_applied(self) -> int:
+        return self._last_applied
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def keys(self) -> list[str]:
+        return sorted(self._data)
+
+    def version(self, key: str) -> int:
+        rec = self._data.get(key)
+        return rec[1] if rec is not None else 0
+
+    def get(self, key: str) -> CommandResult:
+        """Read local state (not through the log): linearizable only after a ReadIndex wait."""
+        rec = self._data.get(key)
+        if rec is None:
+            return CommandResult.ok(None, version=0, applied_index=self._last_applied)
+        return CommandResult.ok(rec[0], version=rec[1], applied_index=self._last_applied)
+
+    def digest(self) -> str:
+        """A stable hash (hex SHA-256) of the contents — keys, values, versions — regardless
+        of insertion order or `last_applied`. Replicas that applied the same entries agree."""
+        if self._digest is None:
+            h = hashlib.sha256()
+            for key in sorted(self._data):
+                value, version = self._data[key]
+                kb = _key_bytes(key)
+                h.update(len(kb).to_bytes(4, "big") + kb)
+                h.update(len(value).to_bytes(8, "big") + value)
+                h.update(version.to_bytes(8, "big"))
+            self._digest = h.hexdigest()
+        return self._digest
+
+    # --- handlers --------------------------------------------------------------------------
+    def register_handler(self, name: str, fn: Handler, *, replace: bool = False) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("a handler needs a non-empty name")
+        if not callable(fn):
+            raise TypeError("a handler must be callable")
+        if name in self._handlers and not replace:
+            raise ValueError(f"a handler named {name!r} is already registered")
+        self._handlers[name] = fn
+
+    @property
+    def handlers(self) -> tuple[str, ...]:
+        return tuple(sorted(self._handlers))
+
+    # --- applying --------------------------------------------------------------------------
+    def apply(self, command: Command, index: int) -> CommandResult | None:
+        """Apply a committed command at log `index`. Returns None if already applied."""
+        if index <= self._last_applied:
+            return None
+        result = self._execute(command, index)
+        self._last_applied = index
+        return result
+
+    def apply_entry(self, entry: LogEntry) -> CommandResult | None:
+        """Apply a committed log entry. Never raises for a bad payload: a committed entry
+        must not crash a node, so it becomes a failed result (and changes nothing)."""
+        index = int(entry.index)
+        if index <= self._last_applied:
+            return None
+        if entry.type != EntryType.COMMAND:
+            self._last_applied = index  # NO_OP, CONFIG_CHANGE: the core handles them
+            return None
+        try:
+            command = Command.decode(entry.data)
+        except ValueError as exc:
+            self._last_applied = index
+            return CommandResult.fail(str(exc), applied_index=index)
+        return self.apply(command, index)
+
+    def _execute(self, c: Command, index: int) -> CommandResult:
+        t = c.type
+        data = self._data
+        if t == CommandType.GET:
+            rec = data.get(c.key)
+            if rec is None:
+                return CommandResult.ok(None, applied_index=index)
+            return CommandResult.ok(rec[0], version=rec[1], applied_index=index)
+        if t == CommandType.SET:
+            assert c.value is not None
+            return CommandResult.ok(None, version=self._write(c.key, c.value), applied_index=index)
+        if t == CommandType.DELETE:
+            removed = 0
+            for key in dict.fromkeys(c.all_keys):  # DEL k k counts k once, as Redis does
+                if data.pop(key, None) is not None:
+                    removed += 1
+            if removed:
+                self._digest = None
+            return CommandResult.ok(removed, applied_index=index)
+        if t == CommandType.COMPARE_AND_SWAP:
+            assert c.value is not None
+            rec = data.get(c.key)
+            if rec is None or rec[0] != c.expected:
+                return CommandResult.ok(0, version=rec[1] if rec else 0, applied_index=index)
+            return CommandResult.ok(1, version=self._write(c.key, c.value), applied_index=index)
+        if t == CommandType.INCREMENT:
+            rec = data.get(c.key)
+            current = 0 if rec is None else parse_redis_int(rec[0])
+            version = rec[1] if rec else 0
+            if current is None:
+                return CommandResult.fail(NOT_AN_INTEGER, version=version, applied_index=index)
+            new = current + c.delta
+            if not INT64_MIN <= new <= INT64_MAX:
+                return CommandResult.fail(OVERFLOW, version=version, applied_index=index)
+            return CommandResult.ok(new, version=self._write(c.key, str(new).encode()), applied_index=index)
+        return self._custom(c, index)
+
+    def _write(self, key: str, value: bytes) -> int:
+        rec = self._data.get(key)
+        version = 1 if rec is None else rec[1] + 1
+        self._data[key] = (value, version)
+        self._digest = None
+        return version
+
+    def _custom(self, c: Command, index: int) -> CommandResult:
+        assert c.name is not None
+        fn = self._handlers.get(c.name)
+        if fn is None:
+            return CommandResult.fail(f"unknown command handler {c.name!r}", applied_index=index)
+        view = StateView(self._data)
+        try:
+            out = fn(view, c.args)
+        except Exception as exc:
+            return CommandResult.fail(f"{c.name}: {_describe(exc)}", applied_index=index)
+        if isinstance(out, CommandResult):
+            result = replace(out, applied_index=index)
+        elif out is None or (isinstance(out, (bytes, int)) and not isinstance(out, bool)):
+            result = CommandResult.ok(out, applied_index=index)
+        else:
+            return CommandResult.fail(
+                f"{c.name}: handler returned unsupported {type(out).__name__}", applied_index=index
+            )
+        if result.success:
+            for key, value in view._writes.items():
+                if value is None:
+                    if self._data.pop(key, None) is not None:
+                        self._digest = None
+                else:
+                    self._write(key, value)
+        return result
+
+    # --- snapshots -------------------------------------------------------------------------
+    def snapshot_chunks(self, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
+        """Stream the state as chunks of exactly `chunk_size` bytes (the last may be shorter).
+
+        The contents are captured when this is *called*, so the driver may keep applying
+        entries while the returned iterator is consumed (in another thread, say).
+        """
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+        items = dict(self._data)
+        return _stream_snapshot(items, self._last_applied, chunk_size)
+
+    def restore_chunks(self, chunks: Iterable[bytes], *, expect_index: int | None = None) -> int:
+        """Replace the whole state with a snapshot stream; returns its applied index.
+
+        The stream is validated completely before anything changes: on ValueError the state
+        is untouched. Registered handlers are kept.
+        """
+        index, data = _parse_snapshot(chunks)
+        if expect_index is not None and index != expect_index:
+            raise ValueError(f"snapshot covers index {index}, expected {expect_index}")
+        self._data = data
+        self._last_applied = index
+        self._digest = None
+        return index
+
+
+def _record_crc(crc: int, kb: bytes, value: bytes, version: int) -> int:
+    crc = zlib.crc32(kb, crc)
+    crc = zlib.crc32(value, crc)
+    return zlib.crc32(version.to_bytes(8, "big"), crc)
+
+
+def _stream_snapshot(items: dict[str, tuple[bytes, int]], index: int, chunk_size: int) -> Iterator[bytes]:
+    packer = msgpack.Packer(use_bin_type=True)
+    buf = bytearray(packer.pack([_SNAP_TAG, _SNAP_VERSION, index, len(items)]))
+    crc = 0
+    for key in sorted(items):
+        value, version = items[key]
+        kb = _key_bytes(key)
+        crc = _record_crc(crc, kb, value, version)
+        buf += packer.pack([kb, value, version])
+        while len(buf) >= chunk_size:
+            yield bytes(buf[:chunk_size])
+            del buf[:chunk_size]
+    buf += packer.pack([_SNAP_END, len(items), crc])
+    while buf:
+        yield bytes(buf[:chunk_size])
+        del buf[:chunk_size]
+
+
+def _is_uint(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _parse_header(obj: object) -> tuple[int, int]:
+    if (
+        not isinstance(obj, list)
+        or len(obj) != 4
+        or obj[0] != _SNAP_TAG
+        or not _is_uint(obj[2])
+        or not _is_uint(obj[3])
+    ):
+        raise ValueError("not an Aegis state-machine snapshot (bad header)")
+    if obj[1] != _SNAP_VERSION:
+        raise ValueError(f"unsupported snapshot format version {obj[1]!r}")
+    return obj[2], obj[3]
+
+
+def _parse_snapshot(chunks: Iterable[bytes]) -> tuple[int, dict[str, tuple[bytes, int]]]:
+    unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=True, max_buffer_size=1 << 30)
+    header: tuple[int, int] | None = None
+    trailer: list[Any] | None = None
+    data: dict[str, tuple[bytes, int]] = {}
+    crc = 0
+    try:
+        for chunk in chunks:
+            if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                raise ValueError(f"snapshot chunks must be bytes, got {type(chunk).__name__}")
+            unpacker.feed(chunk)
+            for obj in unpacker:
+                if trailer is not None:
+                    raise ValueError("data after the snapshot trailer")
+                if header is None:
+                    header = _parse_header(obj)
+                    continue
+                if isinstance(obj, list) and len(obj) == 3 and obj[0] == _SNAP_END:
+                    trailer = obj
+                    continue
+                if (
+                    not isinstance(obj, list)
+                    or len(obj) != 3
+                    or not isinstance(obj[0], bytes)
+                    or not isinstance(obj[1], bytes)
+                    or not _is_uint(obj[2])
+                    or obj[2] < 1
+                ):
+                    raise ValueError("malformed snapshot record")
+                kb, value, version = obj
+                key = _key_str(kb)
+                if key in data:
+                    raise ValueError(f"duplicate key {key!r} in snapshot")
+                data[key] = (value, version)
+                crc = _record_crc(crc, kb, value, version)
+    except ValueError as exc:
+        raise ValueError(f"corrupt snapshot: {exc}") from None
+    except Exception as exc:  # msgpack's own errors on garbage
+        raise ValueError(f"corrupt snapshot: {_describe(exc)}") from None
+    if header is None or trailer is None:
+        raise ValueError("corrupt snapshot: truncated stream")
+    if unpacker.read_bytes(1 << 30):
+        raise ValueError("corrupt snapshot: trailing bytes after the trailer")
+    index, count = header
+    if trailer[1] != count or len(data) != count:
+        raise ValueError(f"corrupt snapshot: header says {count} keys, found {len(data)}")
+    if trailer[2] != crc:
+        raise ValueError("corrupt snapshot: checksum mismatch")
+    return index, data
+
+
+def read_snapshot_header(prefix: bytes) -> tuple[int, int]:
+    """(applied_index, key_count) from the first bytes of a snapshot stream."""
+    try:
+        unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=True)
+        unpacker.feed(prefix)
+        obj = next(unpacker)
+    except StopIteration:
+        raise ValueError("snapshot header is incomplete") from None
+    except Exception as exc:
+        raise ValueError(f"corrupt snapshot header: {_describe(exc)}") from None
+    return _parse_header(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A whole state-machine snapshot in memory: the index and term it covers, and `data`,
+    the stream `StateMachine.snapshot_chunks` produces."""
+
+    index: int
+    term: int
+    data: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not _is_uint(self.index) or not _is_uint(self.term):
+            raise ValueError("snapshot index and term must be non-negative ints")
+        if not isinstance(self.data, bytes):
+            raise TypeError("snapshot data must be bytes")
+
+    @classmethod
+    def from_state_machine(cls, sm: StateMachine, term: int) -> Snapshot:
+        """Snapshot `sm` as of its `last_applied`; `term` is the term of that entry."""
+        return cls(sm.last_applied, term, b"".join(sm.snapshot_chunks()))
+
+    def restore_into(self, sm: StateMachine) -> None:
+        sm.restore_chunks([self.data], expect_index=self.index)
+
+    @property
+    def key_count(self) -> int:
+        return read_snapshot_header(self.data[:64])[1]
+
+    def checksum(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def serialize(self) -> bytes:
+        return msgpack.packb([_FILE_TAG, _SNAP_VERSION, self.index, self.term, self.data], use_bin_type=True)  # type: ignore[no-any-return]
+
+    @classmethod
+    def deserialize(cls, raw: bytes) -> Snapshot:
+        try:
+            obj = msgpack.unpackb(bytes(raw), raw=False, use_list=True, strict_map_key=True)
+        except Exception as exc:
+            raise ValueError(f"corrupt snapshot file: {_describe(exc)}") from None
+        if (
+            not isinstance(obj, list)
+            or len(obj) != 5
+            or obj[0] != _FILE_TAG
+            or obj[1] != _SNAP_VERSION
+            or not _is_uint(obj[2])
+            or not _is_uint(obj[3])
+            or not isinstance(obj[4], bytes)
+        ):
+            raise ValueError("not an Aegis snapshot")
+        snap = cls(obj[2], obj[3], obj[4])
+        # Check the stream's own header agrees, so a mislabelled file is caught early.
+        if read_snapshot_header(snap.data[:64])[0] != snap.index:
+            raise ValueError("snapshot index does not match its contents")
+        return snap
