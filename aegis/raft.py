@@ -880,6 +880,11 @@ class RaftNode:
             else:
                 pr.stalled_heartbeats = 0
             pr.last_heartbeat_match = pr.match_index
+        elif pr.state == ProgressState.SNAPSHOT:
+            # The follower is alive but the snapshot has not landed: it may have been lost.
+            pr.stalled_heartbeats += 1
+            if pr.stalled_heartbeats >= 2 * self.config.election_timeout_max // self.config.heartbeat_interval:
+                pr.become_probe()
         if pr.match_index < self.log.last_index():
             self._send_append(peer)
 
