@@ -278,6 +278,7 @@ class RespParser:
         "_buf",
         "_pos",
         "_scan",
+        "_scan_at",
         "_argv",
         "_remaining",
         "_bulk_len",
@@ -301,7 +302,10 @@ class RespParser:
         self.max_request_len = max_request_len
         self._buf = bytearray()
         self._pos = 0  # first unconsumed byte
-        self._scan = 0  # where the next search for a line end resumes (avoids rescans)
+        # Where the next search for a line end resumes, valid only while `_pos` is still
+        # `_scan_at`: a header dripped in byte by byte is scanned once, not quadratically.
+        self._scan = 0
+        self._scan_at = -1
         self._argv: list[bytes] | None = None  # multibulk in progress
         self._remaining = 0  # bulks still expected for _argv
         self._bulk_len = -1  # declared length of the bulk being read, -1 before its header
@@ -383,24 +387,26 @@ class RespParser:
     def _compact(self) -> None:
         if self._pos:
             del self._buf[: self._pos]
-            self._scan = max(0, self._scan - self._pos)
+            self._scan -= self._pos
+            self._scan_at -= self._pos
             self._pos = 0
 
     def _find_line(self, too_long: str) -> int | ProtocolViolation | None:
         """Index of the CR ending the header line at `_pos`; None if incomplete."""
         buf = self._buf
-        start = max(self._pos, self._scan)
+        start = self._scan if self._scan_at == self._pos else self._pos
         limit = self._pos + self.max_inline_len + 1
         cr = buf.find(b"\r", start, limit + 1)
         if cr < 0:
             if len(buf) > limit:
                 return self._fail(too_long)
             self._scan = len(buf)
+            self._scan_at = self._pos
             return None
         if cr + 1 >= len(buf):
             self._scan = cr
+            self._scan_at = self._pos
             return None
-        self._scan = 0
         return cr
 
     def _start_multibulk(self) -> ProtocolViolation | bool | None:
@@ -420,15 +426,15 @@ class RespParser:
 
     def _inline(self) -> list[bytes] | ProtocolViolation | None:
         buf = self._buf
-        start = max(self._pos, self._scan)
+        start = self._scan if self._scan_at == self._pos else self._pos
         limit = self._pos + self.max_inline_len
         lf = buf.find(b"\n", start, limit + 2)
         if lf < 0:
             if len(buf) - self._pos > self.max_inline_len + 1:  # +1: a CR may end it
                 return self._fail("Protocol error: too big inline request")
             self._scan = len(buf)
+            self._scan_at = self._pos
             return None
-        self._scan = 0
         end = lf - 1 if lf > self._pos and buf[lf - 1] == _CR else lf
         if end - self._pos > self.max_inline_len:
             return self._fail("Protocol error: too big inline request")
@@ -438,38 +444,79 @@ class RespParser:
         self._pos = lf + 1
         return args
 
+    def _bulk_header(self) -> int | ProtocolViolation | None:
+        """The careful path for a ``$<len>`` header at `_pos`: every error, every wait."""
+        buf = self._buf
+        if self._pos >= len(buf):
+            return None
+        byte = buf[self._pos]
+        if byte != _DOLLAR:
+            got = chr(byte) if 0x20 <= byte < 0x7F else f"\\x{byte:02x}"
+            return self._fail(f"Protocol error: expected '$', got '{got}'")
+        cr = self._find_line("Protocol error: too big bulk count string")
+        if cr is None or isinstance(cr, ProtocolViolation):
+            return cr
+        size = _parse_int(buf, self._pos + 1, cr)
+        if size is None or size < 0 or size > self.max_bulk_len or buf[cr + 1] != _LF:
+            return self._fail("Protocol error: invalid bulk length")
+        self._request_bytes += cr + 2 - self._pos
+        self._pos = cr + 2
+        return size
+
     def _read_bulks(self) -> list[bytes] | ProtocolViolation | None:
+        # The hot loop of the server: state lives in locals and is written back on exit.
+        # Headers take a fast path (a short, well-formed ``$n\r\n`` already buffered);
+        # anything else goes through `_bulk_header`, which knows every error and wait.
         buf = self._buf
         argv = self._argv
         assert argv is not None
-        while self._remaining:
-            if self._bulk_len < 0:
-                if self._pos >= len(buf):
-                    return None
-                if buf[self._pos] != _DOLLAR:
-                    byte = buf[self._pos]
-                    got = chr(byte) if 0x20 <= byte < 0x7F else f"\\x{byte:02x}"
-                    return self._fail(f"Protocol error: expected '$', got '{got}'")
-                cr = self._find_line("Protocol error: too big bulk count string")
-                if cr is None or isinstance(cr, ProtocolViolation):
-                    return cr
-                size = _parse_int(buf, self._pos + 1, cr)
-                if size is None or size < 0 or size > self.max_bulk_len or buf[cr + 1] != _LF:
-                    return self._fail("Protocol error: invalid bulk length")
-                self._request_bytes += cr + 2 - self._pos + size + 2
+        size = self._bulk_len
+        remaining = self._remaining
+        pos = self._pos
+        have = len(buf)
+        max_bulk = self.max_bulk_len
+        fullmatch = _INTEGER_RE.fullmatch
+        while remaining:
+            if size < 0:
+                cr = buf.find(b"\r", pos + 1, pos + 22)
+                if (
+                    cr > 0
+                    and cr + 1 < have
+                    and buf[pos] == _DOLLAR
+                    and buf[cr + 1] == _LF
+                    and fullmatch(buf, pos + 1, cr) is not None
+                ):
+                    size = int(buf[pos + 1 : cr])
+                    if size < 0 or size > max_bulk:
+                        return self._fail("Protocol error: invalid bulk length")
+                    self._request_bytes += cr + 2 - pos
+                    pos = cr + 2
+                else:
+                    self._pos = pos
+                    header = self._bulk_header()
+                    if header is None or isinstance(header, ProtocolViolation):
+                        self._remaining = remaining
+                        self._bulk_len = -1
+                        return header
+                    size = header
+                    pos = self._pos
+                self._request_bytes += size + 2
                 if self._request_bytes > self.max_request_len:
                     return self._fail("Protocol error: request too large")
-                self._pos = cr + 2
-                self._bulk_len = size
-            end = self._pos + self._bulk_len
-            if end + 2 > len(buf):
-                return None
+            end = pos + size
+            if end + 2 > have:
+                break
             if buf[end] != _CR or buf[end + 1] != _LF:
                 return self._fail("Protocol error: expected '\\r\\n' after bulk data")
-            argv.append(bytes(buf[self._pos : end]))
-            self._pos = end + 2
-            self._bulk_len = -1
-            self._remaining -= 1
+            argv.append(bytes(buf[pos:end]))
+            pos = end + 2
+            size = -1
+            remaining -= 1
+        self._pos = pos
+        self._bulk_len = size
+        self._remaining = remaining
+        if remaining:
+            return None
         self._argv = None
         return argv
 
@@ -607,6 +654,7 @@ class RespReplyParser:
         "_buf",
         "_pos",
         "_scan",
+        "_scan_at",
         "_stack",
         "_bulk_len",
         "_broken",
@@ -627,6 +675,7 @@ class RespReplyParser:
         self._buf = bytearray()
         self._pos = 0
         self._scan = 0
+        self._scan_at = -1
         self._stack: list[_Frame] = []
         self._bulk_len = -1  # declared length of a bulk whose payload has not all arrived
         self._broken: str | None = None
@@ -659,7 +708,8 @@ class RespReplyParser:
     def _need_data(self) -> NeedData:
         if self._pos:
             del self._buf[: self._pos]
-            self._scan = max(0, self._scan - self._pos)
+            self._scan -= self._pos
+            self._scan_at -= self._pos
             self._pos = 0
         return NEED_DATA
 
@@ -682,18 +732,19 @@ class RespReplyParser:
             else:
                 if self._pos >= len(buf):
                     return self._need_data()
-                start = max(self._pos, self._scan)
+                start = self._scan if self._scan_at == self._pos else self._pos
                 limit = self._pos + self.max_line_len + 1
                 cr = buf.find(b"\r", start, limit + 1)
                 if cr < 0:
                     if len(buf) > limit:
                         raise self._fail("reply line too long")
                     self._scan = len(buf)
+                    self._scan_at = self._pos
                     return self._need_data()
                 if cr + 1 >= len(buf):
                     self._scan = cr
+                    self._scan_at = self._pos
                     return self._need_data()
-                self._scan = 0
                 if buf[cr + 1] != _LF:
                     raise self._fail("expected '\\n' after '\\r'")
                 kind = buf[self._pos]
