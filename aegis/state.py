@@ -435,6 +435,11 @@ class StateMachine:
     def __len__(self) -> int:
         return len(self._data)
 
+    def __bool__(self) -> bool:
+        # Not a container: an empty state machine is still a state machine, so that
+        # ``sm or StateMachine()`` never swaps it out behind the caller's back.
+        return True
+
     def __contains__(self, key: object) -> bool:
         return key in self._data
 
