@@ -1,0 +1,437 @@
+"""The entry record codec: how one log entry is stored on disk and shipped between nodes.
+
+Theory of operation
+-------------------
+A *record* is the stored and the wire form of a `LogEntry` without its index (the index is
+the LMDB key, or travels beside the record in an AppendEntries frame)::
+
+    offset size field
+    0      1    format version (1)
+    1      1    entry type (EntryType)
+    2      1    flags: 0x01 payload is zstd-compressed, 0x02 compressed with a dictionary
+    3      8    term                       (unsigned, big-endian)
+    11     8    timestamp                  (IEEE double)
+    19     4    payload length, uncompressed
+    23     4    entry checksum = LogEntry.checksum() (CRC32 over index, term, type, payload)
+    27     4    dictionary id              (only when flag 0x02 is set)
+    27/31  4    record CRC32 over every header byte before it and the stored payload
+    31/35  -    stored payload (raw, or a magic-less zstd frame)
+
+Two checksums, because they guard different things: the record CRC is checked first and
+cheaply (no decompression) and covers the header fields the entry checksum does not
+(timestamp, flags, length); the entry checksum is end to end: it is computed by the node
+that created the entry and verified after decompression, so a codec bug or a record
+stored under the wrong index (the index is part of it) is caught too. A record that fails
+either check raises `CorruptionError` naming the index (and the file, when given); wrong
+data is never returned.
+
+Compression: payloads longer than ``threshold`` bytes are compressed with zstd at
+``level``; when the compressed form is not smaller the raw bytes are kept (flag clear), so
+random data never grows. Frames are written without the zstd magic number, content size or
+frame checksum (the header has all three), which matters for 100-byte values. Each thread
+gets its own reusable ZstdCompressor/ZstdDecompressor (they are not thread-safe, and making
+one per call costs more than compressing a small value).
+
+A trained dictionary (`train_dictionary`) helps small, similar values a lot (see
+bench/storage_bench.py). A record compressed with a dictionary can only be decoded by a
+codec that has that dictionary registered (`Codec.add_dictionary`); `LmdbStore` keeps its
+dictionary in the environment and registers it on open. A transport must therefore only
+ship dictionary records to peers known to hold the same dictionary (or `repack` them).
+Dictionaries are off by default.
+
+For the transport: compress once
+--------------------------------
+`pack_entry(entry)` returns the record; `unpack_entry(index, record)` verifies and decodes
+one. Both go through a bounded cache keyed by (index, term) that remembers the last records
+packed or unpacked in this process, so:
+
+* on the leader, `LmdbStore.append` packs each entry once; the transport calling
+  `pack_entry` (or `LmdbStore.records`) for every follower gets the same bytes back without
+  compressing again;
+* on a follower, the transport's `unpack_entry` remembers the record it received, so when
+  the driver appends that entry the store writes the leader's bytes as they are.
+
+A cache hit requires the entry to be *equal* (all fields, payload compared byte for byte) or
+the record to be *identical*, so the cache can never change what is stored or returned.
+`pack_payload`/`unpack_payload` expose just the payload step for a transport that frames
+the header fields itself.
+
+This module never imports trio, lmdb, or anything from aegis except the log types.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from typing import Any, Iterable, Sequence, cast
+
+import zstandard as zstd
+
+from aegis.log import EntryType, LogEntry, LogIndex, Term
+
+from .errors import CorruptionError, StorageError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FLAG_COMPRESSED",
+    "FLAG_DICT",
+    "DEFAULT_LEVEL",
+    "DEFAULT_THRESHOLD",
+    "Codec",
+    "RecordHeader",
+    "default_codec",
+    "set_default_codec",
+    "pack_entry",
+    "unpack_entry",
+    "pack_payload",
+    "unpack_payload",
+    "record_term",
+    "train_dictionary",
+]
+
+FORMAT_VERSION = 1
+FLAG_COMPRESSED = 0x01
+FLAG_DICT = 0x02
+_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_DICT
+
+DEFAULT_LEVEL = 3
+DEFAULT_THRESHOLD = 64
+DEFAULT_CACHE_ENTRIES = 8192
+DEFAULT_CACHE_BYTES = 64 << 20
+
+_HEAD = struct.Struct(">BBBQdII")  # version, type, flags, term, timestamp, length, entry crc
+_U32 = struct.Struct(">I")
+_MAX_TERM = (1 << 64) - 1
+_ENTRY_TYPES = frozenset(int(t) for t in EntryType)
+
+
+class RecordHeader:
+    """The decoded, CRC-checked header of a record (payload still stored form)."""
+
+    __slots__ = ("type", "flags", "term", "timestamp", "length", "crc", "dict_id", "offset")
+
+    def __init__(
+        self,
+        type: int,
+        flags: int,
+        term: int,
+        timestamp: float,
+        length: int,
+        crc: int,
+        dict_id: int,
+        offset: int,
+    ) -> None:
+        self.type = type
+        self.flags = flags
+        self.term = term
+        self.timestamp = timestamp
+        self.length = length
+        self.crc = crc
+        self.dict_id = dict_id
+        self.offset = offset  # where the stored payload starts
+
+    @property
+    def entry_size(self) -> int:
+        """`LogEntry.size()` of the decoded entry, known without decompressing."""
+        return self.length + 32
+
+
+def _where(path: str | None) -> str:
+    return f" in {path}" if path else ""
+
+
+class Codec:
+    """Compression settings plus per-thread zstd contexts, dictionaries and the record cache.
+
+    One process normally uses the default codec (`default_codec()`); a store or a benchmark
+    may build its own to try other settings.
+    """
+
+    def __init__(
+        self,
+        *,
+        level: int = DEFAULT_LEVEL,
+        threshold: int = DEFAULT_THRESHOLD,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        if not -7 <= level <= 22:
+            raise ValueError(f"zstd level must be in -7..22, got {level}")
+        if threshold < 0:
+            raise ValueError(f"compression threshold must be >= 0, got {threshold}")
+        self.level = level
+        self.threshold = threshold
+        self._params = zstd.ZstdCompressionParameters.from_level(
+            level,
+            format=zstd.FORMAT_ZSTD1_MAGICLESS,
+            write_checksum=0,
+            write_content_size=0,
+            write_dict_id=0,
+        )
+        self._local = threading.local()
+        self._dicts: dict[int, Any] = {}  # dict_id -> zstd.ZstdCompressionDict
+        self._active_dict: int | None = None
+        self._cache_entries = cache_entries
+        self._cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[int, int], tuple[LogEntry, bytes]] = OrderedDict()
+        self._cached_bytes = 0
+        self._cache_lock = threading.Lock()
+
+    # --- dictionaries ------------------------------------------------------------------------
+    def add_dictionary(self, dict_bytes: bytes, *, activate: bool = False) -> int:
+        """Register a trained dictionary for decoding (and for encoding if `activate`)."""
+        d = zstd.ZstdCompressionDict(dict_bytes)
+        dict_id = int(d.dict_id())
+        if dict_id == 0:
+            raise ValueError("not a trained zstd dictionary (dictionary id 0)")
+        if dict_id not in self._dicts:
+            d.precompute_compress(compression_params=self._params)
+            self._dicts[dict_id] = d
+        if activate:
+            self._active_dict = dict_id
+        return dict_id
+
+    def use_dictionary(self, dict_id: int | None) -> None:
+        """Compress new payloads with this registered dictionary (None: no dictionary)."""
+        if dict_id is not None and dict_id not in self._dicts:
+            raise ValueError(f"zstd dictionary {dict_id} is not registered")
+        self._active_dict = dict_id
+
+    @property
+    def active_dictionary(self) -> int | None:
+        return self._active_dict
+
+    # --- per-thread contexts -------------------------------------------------------------------
+    def _compressor(self, dict_id: int | None) -> Any:
+        key = f"c{dict_id or 0}"
+        c = getattr(self._local, key, None)
+        if c is None:
+            if dict_id is None:
+                c = zstd.ZstdCompressor(compression_params=self._params)
+            else:
+                c = zstd.ZstdCompressor(dict_data=self._dicts[dict_id], compression_params=self._params)
+            setattr(self._local, key, c)
+        return c
+
+    def _decompressor(self, dict_id: int | None) -> Any:
+        key = f"d{dict_id or 0}"
+        d = getattr(self._local, key, None)
+        if d is None:
+            if dict_id is None:
+                d = zstd.ZstdDecompressor(format=zstd.FORMAT_ZSTD1_MAGICLESS)
+            else:
+                d = zstd.ZstdDecompressor(dict_data=self._dicts[dict_id], format=zstd.FORMAT_ZSTD1_MAGICLESS)
+            setattr(self._local, key, d)
+        return d
+
+    # --- payloads ------------------------------------------------------------------------------
+    def pack_payload(self, data: bytes) -> tuple[int, int, bytes]:
+        """Compress a payload if that pays: returns (flags, dict_id or 0, stored bytes)."""
+        raw = bytes(data)
+        if len(raw) <= self.threshold:
+            return 0, 0, raw
+        dict_id = self._active_dict
+        packed = cast(bytes, self._compressor(dict_id).compress(raw))
+        if len(packed) >= len(raw):
+            return 0, 0, raw
+        if dict_id is None:
+            return FLAG_COMPRESSED, 0, packed
+        return FLAG_COMPRESSED | FLAG_DICT, dict_id, packed
+
+    def unpack_payload(self, flags: int, dict_id: int, stored: bytes, length: int) -> bytes:
+        """Inverse of `pack_payload`; raises zstd.ZstdError/ValueError on bad input."""
+        if not flags & FLAG_COMPRESSED:
+            if len(stored) != length:
+                raise ValueError(f"raw payload is {len(stored)} bytes, header says {length}")
+            return bytes(stored)
+        if flags & FLAG_DICT:
+            if dict_id not in self._dicts:
+                raise StorageError(f"payload needs zstd dictionary {dict_id}, which this node does not have")
+            dctx = self._decompressor(dict_id)
+        else:
+            dctx = self._decompressor(None)
+        if length == 0:
+            out = b""
+        else:
+            out = cast(bytes, dctx.decompress(stored, max_output_size=length))
+        if len(out) != length:
+            raise ValueError(f"payload decompressed to {len(out)} bytes, header says {length}")
+        return out
+
+    # --- records -------------------------------------------------------------------------------
+    def pack_entry(self, entry: LogEntry) -> bytes:
+        """The stored/wire record of `entry` (cached: equal entries are compressed once)."""
+        hit = self._cache_get((entry.index, entry.term))
+        if hit is not None and (hit[0] is entry or hit[0] == entry):
+            return hit[1]
+        record = self._encode(entry)
+        self._cache_put(entry, record)
+        return record
+
+    def _encode(self, entry: LogEntry) -> bytes:
+        if not 0 <= entry.term <= _MAX_TERM:
+            raise ValueError(f"term {entry.term} does not fit in 64 bits")
+        data = bytes(entry.data)
+        if len(data) >= 1 << 32:
+            raise ValueError(f"entry {entry.index} payload is {len(data)} bytes, the limit is 4 GiB")
+        flags, dict_id, stored = self.pack_payload(data)
+        head = _HEAD.pack(
+            FORMAT_VERSION,
+            int(entry.type),
+            flags,
+            entry.term,
+            float(entry.timestamp),
+            len(data),
+            entry.checksum(),
+        )
+        if flags & FLAG_DICT:
+            head += _U32.pack(dict_id)
+        rcrc = zlib.crc32(stored, zlib.crc32(head))
+        return b"".join((head, _U32.pack(rcrc), stored))
+
+    def read_header(self, index: int, record: bytes, *, path: str | None = None) -> RecordHeader:
+        """Parse and CRC-check a record's header (and stored payload); no decompression."""
+        mv = memoryview(record)
+        if len(mv) < _HEAD.size + 4:
+            raise CorruptionError(
+                f"log entry {index} is truncated ({len(mv)} bytes)", path=path, index=index
+            )
+        version, etype, flags, term, ts, length, crc = _HEAD.unpack_from(mv, 0)
+        if version != FORMAT_VERSION:
+            raise CorruptionError(
+                f"log entry {index} has unknown record format version {version}", path=path, index=index
+            )
+        off = _HEAD.size
+        dict_id = 0
+        if flags & FLAG_DICT:
+            if len(mv) < off + 8:
+                raise CorruptionError(f"log entry {index} is truncated", path=path, index=index)
+            (dict_id,) = _U32.unpack_from(mv, off)
+            off += 4
+        (rcrc,) = _U32.unpack_from(mv, off)
+        if zlib.crc32(mv[off + 4 :], zlib.crc32(mv[:off])) != rcrc:
+            raise CorruptionError(
+                f"checksum mismatch in log entry {index} (record CRC)", path=path, index=index
+            )
+        if flags & ~_KNOWN_FLAGS or etype not in _ENTRY_TYPES or (flags & FLAG_DICT and not flags & FLAG_COMPRESSED):
+            raise CorruptionError(
+                f"log entry {index} has an invalid header (type {etype}, flags {flags:#x})",
+                path=path,
+                index=index,
+            )
+        return RecordHeader(etype, flags, term, ts, length, crc, dict_id, off + 4)
+
+    def unpack_entry(self, index: int, record: bytes, *, path: str | None = None) -> LogEntry:
+        """Decode and verify a record stored at `index`. Raises CorruptionError, never lies."""
+        record = bytes(record)
+        hit = self._cache_get((index, self._peek_term(record)))
+        if hit is not None and hit[1] == record:
+            return hit[0]
+        entry = self._decode(index, record, path=path)
+        self._cache_put(entry, record)
+        return entry
+
+    def _decode(self, index: int, record: bytes, *, path: str | None) -> LogEntry:
+        h = self.read_header(index, record, path=path)
+        try:
+            data = self.unpack_payload(h.flags, h.dict_id, record[h.offset :], h.length)
+        except (zstd.ZstdError, ValueError) as e:
+            raise CorruptionError(
+                f"log entry {index} payload cannot be decoded ({e})", path=path, index=index
+            ) from None
+        entry = LogEntry(LogIndex(index), Term(h.term), EntryType(h.type), data, h.timestamp)
+        if entry.checksum() != h.crc:
+            raise CorruptionError(
+                f"checksum mismatch in log entry {index} (entry CRC)", path=path, index=index
+            )
+        return entry
+
+    def record_term(self, index: int, record: bytes, *, path: str | None = None) -> Term:
+        """The term of a stored record, CRC-checked but not decompressed."""
+        return Term(self.read_header(index, record, path=path).term)
+
+    def repack(self, index: int, record: bytes) -> bytes:
+        """Re-encode a record with this codec's settings (e.g. without a dictionary)."""
+        return self._encode(self._decode(index, record, path=None))
+
+    @staticmethod
+    def _peek_term(record: bytes) -> int:
+        if len(record) < _HEAD.size:
+            return -1
+        return int(struct.unpack_from(">Q", record, 3)[0])
+
+    # --- the record cache ------------------------------------------------------------------------
+    def _cache_get(self, key: tuple[int, int]) -> tuple[LogEntry, bytes] | None:
+        if self._cache_entries <= 0:
+            return None
+        with self._cache_lock:
+            return self._cache.get(key)
+
+    def _cache_put(self, entry: LogEntry, record: bytes) -> None:
+        if self._cache_entries <= 0:
+            return
+        key = (int(entry.index), int(entry.term))
+        cost = len(record) + len(entry.data)
+        with self._cache_lock:
+            old = self._cache.pop(key, None)
+            if old is not None:
+                self._cached_bytes -= len(old[1]) + len(old[0].data)
+            self._cache[key] = (entry, record)
+            self._cached_bytes += cost
+            while self._cache and (
+                len(self._cache) > self._cache_entries or self._cached_bytes > self._cache_bytes
+            ):
+                _, (e, r) = self._cache.popitem(last=False)
+                self._cached_bytes -= len(r) + len(e.data)
+
+    def clear_cache(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
+
+def train_dictionary(samples: Iterable[bytes], size: int = 16 << 10) -> bytes:
+    """Train a zstd dictionary of about `size` bytes on sample payloads; returns its bytes."""
+    sample_list: Sequence[bytes] = [bytes(s) for s in samples]
+    if len(sample_list) < 8:
+        raise ValueError("need at least 8 samples to train a zstd dictionary")
+    d = zstd.train_dictionary(size, list(sample_list))
+    return bytes(d.as_bytes())
+
+
+_default_codec = Codec()
+
+
+def default_codec() -> Codec:
+    """The process-wide codec used by the module-level functions and by stores by default."""
+    return _default_codec
+
+
+def set_default_codec(codec: Codec) -> None:
+    global _default_codec
+    _default_codec = codec
+
+
+def pack_entry(entry: LogEntry) -> bytes:
+    """The stored/wire record of `entry` (index not included). See the module docstring."""
+    return _default_codec.pack_entry(entry)
+
+
+def unpack_entry(index: int, record: bytes, *, path: str | None = None) -> LogEntry:
+    """Decode a record received or stored at `index`, verifying both checksums."""
+    return _default_codec.unpack_entry(index, record, path=path)
+
+
+def pack_payload(data: bytes) -> tuple[int, int, bytes]:
+    """Just the payload step: (flags, dict_id, stored bytes)."""
+    return _default_codec.pack_payload(data)
+
+
+def unpack_payload(flags: int, dict_id: int, stored: bytes, length: int) -> bytes:
+    return _default_codec.unpack_payload(flags, dict_id, stored, length)
+
+
+def record_term(index: int, record: bytes, *, path: str | None = None) -> Term:
+    return _default_codec.record_term(index, record, path=path)
