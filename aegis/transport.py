@@ -23,7 +23,7 @@ pass `now`, an integer tick, and messages become due at ``now + delay``. All ran
 fixed order per call, and nothing iterates a set or dict without sorting first — so a seed
 and a call sequence always give the same run. Faults are checked both when a message is
 sent and when it is delivered: a partition created while a message is in flight loses it,
-as a cut cable would. Crashing a node drops what is in flight to it.
+as a cut cable would. Crashing a node drops what is in flight to and from it.
 
 This module imports no trio or socket at module level.
 """
@@ -273,13 +273,13 @@ _SCHEMAS: Final[dict[type, tuple[MessageType, tuple[tuple[str, _K], ...]]]] = {
         MessageType.APPEND_ENTRIES_REQUEST,
         (("term", _K.UINT), ("leader_id", _K.ID), ("receiver", _K.ID), ("prev_log_index", _K.UINT),
          ("prev_log_term", _K.UINT), ("leader_commit", _K.UINT), ("read_ctx", _K.INT),
-         ("entries", _K.ENTRIES)),
+         ("heartbeat", _K.BOOL), ("entries", _K.ENTRIES)),
     ),
     AppendEntriesResponse: (
         MessageType.APPEND_ENTRIES_RESPONSE,
         (("term", _K.UINT), ("follower_id", _K.ID), ("receiver", _K.ID), ("success", _K.BOOL),
          ("match_index", _K.UINT), ("reject_index", _K.UINT), ("reject_hint", _K.UINT),
-         ("hint_term", _K.UINT), ("read_ctx", _K.INT)),
+         ("hint_term", _K.UINT), ("read_ctx", _K.INT), ("heartbeat", _K.BOOL)),
     ),
     InstallSnapshotRequest: (
         MessageType.INSTALL_SNAPSHOT_REQUEST,
@@ -756,9 +756,11 @@ class InMemoryTransport:
         self._isolated.clear()
         self._cuts.clear()
 
-    def crash(self, node: str, *, drop_outgoing: bool = False) -> None:
-        """The node stops: what is in flight to it is lost, and nothing reaches it until
-        `restart`. Messages it sent before crashing still arrive unless `drop_outgoing`."""
+    def crash(self, node: str, *, drop_outgoing: bool = True) -> None:
+        """The node stops: what is in flight to it (and, with `drop_outgoing`, from it) is
+        lost, and nothing reaches it or leaves it until `restart`. With
+        ``drop_outgoing=False`` messages it sent before crashing still arrive, late — a
+        harsher test of persist-before-send."""
         self._crashed.add(node)
         self.stats.dropped += len(self._queues.pop(node, []))
         if drop_outgoing:
@@ -777,9 +779,10 @@ class InMemoryTransport:
         return node in self._crashed
 
     def can_reach(self, a: str, b: str) -> bool:
-        """Whether a message from `a` to `b` would get through the current faults."""
-        if a in self._crashed or b in self._crashed:
-            return False
+        """Whether a message sent now from `a` to `b` would get through the current faults."""
+        return a not in self._crashed and b not in self._crashed and self._link_open(a, b)
+
+    def _link_open(self, a: str, b: str) -> bool:
         if a == b:
             return True
         if a in self._isolated or b in self._isolated:
@@ -857,8 +860,9 @@ class InMemoryTransport:
         due.sort()
         out: list[RaftMessage] = []
         for item in due:
-            # A fault that appeared while the message was in flight loses it.
-            if self.can_reach(item.msg.sender, item.msg.receiver):
+            # A fault that appeared while the message was in flight loses it. (A crashed
+            # sender's messages were already removed by `crash` unless it kept them.)
+            if item.msg.receiver not in self._crashed and self._link_open(item.msg.sender, item.msg.receiver):
                 out.append(item.msg)
             else:
                 self.stats.dropped += 1
