@@ -89,6 +89,8 @@ def _key_str(raw: bytes) -> str:
 def _check_key(key: object, what: str = "key") -> None:
     if not isinstance(key, str):
         raise TypeError(f"{what} must be str, got {type(key).__name__}")
+    if key.isascii():
+        return  # ASCII always round-trips
     try:
         canonical = _key_str(_key_bytes(key)) == key
     except UnicodeEncodeError:
@@ -159,6 +161,9 @@ _DEFAULTS: Final[dict[str, object]] = {
     "name": None,
     "args": (),
 }
+_UNUSED: Final[dict[CommandType, tuple[tuple[str, object], ...]]] = {
+    t: tuple((f, d) for f, d in _DEFAULTS.items() if f not in uses) for t, uses in _USES.items()
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +183,8 @@ class Command:
         if not isinstance(self.type, CommandType):
             raise TypeError(f"command type must be a CommandType, got {self.type!r}")
         uses = _USES[self.type]
-        for fname, default in _DEFAULTS.items():
-            if fname not in uses and getattr(self, fname) != default:
+        for fname, default in _UNUSED[self.type]:
+            if getattr(self, fname) != default:
                 raise ValueError(f"{self.type.name} does not take {fname!r}")
         if "key" in uses:
             _check_key(self.key)
