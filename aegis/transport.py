@@ -35,7 +35,7 @@ import heapq
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Final, Iterable, Protocol, Sequence, TypeAlias, runtime_checkable
+from typing import Callable, Final, Iterable, Protocol, TypeAlias, runtime_checkable
 
 import msgpack
 
