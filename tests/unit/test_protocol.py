@@ -449,10 +449,10 @@ REPLY_VALUES: st.SearchStrategy[Reply] = st.recursive(
     st.none()
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.binary(max_size=20)
-    | st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=10)
+    | st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=10)
     | st.builds(
         RespError,
-        st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=10),
+        st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=10),
     ),
     lambda children: st.lists(children, max_size=4),
     max_leaves=12,
