@@ -14,7 +14,6 @@ Invariants, checked on open (a violation is `CorruptionError`, the node refuses 
 * the log is dense and starts right after the log base: keys are exactly
   ``log_base.index + 1 .. last`` (checked with cursor first/last and the entry count, so
   open costs O(log n), not a scan);
-* the first entry's term is >= the log base term;
 * the hard state's commit index is <= the last index: the log is never behind what the
   metadata claims was committed;
 * the stored snapshot's first and last chunks exist.
@@ -257,11 +256,6 @@ class LmdbStore:
             )
         self._cache_lo = self._last + 1
         self._load_cache_tail(count)
-        if count and self.term(LogIndex(base + 1)) < self._base.term:
-            raise CorruptionError(
-                f"log entry {base + 1} has a term older than the snapshot point's term {self._base.term}",
-                path=path,
-            )
         self._check_snapshot_chunks()
         self._remove_orphan_chunks()
 
