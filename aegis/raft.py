@@ -695,11 +695,10 @@ class RaftNode:
             or (self.voted_for is None and self.leader_id is None)
             or (m.pre_vote and m.term > self.term)
         )
-        grant = (
-            can_vote
-            and self.id in self.membership.voters
-            and self.log.is_up_to_date(m.last_log_index, m.last_log_term)
-        )
+        # No membership check here: a learner promoted by an entry it has not received yet
+        # must still vote, or the new configuration could never elect a leader. The
+        # candidate only counts votes from its own configuration's voters.
+        grant = can_vote and self.log.is_up_to_date(m.last_log_index, m.last_log_term)
         if grant and not m.pre_vote:
             self.voted_for = m.candidate_id
             self.election_elapsed = 0
@@ -858,7 +857,7 @@ class RaftNode:
             elif pr.state == ProgressState.SNAPSHOT and pr.match_index >= pr.pending_snapshot:
                 pr.become_probe()
             if self._maybe_commit():
-                self._broadcast_append()
+                self._broadcast_append(commit_changed=True)
             elif pr.match_index < self.log.last_index():
                 self._send_append(m.follower_id)
             if m.follower_id == self.lead_transferee and pr.match_index == self.log.last_index():
@@ -1001,11 +1000,12 @@ class RaftNode:
         if pr is not None and pr.state == ProgressState.REPLICATE:
             pr.become_probe()
 
-    def _broadcast_append(self) -> None:
+    def _broadcast_append(self, *, commit_changed: bool = False) -> None:
+        # After the commit index moves, send even empty appends so followers learn it
+        # promptly (follower reads wait for it).
         for peer in sorted(self.progress):
             if peer != self.id:
-                if not self._send_append(peer):
-                    pass
+                self._send_append(peer, allow_empty=commit_changed)
 
     def _broadcast_heartbeat(self, read_ctx: int = 0) -> None:
         for peer in sorted(self.progress):
@@ -1221,7 +1221,7 @@ class RaftNode:
                 if me is not None and self.log.term_or_none(last.index) == last.term:
                     me.maybe_update(LogIndex(min(last.index, self.log.unstable_offset - 1)))
                     if self._maybe_commit():
-                        self._broadcast_append()
+                        self._broadcast_append(commit_changed=True)
         elif rd.truncate_from is not None:
             self.log.truncated_from = None
         if rd.committed_entries:

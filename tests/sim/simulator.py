@@ -23,7 +23,7 @@ from aegis.log import EntryType, LogEntry, LogIndex, MemoryLogStore, Membership,
 from aegis.messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
 from aegis.raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Role
 from aegis.state import Command, StateMachine
-from tests.sim._tmpnet import InMemoryTransport
+from aegis.transport import InMemoryTransport
 
 
 class SafetyViolation(AssertionError):
@@ -63,6 +63,7 @@ class Simulation:
         *,
         check_every: int = 1,
         learners: int = 0,
+        codec_roundtrip: bool = True,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -72,7 +73,7 @@ class Simulation:
         ids = [f"n{i + 1}" for i in range(n)]
         learner_ids = [f"l{i + 1}" for i in range(learners)]
         self.membership = Membership.of(ids, learner_ids)
-        self.net = InMemoryTransport(seed=self.rng.randrange(1 << 30))
+        self.net = InMemoryTransport(seed=self.rng.randrange(1 << 30), reorder=True, codec_roundtrip=codec_roundtrip)
         self.net.delay = (1, max(1, self.faults.max_delay))
         self.net.drop_rate = self.faults.drop
         self.net.duplicate_rate = self.faults.duplicate
@@ -126,6 +127,7 @@ class Simulation:
         node = self.nodes[nid]
         if node.alive:
             return
+        self.net.restart(nid)
         self._boot(node)
         self._drain(node)
 

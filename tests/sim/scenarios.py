@@ -1,0 +1,32 @@
+"""Named fault scenarios for the simulator; `SCENARIOS[name](seed)` builds a Simulation."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .simulator import FaultRates, Simulation
+
+SCENARIOS: dict[str, Callable[[int], Simulation]] = {
+    # three voters, moderate faults, frequent snapshots
+    "default": lambda seed: Simulation(seed, n=3),
+    # five voters, more loss, partitions and crashes
+    "five": lambda seed: Simulation(
+        seed, n=5, faults=FaultRates(drop=0.05, duplicate=0.05, max_delay=5, partition_every=60, crash_every=80)
+    ),
+    # heavy loss, long delays, constant crashes, snapshots every 15 entries
+    "harsh": lambda seed: Simulation(
+        seed,
+        n=3,
+        faults=FaultRates(drop=0.1, duplicate=0.1, max_delay=8, partition_every=40, crash_every=50, snapshot_threshold=15),
+    ),
+    # learners, promotions, removals and re-adds while faults happen
+    "members": lambda seed: Simulation(seed, n=3, learners=2, faults=FaultRates(membership_changes=True)),
+}
+
+
+def run(name: str, seed: int, ticks: int = 800) -> Simulation:
+    sim = SCENARIOS[name](seed)
+    sim.run(ticks)
+    sim.stabilise()
+    sim.final_check()
+    return sim

@@ -1,0 +1,169 @@
+"""A scriptable in-memory network of RaftNodes for the paper tests (etcd's `network`).
+
+`Net.deliver()` runs every node's Ready cycle (persisting into its MemoryLogStore exactly
+as a driver must) and delivers messages until the network is quiet. `cut`, `isolate`,
+`drop_types` and `recover` shape what gets through.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from aegis.log import EntryType, LogEntry, LogIndex, Membership, MemoryLogStore, Term
+from aegis.messages import InstallSnapshotRequest, RaftMessage
+from aegis.raft import RaftConfig, RaftNode, Ready
+from aegis.state import StateMachine
+
+
+def make_config(**kw: object) -> RaftConfig:
+    base = dict(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=1, seed=1)
+    base.update(kw)
+    return RaftConfig(**base)  # type: ignore[arg-type]
+
+
+def persist(store: MemoryLogStore, rd: Ready) -> None:
+    """What every driver does with a Ready before sending its messages."""
+    if rd.snapshot is not None:
+        store.compact(rd.snapshot.meta)
+    if rd.truncate_from is not None:
+        store.truncate_suffix(rd.truncate_from)
+    if rd.entries:
+        store.append(rd.entries)
+    if rd.hard_state is not None:
+        store.set_hard_state(rd.hard_state)
+    if rd.membership is not None:
+        store.set_membership(rd.membership)
+
+
+class Peer:
+    def __init__(self, node_id: str, voters: Iterable[str], learners: Iterable[str] = (),
+                 config: RaftConfig | None = None, store: MemoryLogStore | None = None) -> None:
+        self.id = node_id
+        self.store = store or MemoryLogStore(Membership.of(voters, learners))
+        self.config = config or make_config()
+        self.raft = RaftNode(node_id, self.config, self.store)
+        self.sm = StateMachine()
+        self.snapshot_data = b""
+        self.applied: list[LogEntry] = []
+        self.read_states: list[tuple[int, int]] = []
+
+    def cycle(self) -> list[RaftMessage]:
+        out: list[RaftMessage] = []
+        while self.raft.has_ready():
+            rd = self.raft.ready()
+            persist(self.store, rd)
+            if rd.snapshot is not None:
+                self.snapshot_data = rd.snapshot.data
+                self.sm.restore_chunks([rd.snapshot.data])
+            for m in rd.messages:
+                if isinstance(m, InstallSnapshotRequest) and not m.data:
+                    m = InstallSnapshotRequest(term=m.term, leader_id=m.leader_id, snapshot=m.snapshot,
+                                               data=self.snapshot_data, receiver=m.receiver)
+                out.append(m)
+            for e in rd.committed_entries:
+                self.applied.append(e)
+                self.sm.apply_entry(e)
+            self.read_states.extend((r.ctx, r.index) for r in rd.read_states)
+            self.raft.advance(rd)
+        return out
+
+    def snapshot_now(self) -> None:
+        meta = self.raft.snapshot_meta_for(LogIndex(self.sm.last_applied))
+        self.snapshot_data = b"".join(self.sm.snapshot_chunks())
+        self.store.compact(meta)
+        self.raft.compacted(meta)
+
+    def restart(self) -> None:
+        """Crash and restart: keep only what was persisted through Ready."""
+        self.raft = RaftNode(self.id, self.config, self.store)
+        self.sm = StateMachine()
+        if self.snapshot_data:
+            self.sm.restore_chunks([self.snapshot_data])
+        self.applied = []
+
+
+class Net:
+    def __init__(self, ids: Iterable[str], learners: Iterable[str] = (), **config: object) -> None:
+        ids = list(ids)
+        learners = list(learners)
+        self.peers: dict[str, Peer] = {}
+        for i, nid in enumerate(ids + learners):
+            cfg = make_config(seed=i + 1, **config)
+            self.peers[nid] = Peer(nid, ids, learners, cfg)
+        self.blocked: set[tuple[str, str]] = set()
+        self.dropped_types: set[type] = set()
+        self.filter: Callable[[RaftMessage], bool] | None = None
+        self.trace: list[RaftMessage] = []
+
+    def __getitem__(self, nid: str) -> RaftNode:
+        return self.peers[nid].raft
+
+    def cut(self, a: str, b: str) -> None:
+        self.blocked |= {(a, b), (b, a)}
+
+    def isolate(self, a: str) -> None:
+        for b in self.peers:
+            if b != a:
+                self.cut(a, b)
+
+    def recover(self) -> None:
+        self.blocked.clear()
+        self.dropped_types.clear()
+        self.filter = None
+
+    def deliver(self, msgs: Iterable[RaftMessage] = (), max_rounds: int = 10_000) -> None:
+        queue = list(msgs)
+        for p in self.peers.values():
+            queue.extend(p.cycle())
+        rounds = 0
+        while queue:
+            rounds += 1
+            assert rounds < max_rounds, "network did not quiesce"
+            m = queue.pop(0)
+            if (m.sender, m.receiver) in self.blocked or type(m) in self.dropped_types:
+                continue
+            if self.filter is not None and not self.filter(m):
+                continue
+            peer = self.peers.get(m.receiver)
+            if peer is None:
+                continue
+            self.trace.append(m)
+            peer.raft.step(m)
+            queue.extend(peer.cycle())
+            for p in self.peers.values():
+                if p is not peer:
+                    queue.extend(p.cycle())
+
+    def tick(self, nid: str, n: int = 1) -> None:
+        for _ in range(n):
+            self.peers[nid].raft.tick()
+            self.deliver()
+
+    def tick_all(self, n: int = 1) -> None:
+        for _ in range(n):
+            for p in self.peers.values():
+                p.raft.tick()
+            self.deliver()
+
+    def elect(self, nid: str) -> None:
+        self.peers[nid].raft.start_election()
+        self.deliver()
+        assert self.peers[nid].raft.is_leader(), f"{nid} did not win"
+
+    def propose(self, nid: str, data: bytes = b"x") -> LogIndex:
+        idx = self.peers[nid].raft.propose(data)
+        self.deliver()
+        return idx
+
+
+def entries(*terms: int, start: int = 1) -> list[LogEntry]:
+    return [LogEntry(LogIndex(start + i), Term(t), EntryType.COMMAND, b"") for i, t in enumerate(terms)]
+
+
+def store_with(terms: list[int], voters: Iterable[str], term: int | None = None) -> MemoryLogStore:
+    from aegis.log import HardState
+
+    s = MemoryLogStore(Membership.of(voters))
+    s.append(entries(*terms))
+    s.set_hard_state(HardState(Term(term if term is not None else (terms[-1] if terms else 0)), None, LogIndex(0)))
+    return s

@@ -1,0 +1,610 @@
+"""One test per claim of the Raft paper and dissertation, against RaftNode with manual ticks.
+
+Section numbers refer to Ongaro & Ousterhout 2014 ("In Search of an Understandable
+Consensus Algorithm") unless they say "diss." (Ongaro's dissertation).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from aegis.log import EntryType, HardState, LogEntry, LogIndex, LogInvariantError, Membership, MemoryLogStore, Term
+from aegis.messages import (
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    ConfigChange,
+    ConfigChangeType,
+    InstallSnapshotRequest,
+    ReadIndexRequest,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
+from aegis.raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftNode, Role
+
+from .raft_net import Net, Peer, entries, make_config, store_with
+
+ABC = ["a", "b", "c"]
+
+
+def node(nid: str = "a", voters: list[str] = ABC, store: MemoryLogStore | None = None, **kw: object) -> RaftNode:
+    return RaftNode(nid, make_config(**kw), store or MemoryLogStore(Membership.of(voters)))
+
+
+def drain(n: RaftNode) -> list:
+    out = []
+    while n.has_ready():
+        rd = n.ready()
+        st = n.log.store
+        if rd.truncate_from is not None:
+            st.truncate_suffix(rd.truncate_from)
+        if rd.entries:
+            st.append(rd.entries)
+        if rd.hard_state is not None:
+            st.set_hard_state(rd.hard_state)
+        out.extend(rd.messages)
+        n.advance(rd)
+    return out
+
+
+# ---------------------------------------------------------------- §5.1 terms
+@pytest.mark.parametrize("role", ["follower", "candidate", "leader"])
+def test_higher_term_message_converts_to_follower(role: str) -> None:
+    n = node(pre_vote=False)
+    if role == "candidate":
+        n.start_election()
+    elif role == "leader":
+        n.start_election()
+        n.step(VoteResponse(term=1, vote_granted=True, voter_id="b", receiver="a"))
+        assert n.is_leader()
+    n.step(AppendEntriesRequest(term=5, leader_id="c", prev_log_index=0, prev_log_term=0, receiver="a"))
+    assert n.role == Role.FOLLOWER
+    assert n.term == 5
+    assert n.leader_id == "c"
+
+
+def test_stale_term_message_is_rejected_and_changes_nothing() -> None:
+    n = node(store=store_with([1, 2], ABC, term=3))
+    before = (n.term, n.voted_for, n.log.last_index(), n.commit_index)
+    n.step(AppendEntriesRequest(term=2, leader_id="b", prev_log_index=2, prev_log_term=2,
+                                entries=tuple(entries(2, start=3)), leader_commit=3, receiver="a"))
+    assert (n.term, n.voted_for, n.log.last_index(), n.commit_index) == before
+    msgs = drain(n)
+    # The stale leader is told the newer term so it steps down.
+    assert len(msgs) == 1 and isinstance(msgs[0], AppendEntriesResponse)
+    assert msgs[0].term == 3 and not msgs[0].success
+    n.step(VoteRequest(term=2, candidate_id="b", last_log_index=9, last_log_term=9, receiver="a"))
+    assert n.voted_for is None and drain(n) == []
+
+
+def test_messages_for_other_nodes_and_from_unknown_nodes_change_nothing() -> None:
+    n = node()
+    n.step(AppendEntriesRequest(term=5, leader_id="c", prev_log_index=0, prev_log_term=0, receiver="zz"))
+    assert n.term == 0
+    n.start_election()
+    n.step(VoteResponse(term=1, vote_granted=True, voter_id="stranger", receiver="a"))
+    assert n.role == Role.CANDIDATE  # a vote from a non-member is not counted
+
+
+# ---------------------------------------------------------------- §5.2 elections
+def test_follower_starts_election_after_timeout() -> None:
+    n = node(pre_vote=False)
+    for _ in range(n.randomized_timeout):
+        n.tick()
+    assert n.role == Role.CANDIDATE and n.term == 1 and n.voted_for == "a"
+    msgs = drain(n)
+    assert sorted(m.receiver for m in msgs if isinstance(m, VoteRequest)) == ["b", "c"]
+
+
+def test_election_timeouts_are_randomized_within_range() -> None:
+    seen = set()
+    for seed in range(50):
+        n = node(seed=seed)
+        assert 10 <= n.randomized_timeout < 20
+        seen.add(n.randomized_timeout)
+    assert len(seen) > 5
+
+
+@pytest.mark.parametrize(
+    "size,grants,won",
+    [(1, [], True), (3, ["b"], True), (3, [], False), (5, ["b", "c"], True), (5, ["b"], False)],
+)
+def test_election_won_by_majority(size: int, grants: list[str], won: bool) -> None:
+    ids = [chr(ord("a") + i) for i in range(size)]
+    n = node(voters=ids, pre_vote=False)
+    n.start_election()
+    for g in grants:
+        n.step(VoteResponse(term=1, vote_granted=True, voter_id=g, receiver="a"))
+    assert n.is_leader() == won
+
+
+def test_election_lost_when_majority_rejects() -> None:
+    n = node(pre_vote=False)
+    n.start_election()
+    n.step(VoteResponse(term=1, vote_granted=False, voter_id="b", receiver="a"))
+    assert n.role == Role.CANDIDATE
+    n.step(VoteResponse(term=1, vote_granted=False, voter_id="c", receiver="a"))
+    assert n.role == Role.FOLLOWER
+
+
+def test_one_vote_per_term() -> None:
+    n = node("c")
+    n.step(VoteRequest(term=1, candidate_id="a", last_log_index=0, last_log_term=0, receiver="c"))
+    n.step(VoteRequest(term=1, candidate_id="b", last_log_index=0, last_log_term=0, receiver="c"))
+    n.step(VoteRequest(term=1, candidate_id="a", last_log_index=0, last_log_term=0, receiver="c"))
+    votes = [m for m in drain(n) if isinstance(m, VoteResponse)]
+    assert [(v.receiver, v.vote_granted) for v in votes] == [("a", True), ("b", False), ("a", True)]
+    assert n.voted_for == "a"
+
+
+def test_vote_is_durable_before_the_response_leaves() -> None:
+    n = node("c")
+    n.step(VoteRequest(term=1, candidate_id="a", last_log_index=0, last_log_term=0, receiver="c"))
+    rd = n.ready()
+    assert rd.hard_state == HardState(Term(1), "a", LogIndex(0))
+    assert any(isinstance(m, VoteResponse) and m.vote_granted for m in rd.messages)
+    assert rd.must_sync()
+
+
+def test_split_vote_then_a_new_election_succeeds() -> None:
+    net = Net(["a", "b", "c", "d"], pre_vote=False)
+    net.cut("a", "c"); net.cut("a", "d"); net.cut("b", "c"); net.cut("b", "d")
+    net["a"].start_election()
+    net["c"].start_election()
+    net.deliver()
+    assert not any(net[x].is_leader() for x in "abcd")  # 2-2 split
+    net.recover()
+    for _ in range(60):
+        net.tick_all()
+        if any(net[x].is_leader() for x in "abcd"):
+            break
+    leaders = [x for x in "abcd" if net[x].is_leader()]
+    assert len(leaders) == 1
+
+
+def test_candidate_falls_back_to_follower_on_append_from_leader_of_same_term() -> None:
+    n = node(pre_vote=False)
+    n.start_election()
+    n.step(AppendEntriesRequest(term=1, leader_id="b", prev_log_index=0, prev_log_term=0, receiver="a"))
+    assert n.role == Role.FOLLOWER and n.leader_id == "b" and n.term == 1
+
+
+def test_leader_sends_heartbeats() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.trace.clear()
+    net.tick("a")
+    hb = [m for m in net.trace if isinstance(m, AppendEntriesRequest) and m.heartbeat]
+    assert sorted(m.receiver for m in hb) == ["b", "c"]
+
+
+# ---------------------------------------------------------------- §5.3 replication
+def test_leader_replicates_and_commits_by_majority() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.cut("a", "c")
+    idx = net.propose("a", b"x")
+    assert net["a"].commit_index == idx  # a + b is a majority
+    assert net["b"].log.last_index() == idx
+    assert net["c"].log.last_index() < idx
+
+
+def test_no_commit_without_majority() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.isolate("a")
+    idx = net.propose("a", b"x")
+    assert net["a"].commit_index < idx
+
+
+def test_commit_of_an_entry_commits_preceding_entries() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.isolate("a")
+    i1 = net.propose("a", b"1")
+    i2 = net.propose("a", b"2")
+    assert net["a"].commit_index < i1
+    net.recover()
+    i3 = net.propose("a", b"3")
+    assert net["a"].commit_index == i3 > i2 > i1
+    applied = [bytes(e.data) for e in net.peers["b"].applied if e.type == EntryType.COMMAND]
+    assert applied == [b"1", b"2", b"3"]
+
+
+def test_follower_rejects_append_that_fails_consistency_check() -> None:
+    n = node("b", store=store_with([1, 1], ABC, term=2))
+    n.step(AppendEntriesRequest(term=2, leader_id="a", prev_log_index=2, prev_log_term=2,
+                                entries=tuple(entries(2, start=3)), receiver="b"))
+    resp = [m for m in drain(n) if isinstance(m, AppendEntriesResponse)][0]
+    assert not resp.success and resp.reject_index == 2 and n.log.last_index() == 2
+
+
+def test_impossible_index_is_rejected_without_change() -> None:
+    n = node("b", store=store_with([1, 1], ABC, term=2))
+    n.step(AppendEntriesRequest(term=2, leader_id="a", prev_log_index=10_000, prev_log_term=2,
+                                entries=tuple(entries(2, start=10_001)), leader_commit=10_001, receiver="b"))
+    resp = [m for m in drain(n) if isinstance(m, AppendEntriesResponse)][0]
+    assert not resp.success
+    assert n.log.last_index() == 2 and n.commit_index == 0
+    assert resp.reject_hint == 2  # fast back-off: "my log ends at 2"
+
+
+def test_follower_truncates_conflicting_suffix() -> None:
+    n = node("b", store=store_with([1, 1, 2, 2], ABC, term=2))
+    n.step(AppendEntriesRequest(term=3, leader_id="a", prev_log_index=2, prev_log_term=1,
+                                entries=tuple(entries(3, start=3)), leader_commit=0, receiver="b"))
+    drain(n)
+    assert [n.log.term_at(LogIndex(i)) for i in range(1, 4)] == [1, 1, 3]
+    assert n.log.last_index() == 3
+    assert n.log.store.last_index() == 3  # the driver truncated the store too
+
+
+def test_reordered_shorter_append_never_truncates_matched_entries() -> None:
+    n = node("b", store=store_with([], ABC, term=1))
+    long = AppendEntriesRequest(term=1, leader_id="a", prev_log_index=0, prev_log_term=0,
+                                entries=tuple(entries(1, 1, 1)), receiver="b")
+    short = AppendEntriesRequest(term=1, leader_id="a", prev_log_index=0, prev_log_term=0,
+                                 entries=tuple(entries(1)), receiver="b")
+    n.step(long)
+    n.step(short)  # arrives late
+    drain(n)
+    assert n.log.last_index() == 3
+
+
+@pytest.mark.parametrize(
+    "follower",
+    [
+        # Figure 7 of the paper: the leader's log is 1,1,1,4,4,5,5,6,6,6 (term 8 now).
+        [1, 1, 1, 4, 4, 5, 5, 6, 6],  # (a) missing entries
+        [1, 1, 1, 4],  # (b)
+        [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6],  # (c) extra uncommitted entry
+        [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7],  # (d) extra entries of term 7
+        [1, 1, 1, 4, 4, 4, 4],  # (e) missing and extra
+        [1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3],  # (f)
+    ],
+    ids=list("abcdef"),
+)
+def test_figure7_divergent_follower_logs_are_repaired(follower: list[int]) -> None:
+    leader_log = [1, 1, 1, 4, 4, 5, 5, 6, 6, 6]
+    leader = Peer("L", ["L", "F", "X"], store=store_with(leader_log, ["L", "F", "X"], term=7))
+    fol = Peer("F", ["L", "F", "X"], store=store_with(follower, ["L", "F", "X"], term=7))
+    net = Net([])
+    net.peers = {"L": leader, "F": fol}
+    leader.raft.start_election()  # term 8
+    net.deliver([VoteResponse(term=8, vote_granted=True, voter_id="X", receiver="L")])
+    assert leader.raft.is_leader()
+    net.propose("L", b"8")
+    L, F = leader.raft, fol.raft
+    # 10 entries of Figure 7, the term-8 no-op, and the new proposal.
+    assert F.log.last_index() == L.log.last_index() == 12
+    for i in range(1, 13):
+        assert F.log.term_at(LogIndex(i)) == L.log.term_at(LogIndex(i))
+    assert L.commit_index == 12 and F.commit_index == 12
+    assert fol.store.last_index() == 12
+
+
+# ---------------------------------------------------------------- §5.4 safety
+@pytest.mark.parametrize(
+    "cand_last_index,cand_last_term,granted",
+    [(3, 2, True), (2, 2, False), (4, 2, True), (1, 3, True), (9, 1, False)],
+)
+def test_vote_restriction_by_last_log_term_and_index(cand_last_index: int, cand_last_term: int, granted: bool) -> None:
+    n = node("c", store=store_with([1, 2, 2], ABC, term=2))
+    n.step(VoteRequest(term=3, candidate_id="a", last_log_index=cand_last_index,
+                       last_log_term=cand_last_term, receiver="c"))
+    v = [m for m in drain(n) if isinstance(m, VoteResponse)][0]
+    assert v.vote_granted == granted
+
+
+def test_figure8_old_term_entries_are_not_committed_by_counting() -> None:
+    # S1 leads term 2 and replicates an entry of term 2 to S2 only; S5 leads term 3 and
+    # crashes; S1 leads term 4 and copies its term-2 entry to S3: it is on a majority, but
+    # must not be committed by counting until an entry of term 4 commits.
+    ids = ["s1", "s2", "s3", "s4", "s5"]
+    s1 = Peer("s1", ids, store=store_with([1, 2], ids, term=3))
+    s2 = Peer("s2", ids, store=store_with([1, 2], ids, term=3))
+    s3 = Peer("s3", ids, store=store_with([1], ids, term=3))
+    net = Net([])
+    net.peers = {"s1": s1, "s2": s2, "s3": s3}
+    # Block proposals from flowing until we check the no-op-less state.
+    s1.raft.start_election()  # term 4
+    net.dropped_types = {AppendEntriesRequest}
+    net.deliver()
+    assert s1.raft.is_leader() and s1.raft.term == 4
+    # Deliver the old term-2 entry to s3 only, without the term-4 no-op.
+    s3.raft.step(AppendEntriesRequest(term=4, leader_id="s1", prev_log_index=1, prev_log_term=1,
+                                      entries=(LogEntry(LogIndex(2), Term(2)),), leader_commit=0,
+                                      receiver="s1" if False else "s3"))
+    for m in s3.cycle():
+        if isinstance(m, AppendEntriesResponse):
+            s1.raft.step(m)
+    s2.raft.step(AppendEntriesRequest(term=4, leader_id="s1", prev_log_index=2, prev_log_term=2,
+                                      receiver="s2"))
+    for m in s2.cycle():
+        if isinstance(m, AppendEntriesResponse):
+            s1.raft.step(m)
+    s1.cycle()
+    # Index 2 (term 2) is stored on s1, s2, s3: a majority of 5, but not committed.
+    assert s1.raft.progress["s2"].match_index >= 2 and s1.raft.progress["s3"].match_index >= 2
+    assert s1.raft.commit_index < 2
+    # Once the term-4 no-op reaches a majority, both commit.
+    net.dropped_types = set()
+    net.tick("s1", 5)  # lost pipelined appends are detected by heartbeats and resent
+    assert s1.raft.commit_index == 3
+
+
+# ---------------------------------------------------------------- PreVote / CheckQuorum
+def test_prevote_does_not_disrupt_a_stable_leader() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    term = net["a"].term
+    net.isolate("c")
+    for _ in range(100):
+        net.tick("c")
+    assert net["c"].term == term  # pre-votes never raise its term
+    net.recover()
+    net.tick_all(3)
+    assert net["a"].is_leader() and net["a"].term == term
+
+
+def test_without_prevote_a_rejoining_node_disrupts() -> None:
+    net = Net(ABC, pre_vote=False, check_quorum=False)
+    net.elect("a")
+    net.isolate("c")
+    for _ in range(100):
+        net.tick("c")
+    assert net["c"].term > net["a"].term  # the problem PreVote solves
+
+
+def test_check_quorum_makes_isolated_leader_step_down() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.isolate("a")
+    for _ in range(25):
+        net.tick("a")
+    assert net["a"].role == Role.FOLLOWER
+
+
+def test_leader_ignores_disruptive_vote_request_within_lease() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    b = net["b"]
+    term = b.term
+    b.step(VoteRequest(term=term + 5, candidate_id="c", last_log_index=99, last_log_term=99, receiver="b"))
+    assert b.term == term and b.leader_id == "a"
+
+
+# ---------------------------------------------------------------- flow control
+def test_stale_ack_does_not_move_match_index() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.propose("a", b"1")
+    net.propose("a", b"2")
+    pr = net["a"].progress["b"]
+    m = pr.match_index
+    net["a"].step(AppendEntriesResponse(term=net["a"].term, success=True, follower_id="b",
+                                        match_index=LogIndex(1), receiver="a"))
+    assert pr.match_index == m
+
+
+def test_pipelining_respects_inflight_window() -> None:
+    net = Net(ABC, max_inflight=2, max_entries_per_message=1)
+    net.elect("a")
+    net.dropped_types = {AppendEntriesResponse}
+    for i in range(5):
+        net["a"].propose(b"%d" % i)
+    net.trace.clear()
+    net.deliver()
+    appends_to_b = [m for m in net.trace if isinstance(m, AppendEntriesRequest) and m.receiver == "b" and m.entries]
+    assert len(appends_to_b) <= 2
+
+
+# ---------------------------------------------------------------- snapshots
+def test_lagging_follower_catches_up_by_snapshot() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.isolate("c")
+    for i in range(20):
+        net.propose("a", b"v%d" % i)
+    net.peers["a"].snapshot_now()
+    net.peers["b"].snapshot_now()
+    assert net["a"].log.first_index() > net["c"].log.last_index() + 1
+    net.recover()
+    net.tick_all(5)  # heartbeats reveal the lost appends; the log there is compacted
+    assert any(isinstance(m, InstallSnapshotRequest) and m.receiver == "c" for m in net.trace)
+    assert net["c"].commit_index == net["a"].commit_index
+    assert net.peers["c"].sm.digest() == net.peers["a"].sm.digest()
+    net.propose("a", b"after")
+    assert net["c"].log.last_index() == net["a"].log.last_index()
+
+
+def test_restart_keeps_only_what_ready_persisted() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    idx = net.propose("a", b"x")
+    p = net.peers["b"]
+    p.restart()
+    assert p.raft.term == net["a"].term
+    assert p.raft.log.last_index() == idx
+    assert p.raft.commit_index >= idx - 1
+
+
+# ---------------------------------------------------------------- membership
+def test_adding_a_learner_and_promoting_it() -> None:
+    net = Net(ABC, learners=["d"])
+    net.elect("a")
+    net.propose("a", b"x")
+    assert net["d"].log.last_index() == net["a"].log.last_index()
+    # learners do not vote and do not campaign
+    for _ in range(50):
+        net["d"].tick()
+    assert net["d"].role == Role.FOLLOWER and "d" not in net["a"].membership.voters
+    net["a"].propose_config_change(ConfigChange(type=ConfigChangeType.PROMOTE, node_id="d"))
+    net.deliver()
+    assert "d" in net["a"].membership.voters and "d" in net["d"].membership.voters
+
+
+def test_add_voter_through_the_log() -> None:
+    ids = ABC
+    net = Net(ids)
+    net.peers["d"] = Peer("d", ids)  # a fresh node that knows the old config
+    net.elect("a")
+    net["a"].propose_config_change(ConfigChange(type=ConfigChangeType.ADD_VOTER, node_id="d", address="x:1"))
+    net.deliver()
+    net.tick_all(2)
+    assert net["a"].membership.voters == {"a", "b", "c", "d"}
+    assert net["d"].membership.address_of("d") == "x:1"
+    assert net["d"].log.last_index() == net["a"].log.last_index()
+
+
+def test_one_membership_change_at_a_time() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.isolate("a")
+    net["a"].propose_config_change(ConfigChange(type=ConfigChangeType.ADD_LEARNER, node_id="d"))
+    with pytest.raises(ConfigChangeError):
+        net["a"].propose_config_change(ConfigChange(type=ConfigChangeType.ADD_LEARNER, node_id="e"))
+
+
+def test_no_membership_change_before_leader_commits_in_its_term() -> None:
+    net = Net(ABC)
+    net.isolate("a")
+    net["a"].start_election()
+    net["a"].step(VoteResponse(term=1, vote_granted=True, voter_id="b", receiver="a"))
+    assert net["a"].is_leader()
+    with pytest.raises(ConfigChangeError):
+        net["a"].propose_config_change(ConfigChange(type=ConfigChangeType.ADD_LEARNER, node_id="d"))
+
+
+def test_removing_the_leader() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net["a"].propose_config_change(ConfigChange(type=ConfigChangeType.REMOVE, node_id="a"))
+    net.deliver()
+    net.tick_all(2)
+    assert net["a"].role == Role.FOLLOWER
+    assert net["b"].membership.voters == {"b", "c"}
+    for _ in range(60):
+        net.tick_all()
+        if net["b"].is_leader() or net["c"].is_leader():
+            break
+    leader = "b" if net["b"].is_leader() else "c"
+    assert net[leader].is_leader()
+    net.propose(leader, b"after")
+    assert net["a"].role == Role.FOLLOWER  # a removed server does not campaign
+    assert net["b"].commit_index == net["c"].commit_index
+
+
+def test_uncommitted_config_is_rolled_back_on_truncation() -> None:
+    n = node("b", store=store_with([1], ABC, term=1))
+    change = ConfigChange(type=ConfigChangeType.ADD_LEARNER, node_id="d")
+    m = change.apply_to(n.membership)
+    n.step(AppendEntriesRequest(term=1, leader_id="a", prev_log_index=1, prev_log_term=1, receiver="b",
+                                entries=(LogEntry(LogIndex(2), Term(1), EntryType.CONFIG_CHANGE, change.encode(m)),)))
+    assert "d" in n.membership.learners
+    n.step(AppendEntriesRequest(term=2, leader_id="c", prev_log_index=1, prev_log_term=1, receiver="b",
+                                entries=tuple(entries(2, start=2))))
+    assert "d" not in n.membership.learners
+
+
+# ---------------------------------------------------------------- leadership transfer
+def test_leadership_transfer() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.propose("a", b"x")
+    net["a"].transfer_leadership("c")
+    net.deliver()
+    assert net["c"].is_leader()
+    assert net["a"].role == Role.FOLLOWER
+
+
+def test_proposals_refused_during_transfer() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.dropped_types = {TimeoutNow}
+    net["a"].transfer_leadership("c")
+    with pytest.raises(ProposalDroppedError):
+        net["a"].propose(b"x")
+    for _ in range(12):
+        net.tick("a")  # the transfer times out
+    net["a"].propose(b"x")
+
+
+def test_transfer_to_lagging_follower_catches_it_up_first() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.cut("a", "c")
+    net.propose("a", b"x")
+    net.recover()
+    net["a"].transfer_leadership("c")
+    net.tick_all(5)
+    assert net["c"].is_leader()
+    assert net["c"].log.last_index() >= 2
+
+
+# ---------------------------------------------------------------- ReadIndex
+def test_read_index_on_leader_waits_for_quorum_heartbeat() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    idx = net.propose("a", b"x")
+    net.isolate("a")
+    assert net["a"].read_index(7)
+    net.deliver()
+    assert net.peers["a"].read_states == []  # no quorum confirmed leadership
+    net.recover()
+    net.tick("a")
+    net["a"].read_index(8)
+    net.deliver()
+    ctxs = dict(net.peers["a"].read_states)
+    assert ctxs.get(8) == idx
+
+
+def test_read_index_from_follower() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    idx = net.propose("a", b"x")
+    assert net["b"].read_index(3)
+    net.deliver()
+    assert (3, idx) in net.peers["b"].read_states
+
+
+def test_read_index_without_leader_fails_fast() -> None:
+    n = node()
+    assert n.read_index(1) is False
+
+
+def test_read_index_from_non_member_is_ignored() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net["a"].step(ReadIndexRequest(term=net["a"].term, sender_id="zz", ctx=1, receiver="a"))
+    assert not net["a"].has_ready() or all(m.receiver != "zz" for m in net["a"].ready().messages)
+
+
+# ---------------------------------------------------------------- proposals and bad input
+def test_follower_refuses_proposals_with_leader_hint() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    with pytest.raises(NotLeaderError) as exc:
+        net["b"].propose(b"x")
+    assert exc.value.leader_id == "a"
+
+
+def test_committed_entries_are_never_truncated() -> None:
+    n = node("b", store=store_with([1, 1], ABC, term=1))
+    n.step(AppendEntriesRequest(term=1, leader_id="a", prev_log_index=2, prev_log_term=1, leader_commit=2,
+                                receiver="b"))
+    assert n.commit_index == 2
+    # An older, conflicting-looking append below the commit index is acknowledged, not applied.
+    n.step(AppendEntriesRequest(term=2, leader_id="c", prev_log_index=0, prev_log_term=0,
+                                entries=tuple(entries(2, 2)), receiver="b"))
+    assert [n.log.term_at(LogIndex(i)) for i in (1, 2)] == [1, 1]
+    with pytest.raises(LogInvariantError):
+        n.log.truncate(LogIndex(2))
+
+
+def test_malformed_config_entry_changes_nothing() -> None:
+    n = node("b", store=store_with([1], ABC, term=1))
+    before = n.membership
+    n.step(AppendEntriesRequest(term=1, leader_id="a", prev_log_index=1, prev_log_term=1, receiver="b",
+                                entries=(LogEntry(LogIndex(2), Term(1), EntryType.CONFIG_CHANGE, b"\xff garbage"),)))
+    assert n.membership == before
