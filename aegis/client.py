@@ -296,14 +296,20 @@ class _Connection:
     def looks_closed(self) -> bool:
         """Whether the idle connection has something to read (EOF, or bytes nobody asked
         for): either way it cannot carry a request. A zero-timeout poll, no I/O."""
+        if self.parser.buffered > 0:
+            return True
         try:
             fd = self.stream.socket.fileno()
             if fd < 0:
                 return True
+            if hasattr(select, "poll"):  # select() cannot take descriptors above 1023
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                return bool(poller.poll(0))
             readable, _, _ = select.select([fd], [], [], 0)
         except (OSError, ValueError):
             return True
-        return bool(readable) or self.parser.buffered > 0
+        return bool(readable)
 
     async def close(self) -> None:
         await trio.aclose_forcefully(self.stream)

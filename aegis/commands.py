@@ -16,9 +16,12 @@ What comes out, and what the server does with it:
 * `ReadRequest(key)` (GET) and `ExistsRequest(keys)` (EXISTS) — serve after ReadIndex.
 * `InfoRequest`, `ClusterRequest`, `MemberRequest`, `LeaderTransferRequest`,
   `AuthRequest` — node status, membership and authentication: the server's business.
+* `HelloRequest` — the protocol handshake: the connection may switch to RESP3 (redis-py 8
+  asks for it on connect and does not fall back), after which every reply is encoded with
+  ``resp3=True`` (nil is ``_``; maps are maps).
 * `LocalReply(value, close=…)` — answered from the table alone (PING, ECHO, SELECT 0,
-  COMMAND, CLIENT SETNAME, QUIT, HELLO …): encode `value` with `aegis.protocol.encode`,
-  and close the connection afterwards when `close` is set (QUIT).
+  COMMAND, CLIENT SETNAME, QUIT …): send `encoded(resp3)`, and close the connection
+  afterwards when `close` is set (QUIT).
 * `ErrorReply(text)` — a definite failure; ``text`` starts with its kind (``ERR …``).
 
 `COMMANDS` is also the user-facing catalogue: syntax, summary, example, group, argument
@@ -59,6 +62,7 @@ __all__ = [
     "MemberRequest",
     "LeaderTransferRequest",
     "AuthRequest",
+    "HelloRequest",
     "LocalReply",
     "ErrorReply",
     "Request",
@@ -76,6 +80,7 @@ __all__ = [
     "ERR_WRONGPASS",
     "ERR_AUTH_NOT_CONFIGURED",
     "ERR_NOT_INTEGER",
+    "ERR_HELLO_NOAUTH",
     "ERR_SYNTAX",
 ]
 
@@ -89,6 +94,11 @@ ERR_AUTH_NOT_CONFIGURED: Final = (
     "Are you sure your configuration is correct?"
 )
 ERR_NOT_INTEGER: Final = "ERR value is not an integer or out of range"
+ERR_HELLO_NOAUTH: Final = (
+    "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+    "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and "
+    "select the RESP protocol version at the same time"
+)
 ERR_SYNTAX: Final = "ERR syntax error"
 
 INT64_MIN: Final = -(2**63)
@@ -201,8 +211,8 @@ class LocalReply:
     value: Reply
     close: bool = False
 
-    def encoded(self) -> bytes:
-        return encode(self.value)
+    def encoded(self, resp3: bool = False) -> bytes:
+        return encode(self.value, resp3=resp3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +221,38 @@ class ErrorReply:
 
     text: str
 
-    def encoded(self) -> bytes:
+    def encoded(self, resp3: bool = False) -> bytes:
         return encode_error(self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class HelloRequest:
+    """HELLO [protover [AUTH username password] [SETNAME name]].
+
+    The server: if `auth` is set, check it like AUTH (``WRONGPASS`` on failure, and then
+    change nothing); on a node with a token, a connection not yet authenticated that sends
+    no `auth` gets ``NOAUTH HELLO must be called with the client already authenticated…``.
+    Otherwise remember `protocol` for the connection (when not None; 3 means encode every
+    later reply with ``resp3=True``) and send `encoded(resp3)` — the server description,
+    a map in RESP3 and a flat array in RESP2.
+    """
+
+    protocol: int | None = None
+    auth: AuthRequest | None = None
+    client_name: bytes | None = None
+
+    def encoded(self, resp3: bool = False) -> bytes:
+        proto = self.protocol if self.protocol is not None else (3 if resp3 else 2)
+        return encode(
+            {
+                b"server": SERVER_NAME.encode(),
+                b"version": SERVER_VERSION.encode(),
+                b"proto": proto,
+                b"mode": b"cluster",
+                b"modules": [],
+            },
+            resp3=proto == 3,
+        )
 
 
 Request: TypeAlias = Union[
@@ -224,16 +264,18 @@ Request: TypeAlias = Union[
     MemberRequest,
     LeaderTransferRequest,
     AuthRequest,
+    HelloRequest,
     LocalReply,
     ErrorReply,
 ]
 
 
-def encode_result(command: Command, result: CommandResult) -> bytes:
+def encode_result(command: Command, result: CommandResult, *, resp3: bool = False) -> bytes:
     """The RESP reply for an applied (or read) command: what the client of §4 expects.
 
     SET → ``+OK``; GET → bulk or nil; DEL, INCR*, CAS → integer; a failed result (an
-    INCR of a non-integer, an overflow) → ``-ERR <error>``.
+    INCR of a non-integer, an overflow) → ``-ERR <error>``. `resp3` for connections that
+    sent ``HELLO 3`` (it only changes how nil is spelled).
     """
     if not result.success:
         return encode_error(f"ERR {result.error}")
@@ -242,7 +284,7 @@ def encode_result(command: Command, result: CommandResult) -> bytes:
     value = result.value
     if isinstance(value, int):
         return encode_integer(value)
-    return encode_bulk(value)
+    return encode_bulk(value, resp3=resp3)
 
 
 # --------------------------------------------------------------------------- catalogue
@@ -548,30 +590,32 @@ def _h_quit(argv: Sequence[bytes], limits: CommandLimits) -> Request:
 
 
 def _h_hello(argv: Sequence[bytes], limits: CommandLimits) -> Request:
-    if len(argv) > 1:
-        try:
-            version = _int64(argv[1])
-        except _Reject:
-            return ErrorReply("ERR Protocol version is not an integer or out of range")
-        if version != 2:
-            # Clients that try RESP3 first (go-redis, node-redis) fall back to RESP2 on this.
-            return ErrorReply("NOPROTO sorry, this protocol version is not supported.")
-        if len(argv) > 2:
-            return ErrorReply("ERR HELLO options are not supported: use AUTH and CLIENT SETNAME")
-    return LocalReply(
-        [
-            b"server",
-            SERVER_NAME.encode(),
-            b"version",
-            SERVER_VERSION.encode(),
-            b"proto",
-            2,
-            b"mode",
-            b"cluster",
-            b"modules",
-            [],
-        ]
-    )
+    if len(argv) == 1:
+        return HelloRequest()
+    try:
+        version = _int64(argv[1])
+    except _Reject:
+        return ErrorReply("ERR Protocol version is not an integer or out of range")
+    if version not in (2, 3):
+        return ErrorReply("NOPROTO sorry, this protocol version is not supported.")
+    auth: AuthRequest | None = None
+    name: bytes | None = None
+    i = 2
+    while i < len(argv):
+        option = argv[i].lower()
+        if option == b"auth" and i + 2 < len(argv):
+            auth = AuthRequest(argv[i + 2], username=argv[i + 1])
+            i += 3
+        elif option == b"setname" and i + 1 < len(argv):
+            name = argv[i + 1]
+            if any(b <= 0x20 or b >= 0x7F for b in name):
+                return ErrorReply(
+                    "ERR Client names cannot contain spaces, newlines or special characters."
+                )
+            i += 2
+        else:
+            return ErrorReply(f"ERR Syntax error in HELLO option '{_text(argv[i])[:64]}'")
+    return HelloRequest(version, auth, name)
 
 
 def _h_command(argv: Sequence[bytes], limits: CommandLimits) -> Request:
@@ -604,15 +648,13 @@ _CONFIG_VALUES: Final = {"save": b"", "appendonly": b"yes", "appendfsync": b"alw
 
 
 def _h_config_get(argv: Sequence[bytes], limits: CommandLimits) -> Request:
-    pairs: list[Reply] = []
-    seen: set[str] = set()
+    found: dict[Reply, Reply] = {}
     for raw in argv[2:]:
         pattern = _text(raw).lower()
         for name, value in _CONFIG_VALUES.items():
-            if name not in seen and fnmatch.fnmatchcase(name, pattern):
-                seen.add(name)
-                pairs += [name.encode(), value]
-    return LocalReply(pairs)
+            if fnmatch.fnmatchcase(name, pattern):
+                found.setdefault(name.encode(), value)
+    return LocalReply(found)  # a map in RESP3, name/value pairs in RESP2
 
 
 # --------------------------------------------------------------------------- the table
@@ -848,9 +890,12 @@ _TABLE: Final[tuple[CommandSpec, ...]] = (
     ),
     # ----- compat
     _spec(
-        "HELLO", -1, "Protocol handshake: Aegis speaks RESP2 only (HELLO 3 gets NOPROTO).",
-        "HELLO [protover]", "HELLO 2", "1) \"server\" 2) \"aegis\" ...", "compat", _h_hello,
-        (Arg("protover", K.INTEGER, optional=True),), retry_safe=True, no_auth=True,
+        "HELLO", -1,
+        "Protocol handshake: RESP2 (Aegis's own) or RESP3 (what redis-py 8 asks for).",
+        "HELLO [protover [AUTH username token] [SETNAME name]]", "HELLO 2",
+        "1) \"server\" 2) \"aegis\" ...", "compat", _h_hello,
+        (Arg("protover", K.KEYWORD, optional=True, choices=("2", "3")),),
+        retry_safe=True, no_auth=True,
     ),
     _spec(
         "COMMAND", -1, "Command introspection for redis-cli (COUNT and LIST answer; DOCS is empty).",

@@ -34,13 +34,16 @@ Invariants:
   before closing. Error texts are Redis's, word for word, where Redis has one.
 
 `RespReplyParser` (client side) is the mirror: replies (simple strings as `str`, errors as
-`RespError`, integers, bulk strings as `bytes`, nil as ``None``, arrays as nested lists),
-with the same limits and partial-read behaviour. A malformed reply raises
+`RespError`, integers, bulk strings as `bytes`, nil as ``None``, arrays as nested lists;
+and RESP3's null, boolean and map), with the same limits and partial-read behaviour. A malformed reply raises
 `RespProtocolError`: the server broke the protocol and the client must drop the connection.
 
 The ``encode_*`` functions build replies (server) and commands (client). ``encode(value)``
 maps Python values onto RESP the same way the reply parser maps them back, so
-``parse(encode(v)) == v`` for every `Reply`.
+``parse(encode(v)) == v`` for every `Reply`. Aegis speaks RESP2; the encoders also take
+``resp3=True`` for connections that switched with ``HELLO 3``, because redis-py 8 asks for
+RESP3 on connect and does not fall back. In RESP3 only nil (``_``) and maps (``%``) are
+spelled differently for the replies Aegis sends.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ __all__ = [
     "OK",
     "PONG",
     "NIL",
+    "NIL3",
     "EMPTY_ARRAY",
 ]
 
@@ -135,8 +139,9 @@ class RespError:
         return self.text
 
 
-#: A decoded reply: simple string (str), error, integer, bulk (bytes), nil, or array.
-Reply: TypeAlias = Union[str, RespError, int, bytes, None, list["Reply"]]
+#: A decoded reply: simple string (str), error, integer, bulk (bytes), nil, array, or map
+#: (RESP3 only; see `encode`). Map keys are in practice bytes, str or int.
+Reply: TypeAlias = Union[str, RespError, int, bytes, None, list["Reply"], dict["Reply", "Reply"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,25 +552,25 @@ def encode_integer(value: int) -> bytes:
     return b":%d\r\n" % value
 
 
-def encode_bulk(value: bytes | bytearray | memoryview | None) -> bytes:
-    """``$len\\r\\n…\\r\\n``, or the nil bulk ``$-1\\r\\n`` for None."""
+def encode_bulk(value: bytes | bytearray | memoryview | None, *, resp3: bool = False) -> bytes:
+    """``$len\r\n…\r\n``; None is the nil bulk ``$-1\r\n`` (RESP3: the null ``_\r\n``)."""
     if value is None:
-        return b"$-1\r\n"
+        return NIL3 if resp3 else NIL
     data = value if isinstance(value, bytes) else bytes(value)
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
-def encode_array(items: Sequence[Reply] | None) -> bytes:
-    """``*n\\r\\n`` and each item encoded with `encode`; None is the nil array ``*-1``."""
+def encode_array(items: Sequence[Reply] | None, *, resp3: bool = False) -> bytes:
+    """``*n\r\n`` and each item encoded with `encode`; None is the nil array ``*-1``."""
     if items is None:
-        return b"*-1\r\n"
+        return NIL3 if resp3 else b"*-1\r\n"
     out = bytearray(b"*%d\r\n" % len(items))
     for item in items:
-        _encode_into(out, item)
+        _encode_into(out, item, resp3)
     return bytes(out)
 
 
-def _encode_into(out: bytearray, value: Reply) -> None:
+def _encode_into(out: bytearray, value: Reply, resp3: bool) -> None:
     if isinstance(value, bytes):
         out += b"$%d\r\n%b\r\n" % (len(value), value)
     elif isinstance(value, str):
@@ -575,22 +580,33 @@ def _encode_into(out: bytearray, value: Reply) -> None:
     elif isinstance(value, int):
         out += b":%d\r\n" % value
     elif value is None:
-        out += b"$-1\r\n"
+        out += NIL3 if resp3 else NIL
     elif isinstance(value, RespError):
         out += encode_error(value.text)
     elif isinstance(value, (list, tuple)):
         out += b"*%d\r\n" % len(value)
         for item in value:
-            _encode_into(out, item)
+            _encode_into(out, item, resp3)
+    elif isinstance(value, dict):
+        # RESP3 has maps; RESP2 sends the pairs flat, as Redis does for HELLO and CONFIG GET.
+        out += b"%%%d\r\n" % len(value) if resp3 else b"*%d\r\n" % (2 * len(value))
+        for key, item in value.items():
+            _encode_into(out, key, resp3)
+            _encode_into(out, item, resp3)
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as RESP")
 
 
-def encode(value: Reply) -> bytes:
+def encode(value: Reply, *, resp3: bool = False) -> bytes:
     """Encode a `Reply`: str→simple, bytes→bulk, int→integer, None→nil, RespError→error,
-    list→array (nested as deep as given)."""
+    list→array, dict→map (nested as deep as given).
+
+    RESP2 (the default) is what Aegis speaks; a connection that negotiated RESP3 with
+    ``HELLO 3`` (redis-py ≥ 8 does by default) needs `resp3`: nil becomes ``_`` and a dict a
+    ``%`` map instead of a flat array. Every other type is spelled the same in both.
+    """
     out = bytearray()
-    _encode_into(out, value)
+    _encode_into(out, value, resp3)
     return bytes(out)
 
 
@@ -622,6 +638,7 @@ def encode_command(args: Sequence[bytes | bytearray | memoryview | str | int | f
 OK: Final = b"+OK\r\n"
 PONG: Final = b"+PONG\r\n"
 NIL: Final = b"$-1\r\n"
+NIL3: Final = b"_\r\n"
 EMPTY_ARRAY: Final = b"*0\r\n"
 
 
@@ -629,13 +646,22 @@ EMPTY_ARRAY: Final = b"*0\r\n"
 
 
 class _Frame:
-    """An array being filled: its items and how many are still missing."""
+    """An array (or map) being filled: its items and how many are still missing."""
 
-    __slots__ = ("items", "remaining")
+    __slots__ = ("items", "remaining", "is_map")
 
-    def __init__(self, remaining: int) -> None:
+    def __init__(self, remaining: int, is_map: bool = False) -> None:
         self.items: list[Reply] = []
         self.remaining = remaining
+        self.is_map = is_map
+
+    def finish(self) -> Reply:
+        if not self.is_map:
+            return self.items
+        try:
+            return dict(zip(self.items[::2], self.items[1::2]))
+        except TypeError:
+            raise RespProtocolError("unhashable map key") from None
 
 
 class RespReplyParser:
@@ -782,6 +808,28 @@ class RespReplyParser:
                         self._stack.append(_Frame(count))
                         continue
                     value = [] if count == 0 else None
+                elif kind == 0x25:  # % (RESP3 map)
+                    count = _parse_int(buf, body_start, cr)
+                    if count is None or count < 0 or 2 * count > self.max_array_len:
+                        raise self._fail("invalid map length")
+                    self._pos = line_end
+                    if count > 0:
+                        if len(self._stack) >= self.max_depth:
+                            raise self._fail("arrays nested too deeply")
+                        self._stack.append(_Frame(2 * count, is_map=True))
+                        continue
+                    value = {}
+                elif kind == 0x5F:  # _ (RESP3 null)
+                    if cr != body_start:
+                        raise self._fail("invalid null reply")
+                    value = None
+                    self._pos = line_end
+                elif kind == 0x23:  # # (RESP3 boolean)
+                    flag = bytes(buf[body_start:cr])
+                    if flag not in (b"t", b"f"):
+                        raise self._fail("invalid boolean reply")
+                    value = flag == b"t"
+                    self._pos = line_end
                 else:
                     raise self._fail(f"unexpected reply type byte {chr(kind)!r}")
             # Attach the finished value to the enclosing arrays, closing those now full.
@@ -792,6 +840,9 @@ class RespReplyParser:
                 if frame.remaining:
                     break
                 self._stack.pop()
-                value = frame.items
+                try:
+                    value = frame.finish()
+                except RespProtocolError as exc:
+                    raise self._fail(str(exc)) from None
             else:
                 return value

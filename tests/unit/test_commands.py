@@ -19,6 +19,7 @@ from aegis.commands import (
     CommandSpec,
     ErrorReply,
     ExistsRequest,
+    HelloRequest,
     InfoRequest,
     LeaderTransferRequest,
     LocalReply,
@@ -223,16 +224,31 @@ def test_local_replies() -> None:
     assert error("CLIENT KILL x") == "ERR unknown subcommand 'KILL'. Try CLIENT HELP."
 
 
-def test_hello_keeps_clients_on_resp2() -> None:
-    for line in ("HELLO", "HELLO 2"):
-        reply = parse(line)
-        assert isinstance(reply, LocalReply)
-        assert isinstance(reply.value, list)
-        fields = dict(zip(reply.value[::2], reply.value[1::2]))
-        assert fields[b"proto"] == 2 and fields[b"server"] == b"aegis"
-    assert error("HELLO 3") == "NOPROTO sorry, this protocol version is not supported."
+def test_hello_negotiates_the_protocol() -> None:
+    assert parse("HELLO") == HelloRequest()
+    assert parse("HELLO 2") == HelloRequest(2)
+    assert parse("HELLO 3") == HelloRequest(3)
+    assert parse("hello 3 auth default s3cret setname app") == HelloRequest(
+        3, AuthRequest(b"s3cret", username=b"default"), b"app"
+    )
+    assert error("HELLO 1") == "NOPROTO sorry, this protocol version is not supported."
+    assert error("HELLO 4") == "NOPROTO sorry, this protocol version is not supported."
     assert error("HELLO x") == "ERR Protocol version is not an integer or out of range"
-    assert error("HELLO 2 AUTH u p").startswith("ERR HELLO options are not supported")
+    assert error("HELLO 3 AUTH onlyuser") == "ERR Syntax error in HELLO option 'AUTH'"
+    assert error("HELLO 3 COLOR red") == "ERR Syntax error in HELLO option 'COLOR'"
+    assert error('HELLO 3 SETNAME "a b"').startswith("ERR Client names cannot contain")
+    assert allowed_before_auth(b"HELLO")
+
+
+def test_hello_reply_is_a_map_in_resp3_and_pairs_in_resp2() -> None:
+    resp3 = HelloRequest(3).encoded()
+    assert resp3.startswith(b"%5\r\n$6\r\nserver\r\n$5\r\naegis\r\n")
+    assert b"$5\r\nproto\r\n:3\r\n" in resp3
+    resp2 = HelloRequest(2).encoded()
+    assert resp2.startswith(b"*10\r\n") and b"$5\r\nproto\r\n:2\r\n" in resp2
+    # A bare HELLO keeps the connection's protocol and says which it is.
+    assert b":3\r\n" in HelloRequest().encoded(resp3=True)
+    assert b":2\r\n" in HelloRequest().encoded(resp3=False)
 
 
 def test_command_and_config_for_redis_tools() -> None:
@@ -241,11 +257,15 @@ def test_command_and_config_for_redis_tools() -> None:
     assert parse("COMMAND COUNT") == LocalReply(len(COMMANDS))
     listed = parse("COMMAND LIST")
     assert isinstance(listed, LocalReply) and b"get" in listed.value  # type: ignore[operator]
-    assert parse("CONFIG GET save") == LocalReply([b"save", b""])
-    assert parse("CONFIG GET appendonly") == LocalReply([b"appendonly", b"yes"])
-    assert parse("CONFIG GET nosuch") == LocalReply([])
+    assert parse("CONFIG GET save") == LocalReply({b"save": b""})
+    save = parse("CONFIG GET save")
+    assert isinstance(save, LocalReply)
+    assert save.encoded() == b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n"  # what redis-benchmark reads
+    assert save.encoded(resp3=True) == b"%1\r\n$4\r\nsave\r\n$0\r\n\r\n"
+    assert parse("CONFIG GET appendonly") == LocalReply({b"appendonly": b"yes"})
+    assert parse("CONFIG GET nosuch") == LocalReply({})
     assert parse("CONFIG GET append* appendonly") == LocalReply(
-        [b"appendonly", b"yes", b"appendfsync", b"always"]
+        {b"appendonly": b"yes", b"appendfsync": b"always"}
     )
     assert error("CONFIG SET save x") == "ERR unknown subcommand 'SET'. Try CONFIG HELP."
 
@@ -337,6 +357,8 @@ def test_encode_result_against_the_state_machine() -> None:
         return encode_result(request.command, result)
 
     assert run("GET k") == b"$-1\r\n"
+    missing = Command.get("k")
+    assert encode_result(missing, sm.get("k"), resp3=True) == b"_\r\n"
     assert run("SET k hello") == b"+OK\r\n"
     assert run("GET k") == b"$5\r\nhello\r\n"
     assert run("CAS k nope x") == b":0\r\n"

@@ -359,6 +359,29 @@ def test_encoders() -> None:
         encode(object())  # type: ignore[arg-type]
 
 
+def test_resp3_spelling_of_nil_and_maps() -> None:
+    assert encode(None, resp3=True) == b"_\r\n"
+    assert encode_bulk(None, resp3=True) == b"_\r\n"
+    assert encode_array(None, resp3=True) == b"_\r\n"
+    assert encode({b"a": 1}, resp3=True) == b"%1\r\n$1\r\na\r\n:1\r\n"
+    assert encode({b"a": 1}) == b"*2\r\n$1\r\na\r\n:1\r\n"
+    assert encode([None, {b"k": [None]}], resp3=True) == b"*2\r\n_\r\n%1\r\n$1\r\nk\r\n*1\r\n_\r\n"
+    # Everything else is spelled the same in both.
+    same: list[Reply] = ["OK", 7, b"bulk", [b"x", 1], RespError("ERR no")]
+    for value in same:
+        assert encode(value, resp3=True) == encode(value)
+
+
+def test_reply_parser_reads_resp3_null_boolean_and_maps() -> None:
+    stream = encode({b"a": [1, None], b"b": {}}, resp3=True) + b"#t\r\n#f\r\n_\r\n%0\r\n"
+    assert replies_of([stream]) == [{b"a": [1, None], b"b": {}}, True, False, None, {}]
+    for bad in (b"#x\r\n", b"_x\r\n", b"%-1\r\n", b"%1\r\n*1\r\n:1\r\n:2\r\n"):
+        parser = RespReplyParser()
+        parser.feed(bad)
+        with pytest.raises(RespProtocolError):
+            parser.next_reply()
+
+
 def test_encode_command() -> None:
     assert encode_command(["SET", b"k", 12, 1.5]) == (
         b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$3\r\n1.5\r\n"
@@ -454,7 +477,8 @@ REPLY_VALUES: st.SearchStrategy[Reply] = st.recursive(
         RespError,
         st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=10),
     ),
-    lambda children: st.lists(children, max_size=4),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.binary(max_size=5) | st.integers(-(2**63), 2**63 - 1), children, max_size=3),
     max_leaves=12,
 )
 
@@ -462,7 +486,7 @@ REPLY_VALUES: st.SearchStrategy[Reply] = st.recursive(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(REPLY_VALUES, max_size=5), st.lists(st.integers(min_value=0), max_size=6))
 def test_fuzz_reply_round_trip(values: list[Reply], cuts: list[int]) -> None:
-    stream = b"".join(encode(v) for v in values)
+    stream = b"".join(encode(v, resp3=True) for v in values)
     assert replies_of(_chunked(stream, cuts)) == values
 
 
