@@ -27,7 +27,7 @@ What comes out, and what the server does with it:
 `COMMANDS` is also the user-facing catalogue: syntax, summary, example, group, argument
 kinds (for completion: which argument is a key, a node id, a keyword), whether a command is
 safe to retry after an unknown outcome, and whether it is dangerous (the shell asks before
-running those). Container commands (CLUSTER, MEMBER, LEADER, COMMAND, CLIENT, CONFIG) keep
+running those). Container commands (CLUSTER, MEMBER, LEADER, CLIENT, CONFIG) keep
 their sub-commands in `CommandSpec.subcommands`; `lookup("member", "add")` finds one.
 
 Arity follows Redis: a positive arity is exact, a negative one is a minimum, and both count
