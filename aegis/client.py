@@ -15,11 +15,11 @@ Retrying is where a client can lose or double a write, so the rules are strict:
 
 * A connection that fails before anything was sent (refused, or found closed by the
   server while idle) is replaced silently: the command was not sent, so nothing can double.
-* A connection lost *after* the command was sent, or a reply that does not arrive in time,
-  leaves the outcome unknown: a read-only, idempotent command (``retry_safe`` in
-  `aegis.commands.COMMANDS`: GET, EXISTS, PING, INFO, CLUSTER …) is resent on another
-  connection; a write raises `ConnectionLostError` or `RequestTimeoutError` and is never
-  resent.
+  If no seed accepts a connection (one pass over them, no waiting), `NodeUnavailableError`.
+* A connection lost *after* the command was sent leaves the outcome unknown: a read-only,
+  idempotent command (``retry_safe`` in `aegis.commands.COMMANDS`: GET, EXISTS, PING, INFO,
+  CLUSTER …) is resent on a new connection; a write raises `ConnectionLostError` and is
+  never resent. A reply that has not arrived by the deadline raises `RequestTimeoutError`.
 * ``-TRYAGAIN`` means "not applied, try again": every command is retried after a back-off.
   ``-NOLEADER`` and ``-TIMEOUT`` may hide an applied write: only safe commands are retried;
   a write raises `NoLeaderError` / `RequestTimeoutError` for the caller to sort out.
