@@ -79,6 +79,7 @@ DEFAULT_CACHE_BYTES = 32 << 20
 
 _LEN = struct.Struct(">I")  # the payload length field of a record header, at offset 19
 _SNAP_KEY = struct.Struct(">QI")
+_U64 = struct.Struct(">Q")  # log keys (storage.meta.index_key, inlined on the hot path)
 
 
 def _limit_size(entries: list[LogEntry], max_bytes: int | None) -> list[LogEntry]:
@@ -502,7 +503,8 @@ class LmdbStore:
                     cut = first
             if cut is None and not entries and hard_state is None and membership is None:
                 return
-            items = [(m.index_key(e.index), self.codec.pack_entry(e)) for e in entries]
+            key = _U64.pack
+            items = list(zip([key(e.index) for e in entries], self.codec.pack_entries(entries)))
 
             def body(txn: lmdb.Transaction[bytes]) -> None:
                 if cut is not None:

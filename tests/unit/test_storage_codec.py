@@ -64,6 +64,25 @@ def test_compressible_payload_shrinks() -> None:
     assert codec.unpack_entry(1, rec).data == data
 
 
+def test_adaptive_compression_skips_what_does_not_pay_and_notices_change() -> None:
+    codec = fresh()
+    rng = random.Random(5)
+    size_class = (200).bit_length()
+    for i in range(1, 1001):  # incompressible values of ~200 B
+        codec.pack_entry(entry(i, rng.randbytes(200)))
+    assert codec._class_poor[size_class]
+    compressible = b'{"name": "alice", "tags": ["a", "b", "c"], "x": 1}' * 4
+    recs = [codec.pack_entry(entry(i, compressible[:200])) for i in range(1, 2001)]
+    assert not codec._class_poor[size_class]
+    assert all(codec.read_header(i + 1, r).flags for i, r in enumerate(recs[-500:], start=1500))
+    # other size classes were never affected, and a non-adaptive codec always tries
+    assert not codec._class_poor[(1000).bit_length()]
+    plain = c.Codec(cache_entries=0, adaptive=False)
+    for i in range(1, 1001):
+        plain.pack_entry(entry(i, rng.randbytes(200)))
+    assert plain.read_header(1, plain.pack_entry(entry(1, compressible[:200]))).flags == c.FLAG_COMPRESSED
+
+
 def test_level_and_threshold_are_validated() -> None:
     with pytest.raises(ValueError):
         c.Codec(level=99)
