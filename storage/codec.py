@@ -47,20 +47,26 @@ Dictionaries are off by default.
 
 For the transport: compress once
 --------------------------------
-`pack_entry(entry)` returns the record; `unpack_entry(index, record)` verifies and decodes
-one. Both go through a bounded cache keyed by (index, term) that remembers the last records
-packed or unpacked in this process, so:
+`pack_payload(entry)` / `unpack_payload(payload)` are the transport's payload hooks
+(`aegis.transport.PayloadPacker` / `PayloadUnpacker`): the transport ships index, term,
+type and timestamp in its own frame, and the payload in its *stored* form::
 
-* on the leader, `LmdbStore.append` packs each entry once; the transport calling
-  `pack_entry` (or `LmdbStore.records`) for every follower gets the same bytes back without
-  compressing again;
-* on a follower, the transport's `unpack_entry` remembers the record it received, so when
-  the driver appends that entry the store writes the leader's bytes as they are.
+    flags (1) | uncompressed length (4) | [dictionary id (4)] | CRC32 (4) | stored bytes
 
-A cache hit requires the entry to be *equal* (all fields, payload compared byte for byte) or
-the record to be *identical*, so the cache can never change what is stored or returned.
-`pack_payload`/`unpack_payload` expose just the payload step for a transport that frames
-the header fields itself.
+(the CRC covers the fields before it and the stored bytes)
+
+* On the leader, `LmdbStore.append` packs each entry once and the codec remembers the
+  record (a bounded cache keyed by (index, term); a hit needs an *equal* entry, payload
+  compared byte for byte), so `pack_payload` for every follower is a cache hit, a CRC
+  and a copy, never a second compression.
+* On a follower, `unpack_payload` checks the CRC (a peer's bytes are verified before they
+  are decompressed), decompresses, and remembers the stored bytes together with the
+  returned `bytes` object; when the driver appends the entry built around that object, the
+  store writes the leader's stored bytes without compressing them again.
+
+`pack_entry`/`unpack_entry` give and take whole records (`LmdbStore.records` returns them
+too); `compress_payload`/`decompress_payload` are the bare payload step. The caches can
+never change what is stored or returned: they only skip recomputing identical bytes.
 
 This module never imports trio, lmdb, or anything from aegis except the log types.
 """
@@ -112,6 +118,7 @@ PROBE_EVERY = 32  # while a size class is skipped, still compress one payload in
 
 _HEAD = struct.Struct(">BBBQdII")  # version, type, flags, term, timestamp, length, entry crc
 _U32 = struct.Struct(">I")
+_WIRE = struct.Struct(">BI")  # wire payload: flags, uncompressed length
 _CRC_HEAD = struct.Struct(">QQB")  # what LogEntry.checksum() covers before the payload
 _MAX_TERM = (1 << 64) - 1
 _ENTRY_TYPES = frozenset(int(t) for t in EntryType)
@@ -191,6 +198,9 @@ class Codec:
         # oldest O(deleted slots)); a re-inserted key may leave a stale deque slot, harmless.
         self._cache: dict[tuple[int, int], tuple[LogEntry, bytes]] = {}
         self._cache_order: deque[tuple[int, int]] = deque()
+        # payloads received by unpack_payload, by id() of the returned bytes (kept alive here)
+        self._wire: dict[int, tuple[bytes, int, int, bytes]] = {}
+        self._wire_order: deque[int] = deque()
         self._cached_bytes = 0
         self._cache_lock = threading.Lock()
         # Adaptive compression, per payload size class (bit length of the size): bytes in and
@@ -253,7 +263,7 @@ class Codec:
         return d
 
     # --- payloads ------------------------------------------------------------------------------
-    def pack_payload(self, data: bytes) -> tuple[int, int, bytes]:
+    def compress_payload(self, data: bytes) -> tuple[int, int, bytes]:
         """Compress a payload if that pays: returns (flags, dict_id or 0, stored bytes)."""
         raw = data if type(data) is bytes else bytes(data)
         n = len(raw)
@@ -287,8 +297,8 @@ class Codec:
             self._class_in[cls] //= 2
             self._class_out[cls] //= 2
 
-    def unpack_payload(self, flags: int, dict_id: int, stored: bytes, length: int) -> bytes:
-        """Inverse of `pack_payload`; raises zstd.ZstdError/ValueError on bad input."""
+    def decompress_payload(self, flags: int, dict_id: int, stored: bytes, length: int) -> bytes:
+        """Inverse of `compress_payload`; raises zstd.ZstdError/ValueError on bad input."""
         if not flags & FLAG_COMPRESSED:
             if len(stored) != length:
                 raise ValueError(f"raw payload is {len(stored)} bytes, header says {length}")
@@ -311,6 +321,58 @@ class Codec:
     def pack_entry(self, entry: LogEntry) -> bytes:
         """The stored/wire record of `entry` (cached: equal entries are compressed once)."""
         return self.pack_entries((entry,))[0]
+
+    # --- the wire form of a payload (the transport's hooks) -----------------------------------------
+    def pack_payload(self, entry: LogEntry) -> bytes:
+        """The payload as a transport ships it: the stored bytes, not compressed again.
+
+        ``flags (1) | uncompressed length (4) | [dictionary id (4)] | CRC32 (4) | stored
+        bytes``; the CRC covers the fields before it and the stored bytes. Goes through the record cache, so for an entry the store
+        has just appended this costs a CRC and a copy, not a compression.
+        """
+        record = self.pack_entries((entry,))[0]
+        flags = record[2]
+        off = _HEAD.size + (4 if flags & FLAG_DICT else 0) + 4
+        stored = memoryview(record)[off:]
+        head = _WIRE.pack(flags, len(entry.data))
+        if flags & FLAG_DICT:
+            head += record[_HEAD.size : _HEAD.size + 4]
+        return b"".join((head, _U32.pack(zlib.crc32(stored, zlib.crc32(head))), stored))
+
+    def unpack_payload(self, payload: bytes) -> bytes:
+        """Verify and decompress a payload received from a peer; returns the payload bytes.
+
+        The stored bytes are remembered with the returned object, so when the driver appends
+        the entry built around it, the store writes the leader's bytes without compressing.
+        """
+        mv = memoryview(payload)
+        if len(mv) < _WIRE.size + 4:
+            raise CorruptionError("entry payload received from a peer is truncated")
+        flags, length = _WIRE.unpack_from(mv, 0)
+        off = _WIRE.size
+        dict_id = 0
+        if flags & ~_KNOWN_FLAGS or (flags & FLAG_DICT and not flags & FLAG_COMPRESSED):
+            raise CorruptionError(f"entry payload received from a peer has invalid flags {flags:#x}")
+        if flags & FLAG_DICT:
+            if len(mv) < off + 8:
+                raise CorruptionError("entry payload received from a peer is truncated")
+            (dict_id,) = _U32.unpack_from(mv, off)
+            off += 4
+        (crc,) = _U32.unpack_from(mv, off)
+        stored = bytes(mv[off + 4 :])
+        if zlib.crc32(stored, zlib.crc32(mv[:off])) != crc:  # before trusting the length
+            raise CorruptionError("checksum mismatch in an entry payload received from a peer")
+        try:
+            data = self.decompress_payload(flags, dict_id, stored, length)
+        except (zstd.ZstdError, ValueError) as e:
+            raise CorruptionError(f"entry payload received from a peer cannot be decoded ({e})") from None
+        if self._cache_entries > 0:
+            with self._cache_lock:
+                self._wire[id(data)] = (data, flags, dict_id, stored)
+                self._wire_order.append(id(data))
+                while len(self._wire) > self._cache_entries:
+                    self._wire.pop(self._wire_order.popleft(), None)
+        return data
 
     def pack_entries(self, entries: Sequence[LogEntry]) -> list[bytes]:
         """`pack_entry` for a batch (one cache update for all of them)."""
@@ -336,10 +398,13 @@ class Codec:
         n = len(data)
         if n >= 1 << 32:
             raise ValueError(f"entry {entry.index} payload is {n} bytes, the limit is 4 GiB")
-        if n <= self.threshold:
+        received = self._wire.get(id(data)) if self._wire else None
+        if received is not None and received[0] is data:  # from unpack_payload: as the leader sent it
+            flags, dict_id, stored = received[1], received[2], received[3]
+        elif n <= self.threshold:
             flags, dict_id, stored = 0, 0, data
         else:
-            flags, dict_id, stored = self.pack_payload(data)
+            flags, dict_id, stored = self.compress_payload(data)
         # == entry.checksum(), computed with one struct call (pinned by the codec tests)
         crc = zlib.crc32(data, zlib.crc32(_CRC_HEAD.pack(entry.index, entry.term, entry.type)))
         head = _HEAD.pack(FORMAT_VERSION, entry.type, flags, entry.term, entry.timestamp, n, crc)
@@ -392,7 +457,7 @@ class Codec:
     def _decode(self, index: int, record: bytes, *, path: str | None) -> LogEntry:
         h = self.read_header(index, record, path=path)
         try:
-            data = self.unpack_payload(h.flags, h.dict_id, record[h.offset :], h.length)
+            data = self.decompress_payload(h.flags, h.dict_id, record[h.offset :], h.length)
         except (zstd.ZstdError, ValueError) as e:
             raise CorruptionError(
                 f"log entry {index} payload cannot be decoded ({e})", path=path, index=index
@@ -444,6 +509,8 @@ class Codec:
         with self._cache_lock:
             self._cache.clear()
             self._cache_order.clear()
+            self._wire.clear()
+            self._wire_order.clear()
             self._cached_bytes = 0
 
 
@@ -479,13 +546,14 @@ def unpack_entry(index: int, record: bytes, *, path: str | None = None) -> LogEn
     return _default_codec.unpack_entry(index, record, path=path)
 
 
-def pack_payload(data: bytes) -> tuple[int, int, bytes]:
-    """Just the payload step: (flags, dict_id, stored bytes)."""
-    return _default_codec.pack_payload(data)
+def pack_payload(entry: LogEntry) -> bytes:
+    """The wire form of an entry's payload (a transport's `PayloadPacker`); see the docstring."""
+    return _default_codec.pack_payload(entry)
 
 
-def unpack_payload(flags: int, dict_id: int, stored: bytes, length: int) -> bytes:
-    return _default_codec.unpack_payload(flags, dict_id, stored, length)
+def unpack_payload(payload: bytes) -> bytes:
+    """The payload bytes from their wire form (a transport's `PayloadUnpacker`)."""
+    return _default_codec.unpack_payload(payload)
 
 
 def record_term(index: int, record: bytes, *, path: str | None = None) -> Term:

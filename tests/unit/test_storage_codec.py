@@ -193,8 +193,54 @@ def test_module_functions_use_the_default_codec() -> None:
     rec = c.pack_entry(e)
     assert c.unpack_entry(11, rec) == e
     assert c.record_term(11, rec) == 3
-    flags, did, stored = c.pack_payload(b"m" * 200)
-    assert c.unpack_payload(flags, did, stored, 200) == b"m" * 200
+    flags, did, stored = c.default_codec().compress_payload(b"m" * 200)
+    assert c.default_codec().decompress_payload(flags, did, stored, 200) == b"m" * 200
+    assert c.unpack_payload(c.pack_payload(e)) == e.data
+
+
+class CountingCodec(c.Codec):
+    def __init__(self) -> None:
+        super().__init__()
+        self.compressions = 0
+
+    def compress_payload(self, data: bytes) -> tuple[int, int, bytes]:
+        self.compressions += 1
+        return super().compress_payload(data)
+
+
+def test_wire_payloads_leader_compresses_once_follower_never() -> None:
+    leader, follower = CountingCodec(), CountingCodec()
+    rng = random.Random(3)
+    entries = [entry(i, json_value(rng, i) * 4) for i in range(1, 50)]
+    records = leader.pack_entries(entries)  # the leader's store appends
+    assert leader.compressions == len(entries)
+    wires = [leader.pack_payload(e) for e in entries for _ in range(4)][::4]  # four followers
+    assert leader.compressions == len(entries)
+    assert sum(len(w) for w in wires) < sum(len(e.data) for e in entries) // 2
+    # the follower: the transport builds entries around the unpacked payloads
+    got = [LogEntry(e.index, e.term, e.type, follower.unpack_payload(w), e.timestamp) for e, w in zip(entries, wires)]
+    assert got == entries
+    assert follower.pack_entries(got) == records  # the leader's bytes, byte for byte
+    assert follower.compressions == 0
+    # an equal entry built around another bytes object is simply compressed
+    copy = LogEntry(got[0].index, got[0].term, got[0].type, bytes(bytearray(got[0].data)), got[0].timestamp)
+    c.Codec().pack_entry(copy)
+
+
+def test_wire_payload_corruption_is_detected_before_decompressing() -> None:
+    codec = fresh()
+    wire = codec.pack_payload(entry(1, b'{"k": "v"}' * 30))
+    for pos in range(len(wire)):
+        bad = bytearray(wire)
+        bad[pos] ^= 0x08
+        try:
+            out = codec.unpack_payload(bytes(bad))
+        except CorruptionError:
+            continue
+        raise AssertionError(f"flip at {pos} gave {out[:20]!r}")
+    for bad in (b"", wire[:5], wire[:-1]):
+        with pytest.raises(CorruptionError):
+            codec.unpack_payload(bad)
 
 
 def test_per_thread_contexts() -> None:
