@@ -1,0 +1,271 @@
+"""`aegis …`: serve a node, run a local cluster, ask a node for its status.
+
+    aegis serve --id n1 --listen 127.0.0.1:7001 --data data/n1 \\
+                --peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003
+    aegis up [--nodes 3] [--data data] [--port 7001]
+    aegis status --addr 127.0.0.1:7001 [--json]
+
+Flags are a contract (DESIGN.md §3): extend, never rename.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+EXIT_USAGE = 2
+
+
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    try:
+        p = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number in {text!r}") from None
+    if not 0 <= p <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    return host, p
+
+
+def _parse_peers(text: str) -> dict[str, str]:
+    peers: dict[str, str] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        nid, sep, addr = item.partition("=")
+        if not sep or not nid or not addr:
+            raise argparse.ArgumentTypeError(f"expected ID=HOST:PORT in --peers, got {item!r}")
+        _parse_listen(addr)
+        if nid in peers:
+            raise argparse.ArgumentTypeError(f"node {nid!r} is named twice in --peers")
+        peers[nid] = addr
+    return peers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aegis", description="Aegis: a Raft-replicated, durable key-value server.")
+    p.add_argument("--log-level", default=os.environ.get("AEGIS_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"], help="logging level (stderr)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run one node")
+    s.add_argument("--id", required=True, help="this node's id (must appear in --peers for a cluster)")
+    s.add_argument("--listen", required=True, type=_parse_listen, help="HOST:PORT for clients and peers")
+    s.add_argument("--data", required=True, help="data directory (created if missing)")
+    s.add_argument("--peers", type=_parse_peers, default={},
+                   help="ID=HOST:PORT,… of every member, this node included (omit for a cluster of one)")
+    s.add_argument("--cluster", default="aegis", help="cluster name (default: aegis)")
+    s.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"),
+                   help="require AUTH with this token (also AEGIS_TOKEN)")
+    s.add_argument("--tick-ms", type=float, default=50.0, help="Raft tick length in ms (default 50)")
+    s.add_argument("--election-ticks", type=int, default=10,
+                   help="minimum election timeout in ticks (randomised up to 2x; default 10)")
+    s.add_argument("--heartbeat-ticks", type=int, default=2, help="heartbeat interval in ticks (default 2)")
+    s.add_argument("--snapshot-threshold", type=int, default=10_000,
+                   help="take a snapshot after this many applied entries (default 10000)")
+    s.add_argument("--request-timeout", type=float, default=5.0, help="seconds before -TIMEOUT (default 5)")
+    s.add_argument("--max-clients", type=int, default=10_000)
+    s.add_argument("--fsync", choices=["always", "never"], default="always",
+                   help="'never' is UNSAFE: acknowledged writes can be lost on a crash (benchmarks only)")
+
+    u = sub.add_parser("up", help="run a local cluster of separate `aegis serve` processes")
+    u.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    u.add_argument("--data", default="data", help="parent data directory (default: data)")
+    u.add_argument("--port", type=int, default=7001, help="first port (default 7001)")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--cluster", default="aegis")
+    u.add_argument("--tick-ms", type=float, default=50.0)
+
+    st = sub.add_parser("status", help="print a node's status")
+    st.add_argument("--addr", default="127.0.0.1:7001", help="HOST:PORT of any node (default 127.0.0.1:7001)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cmd == "serve":
+        return cmd_serve(args)
+    if args.cmd == "up":
+        return cmd_up(args)
+    if args.cmd == "status":
+        return cmd_status(args)
+    return EXIT_USAGE
+
+
+# ---------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from storage import DataDirInUseError, StorageError, WrongNodeError
+
+    from .server import Node, ServerConfig
+
+    host, port = args.listen
+    peers: dict[str, str] = dict(args.peers)
+    if peers and args.id not in peers:
+        print(f"aegis serve: --id {args.id} does not appear in --peers ({', '.join(peers)})", file=sys.stderr)
+        return EXIT_USAGE
+    if args.election_ticks <= args.heartbeat_ticks:
+        print("aegis serve: --election-ticks must be larger than --heartbeat-ticks", file=sys.stderr)
+        return EXIT_USAGE
+    if args.fsync == "never":
+        logging.getLogger("aegis").warning("--fsync never: UNSAFE, acknowledged writes can be lost on a crash")
+    cfg = ServerConfig(
+        node_id=args.id, host=host, port=port, data_dir=args.data, peers=peers, cluster=args.cluster,
+        token=args.token, tick_ms=args.tick_ms,
+        election_ticks=(args.election_ticks, 2 * args.election_ticks), heartbeat_ticks=args.heartbeat_ticks,
+        snapshot_threshold=args.snapshot_threshold, request_timeout=args.request_timeout,
+        max_clients=args.max_clients, fsync=args.fsync == "always",
+    )
+
+    async def run() -> None:
+        node = Node(cfg)
+        async with trio.open_nursery() as nursery:
+            async def stop_on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for sig in signals:
+                        logging.getLogger("aegis").info("received %s, shutting down", signal.Signals(sig).name)
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(stop_on_signal)
+            await nursery.start(node.serve)
+
+    try:
+        trio.run(run)
+    except WrongNodeError as exc:
+        print(f"aegis serve: {exc}", file=sys.stderr)
+        return 3
+    except DataDirInUseError as exc:
+        print(f"aegis serve: {exc}", file=sys.stderr)
+        return 3
+    except StorageError as exc:
+        print(f"aegis serve: storage error: {exc}", file=sys.stderr)
+        return 4
+    except OSError as exc:
+        print(f"aegis serve: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 5
+    return 0
+
+
+# ---------------------------------------------------------------------- up
+def cmd_up(args: argparse.Namespace) -> int:
+    n = args.nodes
+    if not 1 <= n <= 7:
+        print("aegis up: --nodes must be between 1 and 7", file=sys.stderr)
+        return EXIT_USAGE
+    if not 1 <= args.port <= 65535 - n:
+        print("aegis up: --port out of range", file=sys.stderr)
+        return EXIT_USAGE
+    ids = [f"n{i + 1}" for i in range(n)]
+    addrs = {nid: f"{args.host}:{args.port + i}" for i, nid in enumerate(ids)}
+    peers = ",".join(f"{nid}={a}" for nid, a in addrs.items())
+    data = Path(args.data)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    print(f"Aegis: starting a {n}-node cluster {args.cluster!r} under {data}/")
+    for nid in ids:
+        cmd = [sys.executable, "-m", "aegis.cli", "--log-level", "warning", "serve", "--id", nid,
+               "--listen", addrs[nid], "--data", str(data / nid), "--peers", peers,
+               "--cluster", args.cluster, "--tick-ms", str(args.tick_ms)]
+        procs[nid] = subprocess.Popen(cmd, start_new_session=True)
+        print(f"  {nid}  listening on {addrs[nid]}  data {data / nid}  pid {procs[nid].pid}")
+    first = addrs[ids[0]]
+    print(f"\nConnect with:  aegis-shell --addr {first}    or    redis-cli -p {args.port}")
+    print("Press Ctrl-C to stop every node. Run `aegis up` again to restart from the same data.\n")
+    reported: set[str] = set()
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for nid, p in procs.items():
+                rc = p.poll()
+                if rc is not None and nid not in reported:
+                    reported.add(nid)
+                    print(f"aegis up: node {nid} exited with code {rc}; leaving it down "
+                          f"(the others carry on while they have a quorum)", file=sys.stderr)
+            if len(reported) == len(procs):
+                print("aegis up: every node has exited", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        pass
+    print("\naegis up: stopping the cluster…")
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for nid, p in procs.items():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"aegis up: {nid} did not stop in time; killing it", file=sys.stderr)
+            p.kill()
+            p.wait()
+    print("aegis up: stopped.")
+    return 0
+
+
+# ---------------------------------------------------------------------- status
+def cmd_status(args: argparse.Namespace) -> int:
+    import trio
+
+    from .client import AegisClient
+
+    async def fetch() -> tuple[dict[str, str], str]:
+        client = await AegisClient.connect(args.addr, token=args.token, timeout=3)
+        try:
+            info = await client.info()
+            nodes = await client.execute("CLUSTER", "NODES")
+        finally:
+            await client.aclose()
+        text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+        return info, text
+
+    try:
+        info, nodes = trio.run(fetch)
+    except Exception as exc:
+        if args.json:
+            print(json.dumps({"addr": args.addr, "error": str(exc)}))
+        else:
+            print(f"aegis status: cannot reach {args.addr}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        members = []
+        for line in nodes.splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                entry: dict[str, str] = {"id": parts[0], "addr": parts[1]}
+                for kv in parts[2:]:
+                    k, _, v = kv.partition("=")
+                    entry[k] = v
+                members.append(entry)
+        print(json.dumps({"addr": args.addr, "info": info, "members": members}, indent=2))
+        return 0
+    keys = ["node_id", "role", "leader_id", "term", "commit_index", "applied_index", "last_log_index",
+            "snapshot_index", "members", "cluster_state"]
+    for k in keys:
+        print(f"{k:>16}: {info.get(k, '')}")
+    print()
+    print(nodes.rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1033 @@
+"""The trio node: one TCP port for clients and peers, driving the sans-IO Raft core.
+
+Theory of operation
+-------------------
+One task, `_raft_loop`, owns the `RaftNode`, the `StateMachine` and the store's write side,
+so nothing needs a lock. Everything else talks to it through a bounded memory channel
+(`_inbox`): ticks, peer messages, proposals, read-index requests, membership changes.
+The loop drains whatever is queued, proposes all waiting writes as one batch, then runs
+the Ready cycle (DESIGN.md §2):
+
+1. a leader whose term and vote did not change sends its AppendEntries first, so its own
+   fsync runs in parallel with the followers' [dissertation §10.2.1];
+2. it persists the Ready (snapshot install, truncation, entries, hard state, membership) in
+   ONE LMDB transaction in a worker thread — term and vote are durable before any message
+   that depends on them leaves (step 3);
+3. it sends the remaining messages, applies committed entries, answers waiting clients,
+   and calls `advance`.
+
+While step 2 runs the loop is blocked, so new proposals pile up in the inbox and become the
+next batch: one fsync per batch, however many clients (group commit).
+
+Clients speak RESP2 (aegis.protocol); peers open a connection with `PEER_MAGIC` and then
+length-prefixed frames (aegis.transport codec; never pickle). A node reaches its peers only
+through the addresses in its `--peers` (or the membership), and recognises them by node id
+and cluster name, never by source address. A follower forwards writes to the leader as
+`ClientRequest` frames; reads use ReadIndex [§6.4] and are served locally once applied.
+
+Answers: a write is acknowledged only after its entry is committed and applied. With no
+leader a client gets `-NOLEADER` at once; when the outcome is unknown, `-TIMEOUT`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from . import commands as C
+from .cluster import Cluster, ClusterConfig, ClusterState
+from .errors import CommandError
+from .log import EntryType, HardState, LogIndex, Membership, SnapshotMeta
+from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
+from .node import NodeId, NodeInfo, NodeRole, NodeStatus, parse_address
+from .protocol import RespParser, encode, encode_bulk, encode_error, encode_integer, encode_simple
+from .raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Ready, Role
+from .state import StateMachine
+from .transport import ClientRequest, ClientResponse, Handshake, decode, encode as wire_encode
+
+log = logging.getLogger("aegis.server")
+
+PEER_MAGIC = b"\x00AEGIS-PEER/1\n"
+FRAME_MSG = b"M"
+FRAME_SNAP_CHUNK = b"S"
+FRAME_SNAP_END = b"E"
+FRAME_PING = b"P"
+FRAME_ACCEPT = b"A"
+FRAME_REJECT = b"R"
+MAX_PEER_FRAME = 64 << 20
+SNAPSHOT_CHUNK = 256 << 10
+
+
+@dataclass
+class ServerConfig:
+    node_id: str
+    host: str = "127.0.0.1"
+    port: int = 7001
+    data_dir: str = "data/n1"
+    peers: dict[str, str] = field(default_factory=dict)  # id -> "host:port", may include self
+    cluster: str = "aegis"
+    token: str | None = None
+    tick_ms: float = 50.0
+    election_ticks: tuple[int, int] = (10, 20)
+    heartbeat_ticks: int = 2
+    snapshot_threshold: int = 10_000
+    request_timeout: float = 5.0
+    max_clients: int = 10_000
+    fsync: bool = True
+    limits: C.CommandLimits = C.DEFAULT_LIMITS
+    max_batch: int = 4096
+
+
+class _Waiter:
+    """A one-shot result slot resolved by the Raft loop, awaited by a connection task."""
+
+    __slots__ = ("event", "value", "error")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = None
+        self.error: str | None = None
+
+    def set(self, value: Any) -> None:
+        if not self.event.is_set():
+            self.value = value
+            self.event.set()
+
+    def fail(self, error: str) -> None:
+        if not self.event.is_set():
+            self.error = error
+            self.event.set()
+
+
+class Node:
+    """A running Aegis node. `await node.serve(task_status=...)` runs it until cancelled."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.id = cfg.node_id
+        self.port = cfg.port
+        self.started_at = time.time()
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Any, ...]](100_000)
+        self._pending: dict[int, tuple[int, _Waiter]] = {}  # log index -> (term, waiter)
+        self._reads: dict[int, _Waiter] = {}
+        self._read_ctx = itertools.count(1)
+        self._apply_waiters: list[tuple[int, _Waiter]] = []
+        self._forwarded: dict[int, _Waiter] = {}
+        self._forward_ids = itertools.count(1)
+        self._peer_queues: dict[str, trio.MemorySendChannel[tuple[bytes, Any]]] = {}
+        self._peer_tasks: set[str] = set()
+        self._clients = 0
+        self.stats = {"total_writes": 0, "total_reads": 0, "total_commands": 0, "forwarded": 0,
+                      "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0}
+        self._incoming_snapshot: Path | None = None
+        self._nursery: trio.Nursery | None = None
+        self.store: Any = None
+        self.raft: RaftNode
+        self.sm = StateMachine()
+        self.cluster: Cluster
+
+    # ------------------------------------------------------------------ startup
+    def _open(self) -> None:
+        from storage import LmdbStore
+
+        cfg = self.cfg
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        self.store = LmdbStore.open(cfg.data_dir, node_id=cfg.node_id, cluster=cfg.cluster, sync=cfg.fsync)
+        hs, membership = self.store.initial_state()
+        if not membership.voters and self.store.snapshot().index == 0 and self.store.last_index() == 0:
+            ids = sorted(set(cfg.peers) | {cfg.node_id})
+            addrs = dict(cfg.peers)
+            addrs.setdefault(cfg.node_id, f"{cfg.host}:{self.port}")
+            self.store.write_batch(membership=Membership.of(ids, addresses=addrs))
+        reader = self.store.open_snapshot()
+        if reader is not None:
+            self.sm.restore_chunks(reader)
+        rcfg = RaftConfig(
+            election_timeout_min=cfg.election_ticks[0],
+            election_timeout_max=cfg.election_ticks[1],
+            heartbeat_interval=cfg.heartbeat_ticks,
+            snapshot_threshold=cfg.snapshot_threshold,
+        )
+        self.raft = RaftNode(cfg.node_id, rcfg, self.store)
+        local = NodeInfo(NodeId(cfg.node_id), cfg.host, self.port or 1)
+        hb = cfg.tick_ms * cfg.heartbeat_ticks / 1000
+        ccfg = (ClusterConfig(cfg.cluster).with_heartbeat_interval(max(hb, 0.01))
+                .with_failure_timeout(max(hb * 10, cfg.tick_ms * cfg.election_ticks[1] / 1000)))
+        self.cluster = Cluster(local, ccfg, clock=time.monotonic)
+        self._sync_cluster_view()
+
+    def _sync_cluster_view(self) -> None:
+        m = self.raft.membership
+        try:
+            self.cluster.sync_membership(m, self._addresses())
+        except ValueError as exc:
+            log.warning("membership view: %s", exc)
+        self.cluster.set_leader(self.raft.leader_id if self.raft.leader_id in m.members else None)
+
+    def _addresses(self) -> dict[str, str]:
+        addrs = self.raft.membership.address_map()
+        addrs.update(self.cfg.peers)
+        addrs[self.id] = f"{self.cfg.host}:{self.port}"
+        return addrs
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.to_thread.run_sync(self._open)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.port = await self._listen(nursery)
+                nursery.start_soon(self._ticker)
+                nursery.start_soon(self._raft_loop)
+                nursery.start_soon(self._health_loop)
+                self._ensure_peer_tasks()
+                log.info("node %s serving on %s:%d (cluster %s, data %s)", self.id, self.cfg.host, self.port,
+                         self.cfg.cluster, self.cfg.data_dir)
+                task_status.started(self.port)
+        finally:
+            with trio.CancelScope(shield=True):
+                if self.store is not None:
+                    await trio.to_thread.run_sync(self.store.close)
+
+    async def _listen(self, nursery: trio.Nursery) -> int:
+        listeners = await trio.open_tcp_listeners(self.cfg.port, host=self.cfg.host)
+        nursery.start_soon(trio.serve_listeners, self._handle_connection, listeners)
+        sock = listeners[0].socket
+        port: int = sock.getsockname()[1]
+        return port
+
+    # ------------------------------------------------------------------ timers
+    async def _ticker(self) -> None:
+        interval = self.cfg.tick_ms / 1000
+        while True:
+            await trio.sleep(interval)
+            self._inbox_send.send_nowait(("tick",))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await trio.sleep(max(self.cfg.tick_ms / 1000, 0.05))
+            self.cluster.check_failures()
+
+    # ------------------------------------------------------------------ the Raft loop
+    async def _raft_loop(self) -> None:
+        raft = self.raft
+        while True:
+            first = await self._inbox.receive()
+            proposals: list[tuple[bytes, _Waiter]] = []
+            self._handle_event(first, proposals)
+            for _ in range(self.cfg.max_batch):
+                try:
+                    ev = self._inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                self._handle_event(ev, proposals)
+            if proposals:
+                self._propose(proposals)
+            while raft.has_ready():
+                await self._process_ready(raft.ready())
+
+    def _handle_event(self, ev: tuple[Any, ...], proposals: list[tuple[bytes, _Waiter]]) -> None:
+        kind = ev[0]
+        raft = self.raft
+        if kind == "tick":
+            raft.tick()
+        elif kind == "msg":
+            try:
+                raft.step(ev[1])
+            except Exception:
+                log.exception("step failed on %r", ev[1])
+                raise
+        elif kind == "propose":
+            proposals.append((ev[1], ev[2]))
+        elif kind == "read":
+            ctx = next(self._read_ctx)
+            if raft.read_index(ctx):
+                self._reads[ctx] = ev[1]
+            else:
+                ev[1].fail("NOLEADER no leader is known; try again shortly")
+        elif kind == "conf":
+            waiter: _Waiter = ev[2]
+            try:
+                idx = raft.propose_config_change(ev[1], timestamp=time.time())
+            except NotLeaderError as exc:
+                waiter.fail(f"NOLEADER {exc}")
+            except (ConfigChangeError, ProposalDroppedError) as exc:
+                waiter.fail(f"ERR {exc}")
+            else:
+                self._pending[idx] = (raft.term, waiter)
+        elif kind == "transfer":
+            try:
+                raft.transfer_leadership(ev[1])
+                ev[2].set(None)
+            except NotLeaderError as exc:
+                ev[2].fail(f"NOLEADER {exc}")
+            except ConfigChangeError as exc:
+                ev[2].fail(f"ERR {exc}")
+        elif kind == "unreachable":
+            raft.report_unreachable(ev[1])
+        elif kind == "snapshot_sent":
+            raft.report_snapshot(ev[1], ev[2])
+        elif kind == "snapshot_in":
+            self._incoming_snapshot = ev[2]
+            raft.step(ev[1])
+
+    def _propose(self, proposals: list[tuple[bytes, _Waiter]]) -> None:
+        raft = self.raft
+        try:
+            idxs = raft.propose_batch([p for p, _ in proposals], timestamp=time.time())
+        except NotLeaderError as exc:
+            for _, w in proposals:
+                w.fail(f"TRYAGAIN leadership changed before the write was proposed ({exc}); nothing was written")
+            return
+        except ProposalDroppedError as exc:
+            for _, w in proposals:
+                w.fail(f"TRYAGAIN {exc}; nothing was written")
+            return
+        for idx, (_, w) in zip(idxs, proposals):
+            self._pending[idx] = (raft.term, w)
+
+    async def _process_ready(self, rd: Ready) -> None:
+        raft = self.raft
+        if rd.send_before_persist:
+            self._send_messages(rd.messages)
+        if rd.must_sync() or rd.membership is not None:
+            await trio.to_thread.run_sync(self._persist, rd)
+        if not rd.send_before_persist:
+            self._send_messages(rd.messages)
+        if rd.entries:
+            self.stats["entries_persisted"] += len(rd.entries)
+            self.stats["batches"] += 1
+        self._apply(rd)
+        for rs in rd.read_states:
+            w = self._reads.pop(rs.ctx, None)
+            if w is not None:
+                w.set(rs.index)
+        raft.advance(rd)
+        if rd.soft_state is not None or rd.membership is not None:
+            self._on_membership_or_leader_change(rd)
+        if raft.should_snapshot():
+            await self._take_snapshot()
+
+    def _persist(self, rd: Ready) -> None:
+        """Runs in a worker thread: everything of one Ready in one durable transaction."""
+        if rd.snapshot is not None:
+            self._install_snapshot(rd)
+        if rd.truncate_from is not None or rd.entries or rd.hard_state is not None or rd.membership is not None:
+            self.store.write_batch(
+                truncate_from=rd.truncate_from,
+                entries=rd.entries,
+                hard_state=rd.hard_state,
+                membership=rd.membership,
+            )
+
+    def _install_snapshot(self, rd: Ready) -> None:
+        assert rd.snapshot is not None
+        path = self._incoming_snapshot
+        if path is None:
+            raise RuntimeError("a snapshot was accepted but no snapshot file was received")
+        self.store.install_snapshot_file(path, membership=rd.snapshot.meta.membership)
+        reader = self.store.open_snapshot()
+        new = StateMachine()
+        new.restore_chunks(reader)
+        self.sm = new
+        self._incoming_snapshot = None
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        self.stats["snapshots_installed"] += 1
+        # Proposals covered by the snapshot: their outcome is unknown to this node.
+        for idx in [i for i in self._pending if i <= rd.snapshot.meta.index]:
+            _, w = self._pending.pop(idx)
+            w.fail("TIMEOUT the outcome is unknown (this node installed a snapshot); check before retrying")
+
+    def _apply(self, rd: Ready) -> None:
+        sm = self.sm
+        pending = self._pending
+        for e in rd.committed_entries:
+            result = sm.apply_entry(e)
+            p = pending.pop(e.index, None) if pending else None
+            if p is not None:
+                term, w = p
+                if term != e.term:
+                    w.fail("TRYAGAIN the write was lost to a leader change; nothing was written")
+                elif e.type == EntryType.CONFIG_CHANGE:
+                    w.set(None)
+                else:
+                    w.set(result)
+        if rd.committed_entries and self._apply_waiters:
+            applied = sm.last_applied
+            keep = []
+            for idx, w in self._apply_waiters:
+                if idx <= applied:
+                    w.set(None)
+                else:
+                    keep.append((idx, w))
+            self._apply_waiters = keep
+
+    def _on_membership_or_leader_change(self, rd: Ready) -> None:
+        self._sync_cluster_view()
+        self._ensure_peer_tasks()
+        if rd.soft_state is not None:
+            log.info("node %s is %s in term %d (leader: %s)", self.id, rd.soft_state.role.value,
+                     self.raft.term, rd.soft_state.leader_id)
+            if rd.soft_state.role != Role.LEADER:
+                # Reads waiting on a deposed leader's heartbeat round will never complete.
+                for ctx, w in list(self._reads.items()):
+                    w.fail("TRYAGAIN leadership changed during the read; retry")
+                self._reads.clear()
+
+    async def _take_snapshot(self) -> None:
+        raft = self.raft
+        idx = LogIndex(self.sm.last_applied)
+        meta = raft.snapshot_meta_for(idx)
+        chunks = self.sm.snapshot_chunks()  # copies the state now, serialises lazily
+
+        def write() -> None:
+            writer = self.store.begin_snapshot(meta)
+            try:
+                for chunk in chunks:
+                    writer.write(chunk)
+                writer.commit()
+            except BaseException:
+                writer.cancel()
+                raise
+
+        await trio.to_thread.run_sync(write)
+        raft.compacted(meta)
+        self.stats["snapshots_taken"] += 1
+        log.info("node %s took a snapshot at index %d", self.id, idx)
+
+    # ------------------------------------------------------------------ peers: sending
+    def _ensure_peer_tasks(self) -> None:
+        if self._nursery is None:
+            return
+        wanted = (set(self.raft.membership.members) | set(self.cfg.peers)) - {self.id}
+        for pid in sorted(wanted - self._peer_tasks):
+            send, recv = trio.open_memory_channel[tuple[bytes, Any]](4096)
+            self._peer_queues[pid] = send
+            self._peer_tasks.add(pid)
+            self._nursery.start_soon(self._peer_sender, pid, recv)
+
+    def _send_messages(self, msgs: tuple[RaftMessage, ...]) -> None:
+        for m in msgs:
+            self._send_peer(m.receiver, FRAME_MSG, m)
+
+    def _send_peer(self, pid: str, kind: bytes, payload: Any) -> bool:
+        q = self._peer_queues.get(pid)
+        if q is None:
+            self._ensure_peer_tasks()
+            q = self._peer_queues.get(pid)
+            if q is None:
+                return False
+        try:
+            q.send_nowait((kind, payload))
+            return True
+        except trio.WouldBlock:
+            # Raft tolerates loss; a full queue means the peer is slow or gone.
+            return False
+
+    async def _peer_sender(self, pid: str, queue: trio.MemoryReceiveChannel[tuple[bytes, Any]]) -> None:
+        backoff = 0.05
+        ping_every = self.cfg.tick_ms * self.cfg.heartbeat_ticks / 1000
+        while True:
+            addr = self._addresses().get(pid)
+            if addr is None:
+                await trio.sleep(0.5)
+                continue
+            try:
+                host, port = parse_address(addr)
+                with trio.fail_after(2):
+                    stream = await trio.open_tcp_stream(host, port)
+                async with stream:
+                    hs = Handshake(node_id=self.id, cluster=self.cfg.cluster,
+                                   auth=(self.cfg.token or "").encode())
+                    await stream.send_all(PEER_MAGIC + _frame(FRAME_MSG + wire_encode(hs)))
+                    with trio.fail_after(2):
+                        reply = await _read_frame(stream, bytearray())
+                    if reply is None or not reply.startswith(FRAME_ACCEPT):
+                        why = (reply or b"R connection closed")[1:].decode(errors="replace")
+                        raise ConnectionError(f"peer {pid} refused the handshake: {why}")
+                    if backoff > 0.05:
+                        log.info("connected to peer %s at %s", pid, addr)
+                    backoff = 0.05
+                    await self._pump(pid, stream, queue, ping_every)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+                    ConnectionError, ValueError) as exc:
+                if backoff >= 0.4:
+                    log.debug("peer %s unreachable: %s", pid, exc)
+                try:
+                    self.cluster.report_error(pid, str(exc) or exc.__class__.__name__)
+                except KeyError:
+                    pass
+                self._inbox_send.send_nowait(("unreachable", pid))
+                # Drop what was queued: Raft retransmits, and stale messages only slow recovery.
+                while True:
+                    try:
+                        queue.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    async def _pump(self, pid: str, stream: trio.SocketStream, queue: trio.MemoryReceiveChannel[tuple[bytes, Any]],
+                    ping_every: float) -> None:
+        pack = self._pack_payload
+        while True:
+            item = None
+            with trio.move_on_after(ping_every):
+                item = await queue.receive()
+            if item is None:
+                await stream.send_all(_frame(FRAME_PING))
+                continue
+            buf = bytearray()
+            items = [item]
+            while len(items) < 1024:
+                try:
+                    items.append(queue.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            for kind, payload in items:
+                if kind == FRAME_MSG and isinstance(payload, InstallSnapshotRequest):
+                    if buf:
+                        await stream.send_all(bytes(buf))
+                        buf.clear()
+                    await self._stream_snapshot(pid, stream, payload)
+                    continue
+                body = wire_encode(payload, pack) if kind == FRAME_MSG else b""
+                buf += _frame(kind + body)
+            if buf:
+                await stream.send_all(bytes(buf))
+
+    async def _stream_snapshot(self, pid: str, stream: trio.SocketStream, msg: InstallSnapshotRequest) -> None:
+        """InstallSnapshot in chunks: the request frame, then the backup-format file."""
+        tmp = Path(self.cfg.data_dir) / f"outgoing-{pid}.snap"
+        ok = False
+        try:
+            info = await trio.to_thread.run_sync(self.store.export_snapshot, tmp)
+            if info.index != msg.snapshot.index:
+                msg = InstallSnapshotRequest(term=msg.term, leader_id=msg.leader_id, snapshot=info.meta,
+                                             receiver=msg.receiver)
+            await stream.send_all(_frame(FRAME_MSG + wire_encode(msg)))
+            with open(tmp, "rb") as f:
+                while True:
+                    chunk = await trio.to_thread.run_sync(f.read, SNAPSHOT_CHUNK)
+                    if not chunk:
+                        break
+                    await stream.send_all(_frame(FRAME_SNAP_CHUNK + chunk))
+            await stream.send_all(_frame(FRAME_SNAP_END))
+            ok = True
+            log.info("sent snapshot at index %d to %s", msg.snapshot.index, pid)
+        finally:
+            self._inbox_send.send_nowait(("snapshot_sent", pid, ok))
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+    def _pack_payload(self, e: Any) -> bytes:
+        return bytes(e.data)
+
+    # ------------------------------------------------------------------ connections
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            first = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, OSError):
+            return
+        if not first:
+            return
+        if first.startswith(PEER_MAGIC[:1]):
+            await self._handle_peer(stream, bytearray(first))
+        else:
+            await self._handle_client(stream, first)
+
+    async def _handle_peer(self, stream: trio.SocketStream, buf: bytearray) -> None:
+        while len(buf) < len(PEER_MAGIC):
+            more = await stream.receive_some(65536)
+            if not more:
+                return
+            buf += more
+        if bytes(buf[: len(PEER_MAGIC)]) != PEER_MAGIC:
+            await _safe_send(stream, encode_error("ERR protocol error: not a RESP request or an Aegis peer"))
+            return
+        del buf[: len(PEER_MAGIC)]
+        try:
+            with trio.fail_after(5):
+                frame = await _read_frame(stream, buf)
+            hs = decode(frame[1:]) if frame and frame[:1] == FRAME_MSG else None
+        except Exception as exc:  # a malformed handshake: refuse and close
+            await _safe_send(stream, _frame(FRAME_REJECT + f"malformed handshake: {exc}".encode()))
+            return
+        if not isinstance(hs, Handshake):
+            await _safe_send(stream, _frame(FRAME_REJECT + b"expected a handshake"))
+            return
+        why = self._refuse_peer(hs)
+        if why:
+            log.warning("refused peer connection from %r: %s", hs.node_id, why)
+            await _safe_send(stream, _frame(FRAME_REJECT + why.encode()))
+            return
+        await stream.send_all(_frame(FRAME_ACCEPT))
+        pid = hs.node_id
+        snapshot_file = None
+        snapshot_msg: InstallSnapshotRequest | None = None
+        try:
+            while True:
+                frame = await _read_frame(stream, buf)
+                if frame is None:
+                    return
+                self._heard_from(pid)
+                kind, body = frame[:1], frame[1:]
+                if kind == FRAME_PING:
+                    continue
+                if kind == FRAME_SNAP_CHUNK and snapshot_file is not None:
+                    await trio.to_thread.run_sync(snapshot_file.write, body)
+                    continue
+                if kind == FRAME_SNAP_END and snapshot_file is not None and snapshot_msg is not None:
+                    f = snapshot_file
+                    await trio.to_thread.run_sync(_fsync_close, f)
+                    snapshot_file = None
+                    self._inbox_send.send_nowait(("snapshot_in", snapshot_msg, Path(f.name)))
+                    snapshot_msg = None
+                    continue
+                if kind != FRAME_MSG:
+                    raise ValueError(f"unexpected frame kind {kind!r}")
+                msg = decode(body)
+                if isinstance(msg, ClientRequest):
+                    self._serve_forwarded(pid, msg)
+                elif isinstance(msg, ClientResponse):
+                    w = self._forwarded.pop(msg.request_id, None)
+                    if w is not None:
+                        w.set(msg.value)
+                elif isinstance(msg, Handshake):
+                    raise ValueError("second handshake")
+                else:
+                    if msg.sender != pid:
+                        raise ValueError(f"peer {pid} sent a message claiming to be from {msg.sender}")
+                    if isinstance(msg, InstallSnapshotRequest):
+                        path = Path(self.cfg.data_dir) / f"incoming-{pid}.snap"
+                        snapshot_file = open(path, "wb")
+                        snapshot_msg = msg
+                        continue
+                    self._inbox_send.send_nowait(("msg", msg))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+        except Exception as exc:
+            log.warning("closing connection from peer %s: %s", pid, exc)
+            return
+        finally:
+            if snapshot_file is not None:
+                snapshot_file.close()
+
+    def _refuse_peer(self, hs: Handshake) -> str | None:
+        if hs.cluster != self.cfg.cluster:
+            return f"cluster mismatch: this node is in cluster {self.cfg.cluster!r}, the caller in {hs.cluster!r}"
+        if hs.node_id == self.id:
+            return f"the caller claims to be {hs.node_id}, which is this node"
+        known = set(self.raft.membership.members) | set(self.cfg.peers)
+        if hs.node_id not in known:
+            return f"{hs.node_id!r} is not a member of cluster {self.cfg.cluster!r}"
+        if self.cfg.token and hs.auth != self.cfg.token.encode():
+            return "bad cluster token"
+        return None
+
+    def _heard_from(self, pid: str) -> None:
+        try:
+            self.cluster.heartbeat(pid)
+        except KeyError:
+            pass
+
+    # ------------------------------------------------------------------ forwarding
+    def _serve_forwarded(self, pid: str, req: ClientRequest) -> None:
+        """A follower forwarded a client command: submit it now (order matters), reply later."""
+        parsed = C.parse_command(list(req.argv), self.cfg.limits)
+        op = self._prepare(parsed, forwarded=True)
+
+        async def finish() -> None:
+            reply = await op()
+            self._send_peer(pid, FRAME_MSG, ClientResponse(request_id=req.request_id, value=reply))
+
+        assert self._nursery is not None
+        self._nursery.start_soon(finish)
+
+    def _forward(self, argv: list[bytes]) -> Callable[[], Awaitable[bytes]]:
+        leader = self.raft.leader_id
+        if leader is None or leader == self.id:
+            return _const(encode_error("NOLEADER no leader is known; try again shortly"))
+        rid = next(self._forward_ids)
+        w = _Waiter()
+        self._forwarded[rid] = w
+        if not self._send_peer(leader, FRAME_MSG, ClientRequest(request_id=rid, argv=tuple(argv))):
+            self._forwarded.pop(rid, None)
+            return _const(encode_error(f"TRYAGAIN cannot reach the leader {leader}; nothing was sent"))
+        self.stats["forwarded"] += 1
+
+        async def result() -> bytes:
+            with trio.move_on_after(self.cfg.request_timeout):
+                await w.event.wait()
+            self._forwarded.pop(rid, None)
+            if not w.event.is_set():
+                return encode_error(f"TIMEOUT no answer from the leader {leader}; the outcome is unknown")
+            return bytes(w.value) if isinstance(w.value, (bytes, bytearray)) else encode(w.value)
+
+        return result
+
+    # ------------------------------------------------------------------ clients
+    async def _handle_client(self, stream: trio.SocketStream, first: bytes) -> None:
+        if self._clients >= self.cfg.max_clients:
+            await _safe_send(stream, encode_error("ERR max number of clients reached"))
+            return
+        self._clients += 1
+        parser = RespParser(max_bulk_len=self.cfg.limits.max_value_len + 1024)
+        state = {"authed": not self.cfg.token, "resp3": False}
+        data = first
+        try:
+            while True:
+                parser.feed(data)
+                out = bytearray()
+                ops: list[Callable[[], Awaitable[bytes]]] = []
+                close = False
+                while True:
+                    cmd = parser.next_command()
+                    if cmd is None:
+                        break
+                    if not isinstance(cmd, list):  # a protocol violation: reply, then close
+                        ops.append(_const(cmd.reply))
+                        close = True
+                        break
+                    self.stats["total_commands"] += 1
+                    req = C.parse_command(cmd, self.cfg.limits)
+                    if not state["authed"] and not C.allowed_before_auth(cmd[0]):
+                        ops.append(_const(encode_error(C.ERR_NOAUTH)))
+                        continue
+                    if isinstance(req, C.AuthRequest):
+                        ops.append(_const(self._auth(req, state)))
+                        continue
+                    if isinstance(req, C.HelloRequest):
+                        ops.append(_const(self._hello(req, state)))
+                        continue
+                    if isinstance(req, C.LocalReply) and req.close:
+                        ops.append(_const(req.encoded()))
+                        close = True
+                        break
+                    if isinstance(req, (C.ReadRequest, C.ExistsRequest)) and ops:
+                        # Read-your-writes within a pipeline: finish what came before.
+                        for op in ops:
+                            out += await op()
+                        ops = []
+                    ops.append(self._prepare(req, argv=cmd, resp3=state["resp3"]))
+                for op in ops:
+                    out += await op()
+                if out:
+                    await stream.send_all(bytes(out))
+                if close:
+                    return
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+        finally:
+            self._clients -= 1
+
+    def _auth(self, req: C.AuthRequest, state: dict[str, bool]) -> bytes:
+        import hmac
+
+        if not self.cfg.token:
+            return encode_error(C.ERR_AUTH_NOT_CONFIGURED)
+        if hmac.compare_digest(req.token, self.cfg.token.encode()):
+            state["authed"] = True
+            return encode_simple("OK")
+        return encode_error(C.ERR_WRONGPASS)
+
+    def _hello(self, req: C.HelloRequest, state: dict[str, bool]) -> bytes:
+        if req.auth is not None:
+            if not self.cfg.token:
+                return encode_error(C.ERR_AUTH_NOT_CONFIGURED)
+            reply = self._auth(req.auth, state)
+            if not state["authed"]:
+                return reply
+        elif not state["authed"]:
+            return encode_error(C.ERR_HELLO_NOAUTH)
+        if req.protocol is not None:
+            state["resp3"] = req.protocol == 3
+        return req.encoded(state["resp3"])
+
+    def _prepare(self, req: C.Request, *, argv: list[bytes] | None = None,
+                 forwarded: bool = False, resp3: bool = False) -> Callable[[], Awaitable[bytes]]:
+        """Start a request now (submission order is the apply order); await its reply later."""
+        raft = self.raft
+        if isinstance(req, C.WriteRequest):
+            self.stats["total_writes"] += 1
+            if not raft.is_leader():
+                if forwarded:
+                    return _const(encode_error("TRYAGAIN this node is no longer the leader; nothing was written"))
+                assert argv is not None
+                return self._forward(argv)
+            w = _Waiter()
+            try:
+                self._inbox_send.send_nowait(("propose", req.command.encode(), w))
+            except trio.WouldBlock:
+                return _const(encode_error("TRYAGAIN the node is overloaded; nothing was written"))
+            command = req.command
+
+            async def write_result() -> bytes:
+                if not await self._wait(w):
+                    return encode_error("TIMEOUT the write was not committed in time; the outcome is unknown")
+                if w.error is not None:
+                    return encode_error(w.error)
+                return C.encode_result(command, w.value, resp3=resp3)
+
+            return write_result
+        if isinstance(req, (C.ReadRequest, C.ExistsRequest)):
+            self.stats["total_reads"] += 1
+            w = _Waiter()
+            self._inbox_send.send_nowait(("read", w))
+
+            async def read_result() -> bytes:
+                if not await self._wait(w):
+                    return encode_error("TIMEOUT no quorum confirmed the read in time")
+                if w.error is not None:
+                    return encode_error(w.error)
+                if not await self._wait_applied(int(w.value)):
+                    return encode_error("TIMEOUT this node did not catch up in time")
+                if isinstance(req, C.ReadRequest):
+                    r = self.sm.get(req.key)
+                    return encode_bulk(r.value if isinstance(r.value, bytes) else None, resp3=resp3)
+                return encode_integer(sum(1 for k in req.keys if k in self.sm))
+
+            return read_result
+        if isinstance(req, C.InfoRequest):
+            return _const(encode_bulk(self.info_text(req.sections).encode()))
+        if isinstance(req, C.ClusterRequest):
+            text = self.cluster_info_text() if req.sub == "info" else self.cluster_nodes_text()
+            return _const(encode_bulk(text.encode()))
+        if isinstance(req, C.MemberRequest):
+            return self._member(req, argv, forwarded)
+        if isinstance(req, C.LeaderTransferRequest):
+            if not raft.is_leader():
+                if forwarded or argv is None:
+                    return _const(encode_error("TRYAGAIN this node is no longer the leader"))
+                return self._forward(argv)
+            w = _Waiter()
+            self._inbox_send.send_nowait(("transfer", req.node_id, w))
+
+            async def transfer_result() -> bytes:
+                await self._wait(w)
+                if w.error:
+                    return encode_error(w.error)
+                deadline = trio.current_time() + self.cfg.request_timeout
+                while trio.current_time() < deadline:
+                    if raft.leader_id == req.node_id:
+                        return encode_simple("OK")
+                    await trio.sleep(self.cfg.tick_ms / 1000)
+                return encode_error(f"TIMEOUT leadership did not move to {req.node_id} in time")
+
+            return transfer_result
+        if isinstance(req, (C.LocalReply, C.ErrorReply, C.HelloRequest)):
+            return _const(req.encoded(resp3))
+        return _const(encode_error("ERR command not supported here"))
+
+    def _member(self, req: C.MemberRequest, argv: list[bytes] | None, forwarded: bool) -> Callable[[], Awaitable[bytes]]:
+        if req.op == C.MemberOp.LIST:
+            return _const(encode([line.encode() for line in self.member_lines()]))
+        if not self.raft.is_leader():
+            if forwarded or argv is None:
+                return _const(encode_error("TRYAGAIN this node is no longer the leader"))
+            return self._forward(argv)
+        assert req.node_id is not None
+        if req.op == C.MemberOp.ADD:
+            ctype = ConfigChangeType.ADD_LEARNER if req.learner else ConfigChangeType.ADD_VOTER
+        elif req.op == C.MemberOp.REMOVE:
+            ctype = ConfigChangeType.REMOVE
+        else:
+            ctype = ConfigChangeType.PROMOTE
+        change = ConfigChange(type=ctype, node_id=req.node_id, address=req.address or "")
+        w = _Waiter()
+        self._inbox_send.send_nowait(("conf", change, w))
+
+        async def conf_result() -> bytes:
+            if not await self._wait(w):
+                return encode_error("TIMEOUT the membership change did not commit in time; the outcome is unknown")
+            if w.error:
+                return encode_error(w.error)
+            return encode_simple("OK")
+
+        return conf_result
+
+    async def _wait(self, w: _Waiter) -> bool:
+        with trio.move_on_after(self.cfg.request_timeout):
+            await w.event.wait()
+        return w.event.is_set()
+
+    async def _wait_applied(self, index: int) -> bool:
+        if self.sm.last_applied >= index:
+            return True
+        w = _Waiter()
+        self._apply_waiters.append((index, w))
+        return await self._wait(w)
+
+    # ------------------------------------------------------------------ status
+    def role_name(self) -> str:
+        raft = self.raft
+        if raft.is_learner():
+            return "learner"
+        return {Role.LEADER: "leader", Role.CANDIDATE: "candidate", Role.PRE_CANDIDATE: "candidate"}.get(
+            raft.role, "follower")
+
+    def info_fields(self) -> dict[str, object]:
+        raft = self.raft
+        m = raft.membership
+        snap = raft.log.snapshot_meta()
+        leader = raft.leader_id
+        return {
+            "node_id": self.id,
+            "cluster": self.cfg.cluster,
+            "role": self.role_name(),
+            "leader_id": leader or "",
+            "leader_addr": self._addresses().get(leader, "") if leader else "",
+            "term": raft.term,
+            "voted_for": raft.voted_for or "",
+            "commit_index": raft.commit_index,
+            "applied_index": self.sm.last_applied,
+            "last_log_index": raft.log.last_index(),
+            "first_log_index": raft.log.first_index(),
+            "snapshot_index": snap.index,
+            "snapshot_term": snap.term,
+            "members": ",".join(sorted(m.members)),
+            "voters": ",".join(sorted(m.voters)),
+            "learners": ",".join(sorted(m.learners)),
+            "cluster_state": self.cluster_state().label,
+            "keys": len(self.sm),
+            "connected_clients": self._clients,
+            "tcp_port": self.port,
+            "data_dir": os.path.abspath(self.cfg.data_dir),
+            "fsync": "always" if self.cfg.fsync else "never (UNSAFE)",
+            "uptime_in_seconds": int(time.time() - self.started_at),
+            "process_id": os.getpid(),
+            **self.stats,
+        }
+
+    def info_text(self, sections: tuple[str, ...] = ()) -> str:
+        lines = ["# Aegis"]
+        lines += [f"{k}:{v}" for k, v in self.info_fields().items()]
+        return "\r\n".join(lines) + "\r\n"
+
+    def cluster_state(self) -> ClusterState:
+        stats = self.cluster.stats()
+        if self.raft.leader_id is None and not self.raft.is_leader():
+            return ClusterState.NO_QUORUM if not stats.has_quorum else stats.state
+        return stats.state
+
+    def cluster_info_text(self) -> str:
+        s = self.cluster.stats()
+        raft = self.raft
+        fields = {
+            "cluster_name": self.cfg.cluster,
+            "cluster_state": self.cluster_state().label,
+            "cluster_leader": raft.leader_id or "",
+            "cluster_term": raft.term,
+            "cluster_commit_index": raft.commit_index,
+            "cluster_size": len(raft.membership.voters),
+            "cluster_voters": len(raft.membership.voters),
+            "cluster_learners": len(raft.membership.learners),
+            "cluster_quorum": raft.quorum(),
+            "cluster_healthy_nodes": s.healthy_nodes,
+            "cluster_suspect_nodes": s.suspect_nodes,
+            "cluster_down_nodes": s.down_nodes,
+            "cluster_has_quorum": int(s.has_quorum),
+            "cluster_my_id": self.id,
+        }
+        return "".join(f"{k}:{v}\r\n" for k, v in fields.items())
+
+    def cluster_nodes_text(self) -> str:
+        """One line per member: ``id addr role=… match=… health=… last_heard_ms=… flags=… error=…``."""
+        raft = self.raft
+        m = raft.membership
+        addrs = self._addresses()
+        now = time.monotonic()
+        lines = []
+        for nid in sorted(m.members):
+            if nid == self.id:
+                role = self.role_name()
+            elif nid == raft.leader_id:
+                role = "leader"
+            elif nid in m.learners:
+                role = "learner"
+            else:
+                role = "follower"
+            if raft.is_leader():
+                pr = raft.progress.get(nid)
+                match = pr.match_index if pr is not None else 0
+            else:
+                match = raft.log.last_index() if nid == self.id else -1
+            try:
+                h = self.cluster.health(nid)
+                health = h.status.label if hasattr(h.status, "label") else str(h.status)
+                heard_ms = int((now - h.last_heard) * 1000) if nid != self.id else 0
+                err = (h.error or "-").replace(" ", "_") if h.status != NodeStatus.HEALTHY else "-"
+            except KeyError:
+                health, heard_ms, err = "Unknown", -1, "-"
+            flags = "myself" if nid == self.id else "-"
+            lines.append(f"{nid} {addrs.get(nid, '-')} role={role} match={match} health={health} "
+                         f"last_heard_ms={heard_ms} flags={flags} error={err}")
+        return "\n".join(lines) + "\n"
+
+    def member_lines(self) -> list[str]:
+        m = self.raft.membership
+        addrs = self._addresses()
+        out = []
+        for nid in sorted(m.members):
+            kind = "learner" if nid in m.learners else "voter"
+            lead = " leader" if nid == self.raft.leader_id else ""
+            out.append(f"{nid} {addrs.get(nid, '-')} {kind}{lead}")
+        return out
+
+
+# ---------------------------------------------------------------------- helpers
+def _frame(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
+
+
+async def _read_frame(stream: trio.SocketStream, buf: bytearray) -> bytes | None:
+    while True:
+        if len(buf) >= 4:
+            size = int.from_bytes(buf[:4], "big")
+            if size > MAX_PEER_FRAME:
+                raise ValueError(f"peer frame of {size} bytes exceeds the limit")
+            if len(buf) >= 4 + size:
+                frame = bytes(buf[4 : 4 + size])
+                del buf[: 4 + size]
+                return frame
+        data = await stream.receive_some(1 << 20)
+        if not data:
+            return None
+        buf += data
+
+
+async def _safe_send(stream: trio.SocketStream, data: bytes) -> None:
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+
+
+def _fsync_close(f: Any) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+
+
+def _const(data: bytes) -> Callable[[], Awaitable[bytes]]:
+    async def value() -> bytes:
+        return data
+
+    return value
+
+
+_ = (HardState, SnapshotMeta, NodeRole, CommandError)
