@@ -43,7 +43,7 @@ def json_value(rng: random.Random, target: int) -> bytes:
         "active": rng.random() < 0.7,
         "role": rng.choice(WORDS[8:11]),
     }
-    items = []
+    items: list[dict[str, object]] = []
     while len(json.dumps(doc | {"items": items})) < target:
         items.append(
             {"sku": f"SKU-{rng.randrange(10_000):05d}", "qty": rng.randrange(1, 9),

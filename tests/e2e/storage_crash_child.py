@@ -49,7 +49,7 @@ def main() -> None:
     rng = random.Random(seed)
     store = LmdbStore.open(directory, node_id=NODE, map_size=1 << 20, snapshot_chunk_size=4096)
     hs, _ = store.initial_state()
-    term, commit = max(hs.term, 1), hs.commit_index
+    term, commit = max(hs.term, 1), int(hs.commit_index)
     snap = store.snapshot_info()
     say("READY", store.first_index(), store.last_index(), term, commit, snap.index if snap else 0)
     while True:

@@ -27,8 +27,8 @@ def json_value(rng: random.Random, i: int) -> bytes:
     ).encode()
 
 
-def fresh(**kw: int) -> c.Codec:
-    return c.Codec(cache_entries=0, **kw)
+def fresh(level: int = c.DEFAULT_LEVEL, threshold: int = c.DEFAULT_THRESHOLD) -> c.Codec:
+    return c.Codec(cache_entries=0, level=level, threshold=threshold)
 
 
 def test_roundtrip_every_type_and_size() -> None:
@@ -238,9 +238,9 @@ def test_wire_payload_corruption_is_detected_before_decompressing() -> None:
         except CorruptionError:
             continue
         raise AssertionError(f"flip at {pos} gave {out[:20]!r}")
-    for bad in (b"", wire[:5], wire[:-1]):
+    for short in (b"", wire[:5], wire[:-1]):
         with pytest.raises(CorruptionError):
-            codec.unpack_payload(bad)
+            codec.unpack_payload(short)
 
 
 def test_per_thread_contexts() -> None:
