@@ -201,6 +201,7 @@ class Codec:
         # payloads received by unpack_payload, by id() of the returned bytes (kept alive here)
         self._wire: dict[int, tuple[bytes, int, int, bytes]] = {}
         self._wire_order: deque[int] = deque()
+        self._wire_bytes = 0
         self._cached_bytes = 0
         self._cache_lock = threading.Lock()
         # Adaptive compression, per payload size class (bit length of the size): bytes in and
@@ -370,9 +371,18 @@ class Codec:
             with self._cache_lock:
                 self._wire[id(data)] = (data, flags, dict_id, stored)
                 self._wire_order.append(id(data))
-                while len(self._wire) > self._cache_entries:
-                    self._wire.pop(self._wire_order.popleft(), None)
+                self._wire_bytes += len(data) + len(stored)
+                while self._wire_order and (
+                    len(self._wire) > self._cache_entries or self._wire_bytes > self._cache_bytes
+                ):
+                    self._wire_forget(self._wire_order.popleft())
         return data
+
+    def _wire_forget(self, key: int) -> None:
+        """Caller holds `_cache_lock`."""
+        gone = self._wire.pop(key, None)
+        if gone is not None:
+            self._wire_bytes -= len(gone[0]) + len(gone[3])
 
     def pack_entries(self, entries: Sequence[LogEntry]) -> list[bytes]:
         """`pack_entry` for a batch (one cache update for all of them)."""
@@ -401,6 +411,8 @@ class Codec:
         received = self._wire.get(id(data)) if self._wire else None
         if received is not None and received[0] is data:  # from unpack_payload: as the leader sent it
             flags, dict_id, stored = received[1], received[2], received[3]
+            with self._cache_lock:  # used once: from now on the record cache has it
+                self._wire_forget(id(data))
         elif n <= self.threshold:
             flags, dict_id, stored = 0, 0, data
         else:
@@ -511,6 +523,7 @@ class Codec:
             self._cache_order.clear()
             self._wire.clear()
             self._wire_order.clear()
+            self._wire_bytes = 0
             self._cached_bytes = 0
 
 

@@ -222,6 +222,10 @@ def test_wire_payloads_leader_compresses_once_follower_never() -> None:
     assert got == entries
     assert follower.pack_entries(got) == records  # the leader's bytes, byte for byte
     assert follower.compressions == 0
+    assert not follower._wire and follower._wire_bytes == 0  # each received payload used once
+    for i in range(1, 20_000):  # and what is never used stays bounded
+        follower.unpack_payload(leader.pack_payload(entry(i, b"%d" % i * 50)))
+    assert len(follower._wire) <= c.DEFAULT_CACHE_ENTRIES
     # an equal entry built around another bytes object is simply compressed
     copy = LogEntry(got[0].index, got[0].term, got[0].type, bytes(bytearray(got[0].data)), got[0].timestamp)
     c.Codec().pack_entry(copy)
