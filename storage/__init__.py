@@ -1,8 +1,21 @@
 """Aegis persistence: the Raft log, hard state, membership and snapshots in LMDB, zstd-compressed.
 
-The node driver uses `LmdbStore` (an `aegis.log.LogStore`); the transport uses the record
-codec (`pack_entry`/`unpack_entry`) so entries travel in their stored form; the CLI uses the
-snapshot file functions for backup and restore. See DESIGN.md §5 and §6.
+DESIGN.md §5 and §6. What the rest of the node uses:
+
+* the driver: ``store = LmdbStore.open(data_dir, node_id=..., cluster=...)`` (an
+  `aegis.log.LogStore`); ``store.write_batch(truncate_from, entries, hard_state, membership)``
+  once per Ready (one transaction, one fsync); ``store.begin_snapshot(meta)`` ->
+  `SnapshotWriter` (``write``/``commit``/``cancel``; commit compacts the log atomically);
+  ``store.open_snapshot()`` -> `SnapshotReader` (iterate for verified bytes);
+  ``store.snapshot_info()``; ``store.install_snapshot_file(path)`` /
+  ``store.export_snapshot(path)``; ``store.stats()`` for INFO; ``store.close()``.
+* the transport: ``pack_payload(entry)`` / ``unpack_payload(payload)`` ship entry payloads
+  in their stored, compressed form; ``SnapshotReader.raw_chunks()`` and
+  ``SnapshotWriter.write_compressed(chunk)`` do the same for snapshots.
+* the CLI: ``write_snapshot_file``, ``read_snapshot_file``, ``read_snapshot_file_info``.
+
+Errors are `StorageError`s: `CorruptionError` and `WrongNodeError` mean "refuse to serve",
+`DiskFullError` means "stop acknowledging writes" (nothing was written, nothing corrupted).
 """
 
 from .codec import (
