@@ -509,3 +509,31 @@ def test_replication_ships_stored_bytes_end_to_end(open_store: Opener) -> None:
     assert follower_codec.compressions == 0
     assert follower.records(LogIndex(1), LogIndex(201)) == leader.records(LogIndex(1), LogIndex(201))
     assert follower.entries(LogIndex(1), LogIndex(201)) == entries
+
+
+def test_another_process_cannot_open_the_same_data_dir(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys; from storage import LmdbStore; "
+        "s = LmdbStore.open(sys.argv[1], node_id='n1'); print('open', flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "n1")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"open\n"
+        with pytest.raises(DataDirInUseError, match="in use"):
+            LmdbStore.open(tmp_path / "n1", node_id="n1")
+    finally:
+        child.kill()
+        child.wait()
+        for f in (child.stdin, child.stdout):
+            if f is not None:
+                f.close()
+    LmdbStore.open(tmp_path / "n1", node_id="n1").close()  # the lock died with the process
