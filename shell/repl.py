@@ -1,0 +1,332 @@
+"""The interactive shell: the prompt-toolkit session and what happens to each line.
+
+Theory of operation
+-------------------
+`Repl.run` is a loop on the main thread: read a line with `PromptSession.prompt` (history,
+completion, highlighting, validation, the toolbar — all prompt-toolkit), then
+`handle_line` it: meta-commands (HELP, WATCH, CONFIRM, CONNECT, CLEAR, EXIT) are answered
+here; anything else is confirmed if dangerous, sent through the bridge to the
+`ShellConnection` in the trio thread, and its `Outcome` printed with rich.
+
+Keys: Ctrl-C at the prompt clears the line (prompt-toolkit raises KeyboardInterrupt, the
+loop goes on); Ctrl-C during a command cancels it (the bridge cancels the trio task) and
+says whether it may have been applied; Ctrl-D on an empty line exits; Ctrl-R searches
+the history; Right accepts a grey suggestion from history; Tab completes.
+
+The prompt and the toolbar read `ShellConnection.view`, which the background monitor keeps
+current, and prompt-toolkit redraws them every second, so a node that dies while the user
+is typing shows as ``(down)`` before the next command is even sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+from prompt_toolkit import PromptSession
+from prompt_toolkit.application.current import get_app
+from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.history import History, InMemoryHistory
+from prompt_toolkit.input import Input
+from prompt_toolkit.output import Output
+from rich.console import Console
+from rich.text import Text
+
+from aegis.commands import COMMANDS, CommandSpec, lookup
+from aegis.errors import UnknownOutcomeError
+
+from .bridge import BridgeClosedError, TrioBridge
+from .completer import AegisCompleter, Knowledge
+from .connection import NodeView, Outcome, ShellConnection, describe_error
+from .dashboard import Collector, run_dashboard
+from .grammar import EXIT_WORDS, META_COMMANDS, LineSyntaxError, split_line
+from .lexer import SHELL_STYLE, AegisLexer, AegisValidator, syntax_hint
+from .render import help_command, help_overview, print_paged, render_error, render_reply
+from .status import members_from_reply
+
+__all__ = ["ShellOptions", "Repl", "prompt_text", "confirmation_question"]
+
+SLOW_REPLY: Final = 1.0  # seconds after which the time a command took is shown
+
+
+@dataclass(slots=True)
+class ShellOptions:
+    addresses: list[str]
+    token: str | None = None
+    timeout: float = 5.0
+    confirm: bool = True
+    pager: bool = True
+    history: str | None = None  # None: the default file; "": memory only
+    watch_interval: float = 1.0
+
+
+def prompt_text(view: NodeView) -> str:
+    """The prompt as plain text: ``127.0.0.1:7001 (leader)> ``."""
+    return f"{view.address} ({view.label})> "
+
+
+def confirmation_question(spec: CommandSpec, argv: list[bytes]) -> str:
+    target = argv[-1].decode("utf-8", "replace") if len(argv) > 2 else ""
+    if spec.name == "MEMBER REMOVE":
+        return f"Remove member {target} from the cluster? It stops counting for quorum."
+    if spec.name == "LEADER TRANSFER":
+        return f"Transfer leadership to {target}? Writes pause briefly during the hand-over."
+    return f"Run {spec.name} {target}?".rstrip() + " It is marked dangerous."
+
+
+def _spec_for(argv: list[bytes]) -> CommandSpec | None:
+    words = [a.decode("utf-8", "replace") for a in argv[:2]]
+    return lookup(*words) if words else None
+
+
+class Repl:
+    """One interactive session. Construct, then `run()`; returns the exit code."""
+
+    def __init__(
+        self,
+        options: ShellOptions,
+        bridge: TrioBridge,
+        connection: ShellConnection,
+        console: Console,
+        *,
+        history: History | None = None,
+        input: Input | None = None,
+        output: Output | None = None,
+        monitor: bool = True,
+    ) -> None:
+        self.options = options
+        self.bridge = bridge
+        self.conn = connection
+        self.console = console
+        self.knowledge = Knowledge()
+        self.confirm = options.confirm
+        self.failures = 0
+        self._monitor = monitor
+        self._monitor_scope: trio.CancelScope | None = None
+        self.session: PromptSession[str] = PromptSession(
+            message=self._prompt_fragments,
+            completer=AegisCompleter(self.knowledge),
+            complete_while_typing=True,
+            lexer=AegisLexer(),
+            validator=AegisValidator(),
+            validate_while_typing=False,
+            auto_suggest=AutoSuggestFromHistory(),
+            history=history if history is not None else InMemoryHistory(),
+            bottom_toolbar=self._toolbar,
+            style=SHELL_STYLE,
+            refresh_interval=1.0,
+            input=input,
+            output=output,
+            include_default_pygments_style=False,
+        )
+        self._ask: PromptSession[str] = PromptSession(input=input, output=output)
+
+    # -- prompt and toolbar
+
+    def _prompt_fragments(self) -> StyleAndTextTuples:
+        view = self.conn.view
+        label = view.label
+        role_style = {
+            "leader": "class:prompt.role.leader",
+            "follower": "class:prompt.role.follower",
+            "down": "class:prompt.down",
+        }.get(label, "class:prompt.role.other")
+        return [
+            ("class:prompt.address", view.address),
+            ("", " "),
+            (role_style, f"({label})"),
+            ("", "> "),
+        ]
+
+    def _toolbar(self) -> StyleAndTextTuples:
+        try:
+            text = get_app().current_buffer.document.text_before_cursor
+        except Exception:  # noqa: BLE001 - no app yet
+            text = ""
+        line: StyleAndTextTuples = list(syntax_hint(text))
+        line.append(("", "\n"))
+        view = self.conn.view
+        if view.checked and not view.reachable:
+            line.append(("class:bottom-toolbar.down", f"✗ {view.address} is down"))
+            if view.error:
+                line.append(("class:bottom-toolbar.problem", f" ({view.error})"))
+            line.append(("class:bottom-toolbar.dim", " · the next command tries another member"))
+        elif view.checked:
+            line.append(("class:bottom-toolbar.ok", f"● {view.address}"))
+            who = " ".join(p for p in (view.node_id, view.role) if p)
+            if who:
+                line.append(("class:bottom-toolbar.syntax", f" {who}"))
+            if view.term is not None:
+                line.append(("class:bottom-toolbar.dim", f" · term {view.term}"))
+            leader = view.leader_id or "none"
+            line.append(("class:bottom-toolbar.dim", f" · leader {leader}"))
+        else:
+            line.append(("class:bottom-toolbar.dim", f"○ {view.address} (connecting…)"))
+        line.append(("class:bottom-toolbar.dim", f" · confirm {'on' if self.confirm else 'off'}"))
+        return line
+
+    # -- the loop
+
+    def start(self) -> NodeView:
+        view = self.bridge.run(self.conn.start)
+        if self._monitor:
+            _, scope = self.bridge.submit(self.conn.monitor)
+            self._monitor_scope = scope
+        return view
+
+    def greet(self, view: NodeView) -> None:
+        if view.reachable:
+            who = ", ".join(p for p in (view.node_id, view.role) if p)
+            self.console.print(Text.assemble(
+                ("Connected to ", "dim"), (view.address, "bold"), (f" ({who})" if who else "", ""),
+                (". HELP lists the commands, WATCH opens the dashboard, Ctrl-D exits.", "dim"),
+            ))
+        else:
+            self.console.print(render_error(f"{view.address} is not answering: {view.error}"))
+            self.console.print(Text("The shell will try every seed again on the next command.", style="dim"))
+
+    def run(self) -> int:
+        self.greet(self.start())
+        try:
+            while True:
+                try:
+                    line = self.session.prompt()
+                except KeyboardInterrupt:
+                    continue
+                except EOFError:
+                    break
+                try:
+                    if not self.handle_line(line):
+                        break
+                except KeyboardInterrupt:
+                    self.console.print(Text("interrupted", style="yellow"))
+        finally:
+            self.stop()
+        return 0
+
+    def stop(self) -> None:
+        scope = self._monitor_scope
+        self._monitor_scope = None
+        if scope is not None:
+            self.bridge.cancel(scope)
+        try:
+            self.bridge.run(self.conn.aclose, timeout=3)
+        except (BridgeClosedError, TimeoutError, KeyboardInterrupt):
+            pass
+
+    # -- one line
+
+    def handle_line(self, line: str) -> bool:
+        """Run one line; False when the shell should exit."""
+        if not line.strip():
+            return True
+        try:
+            argv = split_line(line)
+        except LineSyntaxError as exc:
+            self.console.print(render_error(f"ERR {exc}"))
+            self.failures += 1
+            return True
+        name = argv[0].decode("utf-8", "replace").upper()
+        if name in EXIT_WORDS:
+            return False
+        if name in META_COMMANDS and name not in COMMANDS:
+            self.meta(name, argv[1:])
+            return True
+        spec = _spec_for(argv)
+        if spec is not None and spec.dangerous and self.confirm:
+            if not self.ask(confirmation_question(spec, argv)):
+                self.console.print(Text("not sent", style="yellow"))
+                return True
+        outcome = self.execute(argv)
+        self.show(outcome)
+        return True
+
+    def ask(self, question: str) -> bool:
+        try:
+            answer = self._ask.prompt(f"{question} [y/N] ")
+        except (KeyboardInterrupt, EOFError):
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+    def execute(self, argv: list[bytes]) -> Outcome:
+        try:
+            return self.bridge.run(self.conn.execute, argv)
+        except KeyboardInterrupt:
+            spec = _spec_for(argv)
+            note = (
+                "interrupted: the command may or may not have been applied"
+                if spec is None or spec.write or spec.dangerous
+                else "interrupted"
+            )
+            return Outcome(tuple(argv), error=KeyboardInterrupt(note), before=self.conn.view, after=self.conn.view)
+
+    def show(self, outcome: Outcome) -> None:
+        for notice in outcome.notices:
+            self.console.print(Text(f"⚠ {notice}", style="bold yellow"))
+        argv = list(outcome.argv)
+        if outcome.error is not None:
+            self.failures += 1
+            if isinstance(outcome.error, KeyboardInterrupt):
+                self.console.print(Text(str(outcome.error), style="yellow"))
+                return
+            self.console.print(render_error(describe_error(outcome.error)))
+            if isinstance(outcome.error, UnknownOutcomeError):
+                self.console.print(Text(
+                    "  the outcome is unknown: a write may still have been applied", style="dim"
+                ))
+            return
+        self.knowledge.learn_command(argv)
+        rows = None
+        name = " ".join(a.decode("utf-8", "replace").upper() for a in argv[:2])
+        if name in ("CLUSTER NODES", "MEMBER LIST"):
+            rows = members_from_reply(outcome.reply, self.conn.view.leader_id)
+            for row in rows or ():
+                self.knowledge.learn_node(row.node_id, row.address)
+        print_paged(self.console, render_reply(argv, outcome.reply), pager=self.options.pager)
+        if outcome.elapsed >= SLOW_REPLY:
+            self.console.print(Text(f"({outcome.elapsed:.2f}s)", style="dim"))
+
+    # -- meta-commands
+
+    def meta(self, name: str, args: list[bytes]) -> None:
+        words = [a.decode("utf-8", "replace") for a in args]
+        if name == "HELP":
+            self.help(words)
+        elif name == "CONFIRM":
+            if words:
+                self.confirm = words[0].lower() == "on"
+            state = "on" if self.confirm else "off"
+            self.console.print(Text(f"confirmation of dangerous commands is {state}", style="dim"))
+        elif name == "CLEAR":
+            self.console.clear()
+        elif name == "CONNECT":
+            view = self.bridge.run(self.conn.connect_to, words[0])
+            self.greet(view)
+        elif name == "WATCH":
+            self.watch(float(words[0]) if words else self.options.watch_interval)
+
+    def help(self, words: list[str]) -> None:
+        if not words:
+            print_paged(self.console, help_overview(), pager=self.options.pager)
+            return
+        first = words[0].upper()
+        meta = META_COMMANDS.get(first)
+        if meta is not None and first not in COMMANDS:
+            self.console.print(help_command(meta))
+            return
+        spec = lookup(*words)
+        if spec is None:
+            self.console.print(render_error(f"ERR no such command {words[0]!r}; HELP lists them"))
+            return
+        self.console.print(help_command(spec))
+
+    def watch(self, interval: float) -> None:
+        seeds = dict(self.conn.members) or {self.conn.view.address: self.conn.view.address}
+        for address in self.conn.client.seeds:
+            if address not in seeds.values():
+                seeds[address] = address
+        collector = Collector(seeds, token=self.options.token, timeout=min(0.8, max(0.3, interval * 0.8)))
+        run_dashboard(self.bridge, collector, self.console, interval=interval)
+        self.console.print(Text("left the dashboard", style="dim"))
