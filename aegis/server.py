@@ -187,6 +187,10 @@ class Node:
                 nursery.start_soon(self._raft_loop)
                 nursery.start_soon(self._health_loop)
                 self._ensure_peer_tasks()
+                if self.raft.membership.voters == {self.id} and not self.raft.is_leader():
+                    # A cluster of one elects itself at once: nobody else could object.
+                    self.raft.campaign(pre_vote=False)
+                    self._inbox_send.send_nowait(("tick",))
                 log.info("node %s serving on %s:%d (cluster %s, data %s)", self.id, self.cfg.host, self.port,
                          self.cfg.cluster, self.cfg.data_dir)
                 task_status.started(self.port)
@@ -691,6 +695,7 @@ class Node:
                 parser.feed(data)
                 out = bytearray()
                 ops: list[Callable[[], Awaitable[bytes]]] = []
+                last_kind = ""
                 close = False
                 while True:
                     cmd = parser.next_command()
@@ -715,11 +720,15 @@ class Node:
                         ops.append(_const(req.encoded()))
                         close = True
                         break
-                    if isinstance(req, (C.ReadRequest, C.ExistsRequest)) and ops:
-                        # Read-your-writes within a pipeline: finish what came before.
+                    kind = "r" if isinstance(req, (C.ReadRequest, C.ExistsRequest)) else (
+                        "w" if isinstance(req, (C.WriteRequest, C.MemberRequest, C.LeaderTransferRequest)) else "")
+                    if kind and last_kind and kind != last_kind and ops:
+                        # A pipeline runs in order: a read sees the writes before it, and a
+                        # write is not submitted before the reads ahead of it were served.
                         for op in ops:
                             out += await op()
                         ops = []
+                    last_kind = kind or last_kind
                     ops.append(self._prepare(req, argv=cmd, resp3=state["resp3"]))
                 for op in ops:
                     out += await op()
@@ -762,6 +771,18 @@ class Node:
                  forwarded: bool = False, resp3: bool = False) -> Callable[[], Awaitable[bytes]]:
         """Start a request now (submission order is the apply order); await its reply later."""
         raft = self.raft
+        if (isinstance(req, (C.WriteRequest, C.ReadRequest, C.ExistsRequest)) and raft.leader_id is None
+                and not forwarded):
+            # Mid-election: give it one election timeout before answering -NOLEADER.
+            async def after_election() -> bytes:
+                deadline = trio.current_time() + self.cfg.tick_ms * self.cfg.election_ticks[1] / 1000
+                while raft.leader_id is None and trio.current_time() < deadline:
+                    await trio.sleep(self.cfg.tick_ms / 1000)
+                if raft.leader_id is None:
+                    return encode_error("NOLEADER no leader is known; try again shortly")
+                return await self._prepare(req, argv=argv, resp3=resp3)()
+
+            return after_election
         if isinstance(req, C.WriteRequest):
             self.stats["total_writes"] += 1
             if not raft.is_leader():

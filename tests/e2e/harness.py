@@ -1,0 +1,257 @@
+"""Real `aegis serve` processes on 127.0.0.1, with optional fault-injecting TCP proxies.
+
+Every node reaches every other one only through the addresses in its own `--peers`; with
+`proxies=True` each directed link a→b goes through its own `LinkProxy`, so a test can cut
+links (partitions, isolation) without touching the nodes. Everything started here is
+stopped by PID in `stop_all()`; ports come from the kernel (bind to port 0).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import redis
+
+READY_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = pred()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}: last error {last_exc!r}")
+
+
+def raw_command(port: int, *args: bytes, timeout: float = 5.0) -> bytes:
+    """Send one RESP command, return a bulk/simple reply's bytes; raise on an error reply."""
+    req = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(req)
+        buf = b""
+        while b"\r\n" not in buf:
+            more = s.recv(65536)
+            if not more:
+                raise ConnectionError("closed")
+            buf += more
+        head, _, rest = buf.partition(b"\r\n")
+        if head[:1] == b"-":
+            raise RuntimeError(head[1:].decode())
+        if head[:1] != b"$":
+            return head[1:]
+        size = int(head[1:])
+        while len(rest) < size + 2:
+            more = s.recv(65536)
+            if not more:
+                raise ConnectionError("closed")
+            rest += more
+        return rest[:size]
+
+
+class LinkProxy:
+    """A one-way TCP relay for the link a→b that can be cut and healed."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.cut = False
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.cut:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data or self.cut:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def set_cut(self, cut: bool) -> None:
+        self.cut = cut
+        if cut:
+            with self._lock:
+                conns, self._conns = self._conns, []
+            for c in conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                c.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.set_cut(True)
+        self.sock.close()
+
+
+class NodeProc:
+    def __init__(self, nid: str, port: int, data: Path, log: Path) -> None:
+        self.id = nid
+        self.port = port
+        self.data = data
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, **kw: Any) -> redis.Redis:
+        kw.setdefault("socket_timeout", 10)
+        return redis.Redis(host="127.0.0.1", port=self.port, **kw)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class LocalCluster:
+    def __init__(self, root: Path, n: int = 3, *, proxies: bool = False, tick_ms: int = 20,
+                 snapshot_threshold: int = 10_000, extra: list[str] | None = None) -> None:
+        self.root = root
+        self.tick_ms = tick_ms
+        self.snapshot_threshold = snapshot_threshold
+        self.extra = extra or []
+        self.nodes: dict[str, NodeProc] = {}
+        for i in range(n):
+            nid = f"n{i + 1}"
+            self.nodes[nid] = NodeProc(nid, free_port(), root / nid, root / f"{nid}.log")
+        self.links: dict[tuple[str, str], LinkProxy] = {}
+        if proxies:
+            for a in self.nodes:
+                for b in self.nodes:
+                    if a != b:
+                        self.links[(a, b)] = LinkProxy(self.nodes[b].port)
+
+    def peers_for(self, nid: str) -> str:
+        parts = []
+        for other, node in self.nodes.items():
+            if other == nid or (nid, other) not in self.links:
+                parts.append(f"{other}={node.addr}")
+            else:
+                parts.append(f"{other}=127.0.0.1:{self.links[(nid, other)].port}")
+        return ",".join(parts)
+
+    def command(self, nid: str) -> list[str]:
+        node = self.nodes[nid]
+        return [sys.executable, "-m", "aegis.cli", "--log-level", "info", "serve", "--id", nid,
+                "--listen", node.addr, "--data", str(node.data), "--peers", self.peers_for(nid),
+                "--tick-ms", str(self.tick_ms), "--snapshot-threshold", str(self.snapshot_threshold),
+                "--request-timeout", "3", *self.extra]
+
+    def start(self, nid: str | None = None, wait: bool = True) -> None:
+        ids = [nid] if nid else list(self.nodes)
+        for i in ids:
+            node = self.nodes[i]
+            assert not node.alive(), f"{i} is already running"
+            logf = open(node.log, "ab")
+            node.proc = subprocess.Popen(self.command(i), stdout=logf, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+            logf.close()
+        if wait:
+            for i in ids:
+                wait_until(lambda i=i: self.nodes[i].client().ping(), READY_TIMEOUT, what=f"{i} to listen")
+
+    def kill(self, nid: str, sig: int = signal.SIGKILL) -> None:
+        node = self.nodes[nid]
+        if node.proc is not None and node.proc.poll() is None:
+            os.kill(node.proc.pid, sig)
+            node.proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for node in self.nodes.values():
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.terminate()
+        for node in self.nodes.values():
+            if node.proc is not None:
+                try:
+                    node.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+                    node.proc.wait()
+        for link in self.links.values():
+            link.close()
+
+    def info(self, nid: str) -> dict[str, str]:
+        """INFO as the raw text a script would parse (redis-py would reinterpret it)."""
+        text = raw_command(self.nodes[nid].port, b"INFO").decode()
+        out = {}
+        for line in text.splitlines():
+            if ":" in line and not line.startswith("#"):
+                k, _, v = line.partition(":")
+                out[k] = v
+        return out
+
+    def leader(self, among: list[str] | None = None, timeout: float = 10.0) -> str:
+        ids = among or [n for n, p in self.nodes.items() if p.alive()]
+
+        def find() -> str | None:
+            leaders = [n for n in ids if self.nodes[n].alive() and self.info(n)["role"] == "leader"]
+            return leaders[0] if len(leaders) == 1 else None
+
+        return str(wait_until(find, timeout, what="a single leader"))
+
+    def isolate(self, nid: str) -> None:
+        for (a, b), link in self.links.items():
+            if nid in (a, b):
+                link.set_cut(True)
+
+    def heal(self) -> None:
+        for link in self.links.values():
+            link.set_cut(False)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n{p.log.read_text(errors='replace')[-3000:]}"
+                         for n, p in self.nodes.items() if p.log.exists())

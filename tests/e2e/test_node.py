@@ -1,0 +1,373 @@
+"""End to end: real `aegis serve` processes on loopback, redis-py and redis-cli as clients."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from .harness import LocalCluster, free_port, wait_until
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path)
+    try:
+        c.start()
+        yield c
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
+
+
+@pytest.fixture
+def proxied(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path, proxies=True)
+    try:
+        c.start()
+        yield c
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
+
+
+def test_write_through_any_node_read_from_every_node(cluster: LocalCluster) -> None:
+    cluster.leader()
+    for i, nid in enumerate(cluster.nodes):
+        assert cluster.nodes[nid].client().set(f"k{i}", f"v{i}") is True
+    for nid in cluster.nodes:
+        c = cluster.nodes[nid].client()
+        assert [c.get(f"k{i}") for i in range(3)] == [b"v0", b"v1", b"v2"]
+    c = cluster.nodes["n2"].client()
+    assert c.incr("counter") == 1
+    assert c.incrby("counter", 41) == 42
+    assert c.delete("k0", "k1", "nope") == 2
+    assert c.execute_command("CAS", "k2", "v2", "new") == 1
+    assert c.execute_command("CAS", "k2", "v2", "again") == 0
+    assert c.execute_command("CAS", "missing", "", "x") == 0
+    assert cluster.nodes["n3"].client().get("k2") == b"new"
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        c.incr("k2")
+    assert c.get("k2") == b"new"  # a failed INCR changes nothing
+
+
+def test_info_and_cluster_status_fields(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    info = cluster.info(leader)
+    for field in ("node_id", "role", "leader_id", "term", "commit_index", "applied_index", "last_log_index",
+                  "members"):
+        assert field in info
+    assert info["role"] == "leader" and info["leader_id"] == leader
+    assert info["members"] == "n1,n2,n3"
+    c = cluster.nodes[leader].client(protocol=2)
+    cinfo = c.execute_command("CLUSTER", "INFO").decode()
+    assert "cluster_state:Healthy" in cinfo
+    nodes = c.execute_command("CLUSTER", "NODES").decode().splitlines()
+    assert len(nodes) == 3
+    assert any(f"{leader} " in line and "role=leader" in line for line in nodes)
+    assert all("health=Healthy" in line for line in nodes)
+    out = subprocess.run([sys.executable, "-m", "aegis.cli", "status", "--addr", cluster.nodes[leader].addr,
+                          "--json"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert '"role": "leader"' in out.stdout
+
+
+def test_kill_leader_new_leader_serves_and_no_ack_lost(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    acked = {}
+    for i in range(200):
+        c = cluster.nodes[leader].client()
+        assert c.set(f"a{i}", str(i))
+        acked[f"a{i}"] = str(i).encode()
+    cluster.kill(leader)
+    survivors = [n for n in cluster.nodes if n != leader]
+    t0 = time.monotonic()
+    new = cluster.leader(survivors)
+    c = cluster.nodes[new].client()
+    wait_until(lambda: c.set("after", "1"), 10, what="a write on the new leader")
+    assert time.monotonic() - t0 < 5  # a few election timeouts (20-40 ticks of 20 ms)
+    for nid in survivors:
+        cc = cluster.nodes[nid].client()
+        values = cc.mget(list(acked)) if False else [cc.get(k) for k in acked]
+        assert values == list(acked.values())
+    # The old leader comes back as a follower and catches up.
+    cluster.start(leader)
+    wait_until(lambda: cluster.nodes[leader].client().get("after") == b"1", 10, what="old leader to catch up")
+
+
+def test_restart_every_node_at_once_keeps_all_data(cluster: LocalCluster) -> None:
+    cluster.leader()
+    c = cluster.nodes["n1"].client()
+    for i in range(100):
+        c.set(f"r{i}", f"{i}")
+    for nid in cluster.nodes:
+        cluster.kill(nid)  # kill -9 every node
+    cluster.start()
+    cluster.leader()
+    for nid in cluster.nodes:
+        cc = cluster.nodes[nid].client()
+        assert [cc.get(f"r{i}") for i in range(100)] == [f"{i}".encode() for i in range(100)]
+
+
+def test_follower_down_catches_up_by_snapshot(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path, snapshot_threshold=50)
+    try:
+        c.start()
+        leader = c.leader()
+        lagger = next(n for n in c.nodes if n != leader)
+        c.kill(lagger)
+        cl = c.nodes[leader].client()
+        pipe = cl.pipeline(transaction=False)
+        for i in range(400):
+            pipe.set(f"s{i}", f"{i}")
+        pipe.execute()
+        info = c.info(leader)
+        assert int(info["snapshot_index"]) > 0 and int(info["first_log_index"]) > 2
+        c.start(lagger)
+        wait_until(lambda: c.nodes[lagger].client().get("s399") == b"399", 15, what="the lagger to catch up")
+        assert int(c.info(lagger)["snapshots_installed"]) >= 1
+        lc = c.nodes[lagger].client()
+        assert [lc.get(f"s{i}") for i in range(0, 400, 37)] == [f"{i}".encode() for i in range(0, 400, 37)]
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
+
+
+def test_partitioned_minority_cannot_write_or_read(proxied: LocalCluster) -> None:
+    c = proxied
+    leader = c.leader()
+    c.nodes[leader].client().set("p", "before")
+    minority = next(n for n in c.nodes if n != leader)
+    c.isolate(minority)
+    m = c.nodes[minority].client(socket_timeout=10)
+    t0 = time.monotonic()
+    with pytest.raises(redis.ResponseError) as exc:
+        m.set("p", "from-minority")
+    assert exc.value.args[0].split()[0] in ("NOLEADER", "TIMEOUT", "TRYAGAIN")
+    with pytest.raises(redis.ResponseError) as exc:
+        m.get("p")
+    assert exc.value.args[0].split()[0] in ("NOLEADER", "TIMEOUT", "TRYAGAIN")
+    assert time.monotonic() - t0 < 10
+    # The majority still serves.
+    major = [n for n in c.nodes if n != minority]
+    new = c.leader(major)
+    c.nodes[new].client().set("p", "after")
+    c.heal()
+    wait_until(lambda: c.nodes[minority].client().get("p") == b"after", 10, what="the minority to heal")
+
+
+def test_isolated_leader_steps_down_and_majority_elects(proxied: LocalCluster) -> None:
+    c = proxied
+    old = c.leader()
+    c.isolate(old)
+    rest = [n for n in c.nodes if n != old]
+    new = c.leader(rest)
+    assert new != old
+    wait_until(lambda: c.info(old)["role"] != "leader", 10, what="the isolated leader to step down")
+    c.nodes[new].client().set("x", "1")
+    c.heal()
+    wait_until(lambda: c.nodes[old].client().get("x") == b"1", 10, what="old leader to rejoin")
+
+
+def test_kill9_minority_during_writes_loses_nothing(cluster: LocalCluster) -> None:
+    rng = random.Random(42)
+    acked: dict[str, bytes] = {}
+    leader = cluster.leader()
+    for round_no in range(3):
+        victim = rng.choice([n for n in cluster.nodes if n != leader])
+        for i in range(60):
+            key = f"w{round_no}-{i}"
+            try:
+                if cluster.nodes[leader].client(socket_timeout=5).set(key, key):
+                    acked[key] = key.encode()
+            except redis.RedisError:
+                pass
+            if i == 20:
+                cluster.kill(victim)
+        cluster.start(victim)
+    for nid in cluster.nodes:
+        cc = cluster.nodes[nid].client()
+        wait_until(lambda cc=cc: all(cc.get(k) == v for k, v in acked.items()), 15, what=f"{nid} has every ack")
+
+
+def test_redis_cli_inline_pipelining_and_errors(cluster: LocalCluster) -> None:
+    if shutil.which("redis-cli") is None:
+        pytest.skip("redis-cli is not installed (apt-get install redis-tools)")
+    leader = cluster.leader()
+    port = str(cluster.nodes[leader].port)
+    run = lambda *a: subprocess.run(["redis-cli", "-p", port, *a], capture_output=True, text=True, timeout=30)
+    assert run("SET", "cli", "hello").stdout.strip() == "OK"
+    assert run("GET", "cli").stdout.strip() == "hello"
+    assert "wrong number of arguments" in run("GET").stdout
+    assert "unknown command" in run("FLY", "away").stdout
+    # Pipelined RESP through redis-cli --pipe.
+    proto = "".join(f"*3\r\n$3\r\nSET\r\n${len(k)}\r\n{k}\r\n$1\r\nv\r\n" for k in (f"pp{i}" for i in range(100)))
+    out = subprocess.run(["redis-cli", "-p", port, "--pipe"], input=proto, capture_output=True, text=True,
+                         timeout=30)
+    assert "errors: 0, replies: 100" in out.stdout
+    # Inline commands over a raw socket, as typed into nc, pipelined in one packet.
+    with socket.create_connection(("127.0.0.1", cluster.nodes[leader].port), timeout=10) as s:
+        s.sendall(b"SET inline \"a b\"\r\nGET inline\r\nPING\r\n")
+        buf = b""
+        while buf.count(b"\r\n") < 4:
+            buf += s.recv(4096)
+    assert buf == b"+OK\r\n$3\r\na b\r\n+PONG\r\n"
+
+
+def test_redis_py_resp3_and_pipeline(cluster: LocalCluster) -> None:
+    cluster.leader()
+    c = cluster.nodes["n3"].client()  # redis-py speaks RESP3 by default (HELLO 3)
+    assert c.get("nothing") is None
+    pipe = c.pipeline(transaction=False)
+    for i in range(50):
+        pipe.set(f"rp{i}", i)
+    pipe.get("rp49")
+    pipe.incr("rp49")
+    results = pipe.execute()
+    assert results[:50] == [True] * 50 and results[50:] == [b"49", 50]
+    c2 = cluster.nodes["n1"].client(protocol=2)
+    assert c2.get("rp49") == b"50" and c2.get("nothing") is None
+
+
+def test_bad_input_is_refused_and_changes_nothing(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    port = cluster.nodes[leader].port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"*1\r\n$-5\r\n")
+        data = s.recv(4096)
+        assert data.startswith(b"-ERR Protocol error")
+        assert s.recv(4096) == b""  # closed after a protocol error
+    c = cluster.nodes[leader].client()
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        c.execute_command("SET", "only-key")
+    before = cluster.info(leader)["commit_index"]
+    with pytest.raises(redis.ResponseError):
+        c.execute_command("INCRBY", "k", "not-a-number")
+    assert cluster.info(leader)["commit_index"] == before
+
+
+def test_non_member_peer_is_refused(cluster: LocalCluster) -> None:
+    from aegis.server import FRAME_MSG, PEER_MAGIC, _frame
+    from aegis.transport import Handshake, encode
+
+    leader = cluster.leader()
+    with socket.create_connection(("127.0.0.1", cluster.nodes[leader].port), timeout=10) as s:
+        s.sendall(PEER_MAGIC + _frame(FRAME_MSG + encode(Handshake(node_id="intruder", cluster="aegis"))))
+        data = b""
+        while True:
+            more = s.recv(4096)
+            if not more:
+                break
+            data += more
+    assert data[4:5] == b"R" and b"not a member" in data
+    with socket.create_connection(("127.0.0.1", cluster.nodes[leader].port), timeout=10) as s:
+        s.sendall(PEER_MAGIC + _frame(FRAME_MSG + encode(Handshake(node_id="n2", cluster="other"))))
+        data = s.recv(4096)
+    assert b"cluster mismatch" in data
+
+
+def test_data_dir_of_another_node_is_refused(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path, n=1)
+    try:
+        c.start()
+        c.nodes["n1"].client().set("x", "1")
+    finally:
+        c.stop_all()
+    port = free_port()
+    out = subprocess.run([sys.executable, "-m", "aegis.cli", "serve", "--id", "zz", "--listen",
+                          f"127.0.0.1:{port}", "--data", str(tmp_path / "n1")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "n1" in out.stderr and "zz" in out.stderr
+
+
+def test_single_node_cluster_serves_at_once(tmp_path: Path) -> None:
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "aegis.cli", "serve", "--id", "solo", "--listen",
+                          f"127.0.0.1:{port}", "--data", str(tmp_path / "solo")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        c = redis.Redis(port=port, socket_timeout=5)
+        wait_until(lambda: c.ping(), 10, what="solo to listen")
+        t0 = time.monotonic()
+        assert c.set("a", "1") and c.get("a") == b"1"
+        assert time.monotonic() - t0 < 1.0
+        # SIGTERM shuts it down cleanly.
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_wrong_flags_are_clear_errors(tmp_path: Path) -> None:
+    run = lambda *a: subprocess.run([sys.executable, "-m", "aegis.cli", *a], capture_output=True, text=True,
+                                    timeout=30)
+    out = run("serve", "--id", "n1", "--listen", "nonsense", "--data", str(tmp_path / "d"))
+    assert out.returncode == 2 and "HOST:PORT" in out.stderr
+    out = run("serve", "--id", "n9", "--listen", "127.0.0.1:1", "--data", str(tmp_path / "d"),
+              "--peers", "n1=127.0.0.1:2")
+    assert out.returncode == 2 and "does not appear in --peers" in out.stderr
+    out = run("serve", "--id", "n1", "--listen", "127.0.0.1:1", "--data", str(tmp_path / "d"),
+              "--peers", "n1=127.0.0.1:2,n1=127.0.0.1:3")
+    assert out.returncode == 2 and "named twice" in out.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_kill9_every_node_mid_write_loses_no_ack(cluster: LocalCluster) -> None:
+    """Writers run on three connections; every node is kill -9'd at a random moment."""
+    import threading
+
+    rng = random.Random(7)
+    acked: dict[str, bytes] = {}
+    lock = threading.Lock()
+    for round_no in range(3):
+        leader = cluster.leader()
+        stop = threading.Event()
+
+        def writer(w: int) -> None:
+            c = cluster.nodes[leader].client(socket_timeout=5)
+            i = 0
+            while not stop.is_set() and i < 5000:
+                key = f"k{round_no}-{w}-{i}"
+                try:
+                    if c.set(key, key):
+                        with lock:
+                            acked[key] = key.encode()
+                except redis.RedisError:
+                    return
+                i += 1
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(rng.uniform(0.2, 0.8))
+        for nid in cluster.nodes:
+            cluster.kill(nid)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        cluster.start()
+    cluster.leader()
+    assert len(acked) > 100
+    for nid in cluster.nodes:
+        cc = cluster.nodes[nid].client()
+        keys = sorted(acked)
+        wait_until(lambda cc=cc: [cc.get(k) for k in keys] == [acked[k] for k in keys], 15,
+                   what=f"{nid} to hold every acknowledged write")
