@@ -88,3 +88,53 @@ def test_cluster_example() -> None:
     assert stats.healthy_nodes == 3 and stats.has_quorum
 
     assert cluster.check_failures() == []  # everyone was heard from just now
+
+
+# --- the package's public names ------------------------------------------------------------
+
+SEED_NAMES = """
+NodeId NodeStatus NodeRole NodeInfo NodeMetadata NodeHealth LogIndex Term LogEntry EntryType
+ReplicatedLog LogStore MemoryLogStore Command CommandType CommandResult StateMachine Snapshot
+RaftConfig RaftState RaftNode Ready VoteRequest VoteResponse AppendEntriesRequest
+AppendEntriesResponse InstallSnapshotRequest InstallSnapshotResponse ClusterConfig ClusterState
+Cluster ClusterStats MembershipChange MessageType Message InMemoryTransport Transport
+ReplicationConfig ReplicationEngine TickResult AegisError CommandError ProtocolError CodecError
+UnknownOutcomeError NoLeaderError RequestTimeoutError TryAgainError NotLeaderError
+ProposalDroppedError ConfigChangeError __version__
+""".split()
+
+
+def test_star_import_gives_every_seed_name() -> None:
+    import aegis
+
+    namespace: dict[str, object] = {}
+    exec("from aegis import *", namespace)
+    missing = [n for n in SEED_NAMES if n not in namespace]
+    assert missing == []
+    assert all(hasattr(aegis, n) for n in aegis.__all__)
+    assert len(set(aegis.__all__)) == len(aegis.__all__)
+
+
+def test_version_matches_the_distribution() -> None:
+    import tomllib
+    from pathlib import Path
+
+    import aegis
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    assert aegis.__version__ == tomllib.loads(pyproject.read_text())["project"]["version"]
+
+
+def test_importing_aegis_stays_light() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, aegis; "
+        "heavy = sorted(m for m in ('trio', 'lmdb', 'socket', 'aegis.client', 'aegis.server', 'storage') "
+        "if m in sys.modules); print(heavy)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "[]"
