@@ -182,6 +182,10 @@ class ShellConnection:
         leader_id = pick(info, ("leader_id", "leader")) or ""
         if node_id:
             self.members.setdefault(node_id, address)
+        leader_address = pick(info, ("leader_addr", "leader_address"))
+        if leader_id and leader_address and leader_address != "-":
+            self.members[leader_id] = leader_address
+            self._add_seed(leader_address)
         members = pick(info, ("members", "peers", "voters"))
         if members:
             for member_id, member_address in parse_members_field(members):

@@ -278,6 +278,7 @@ def _member(
             health = "Unreachable"
         return MemberStatus(
             node_id, address, False, role=row.role if row is not None else "", match_index=match,
+            lag=max(0, leader_last - match) if match is not None and leader_last is not None else None,
             health=health, last_heard=heard, error=info, is_leader=False,
         )
     role = (pick(info, ("role",)) or "").lower()

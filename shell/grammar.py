@@ -287,6 +287,8 @@ def validate_argv(argv: list[bytes]) -> str | None:
         if name == "CONFIRM" and count == 1 and argv[1].lower() not in (b"on", b"off"):
             return "CONFIRM takes on or off"
         return None
+    if name not in COMMANDS:
+        return f"unknown command '{argv[0].decode('utf-8', 'replace')}' (HELP lists the commands)"
     request = parse_command(argv)
     if isinstance(request, ErrorReply):
         text = request.text

@@ -212,15 +212,15 @@ def members_table(rows: Sequence[MemberRow], title: str = "Members") -> Table:
     table.add_column("", width=1, no_wrap=True)
     table.add_column("id", style="bold", no_wrap=True)
     table.add_column("address", no_wrap=True)
-    table.add_column("role", no_wrap=True)
+    table.add_column("role", no_wrap=True, min_width=6)
     if has_match:
-        table.add_column("match", justify="right")
+        table.add_column("match", justify="right", no_wrap=True, min_width=5)
     if has_health:
-        table.add_column("health", no_wrap=True)
+        table.add_column("health", no_wrap=True, min_width=6)
     if has_heard:
-        table.add_column("last heard", no_wrap=True)
+        table.add_column("last heard", no_wrap=True, min_width=10)
     for key in extras:
-        table.add_column(Text(key.replace("_", " ")))
+        table.add_column(Text(key.replace("_", " ")), min_width=len(key))
     for row in rows:
         cells: list[RenderableType] = [
             Text(LEADER_MARK, style="bold yellow") if row.is_leader else Text(""),

@@ -272,7 +272,8 @@ class Repl:
                 self.console.print(Text(str(outcome.error), style="yellow"))
                 return
             self.console.print(render_error(describe_error(outcome.error)))
-            if isinstance(outcome.error, UnknownOutcomeError):
+            spec = _spec_for(argv)
+            if isinstance(outcome.error, UnknownOutcomeError) and (spec is None or spec.write or spec.dangerous):
                 self.console.print(Text(
                     "  the outcome is unknown: a write may still have been applied", style="dim"
                 ))

@@ -81,6 +81,11 @@ def _to_int(text: str | None) -> int | None:
             return None
 
 
+def _non_negative(value: int | None) -> int | None:
+    """-1 means "not known" (a follower does not track its peers' match index)."""
+    return value if value is not None and value >= 0 else None
+
+
 def format_age(seconds: float | None) -> str:
     """``0.2s ago``, ``12s ago``, ``3m10s ago``; "" when unknown, ``never`` if negative."""
     if seconds is None:
@@ -137,7 +142,12 @@ class MemberRow:
         return self.health.lower() in ("down", "unreachable", "left")
 
 
-def _row(fields: Mapping[str, str], leader_id: str | None) -> MemberRow:
+_EMPTY: Final = frozenset({"-", "none", "null", ""})
+
+
+def _row(raw: Mapping[str, str], leader_id: str | None) -> MemberRow:
+    # "-" is how a node writes "nothing" in a space-separated line.
+    fields = {k: v for k, v in raw.items() if v.strip().lower() not in _EMPTY}
     flags = [f.lower() for f in (fields.get("flags") or "").replace(",", " ").split()]
     node_id = pick(fields, _ID_KEYS) or ""
     role = (pick(fields, _ROLE_KEYS) or "").lower()
@@ -152,15 +162,16 @@ def _row(fields: Mapping[str, str], leader_id: str | None) -> MemberRow:
     if is_leader and role in ("", "voter"):
         role = "leader"
     extra = {k: v for k, v in fields.items() if k.lower() not in _KNOWN}
+    myself = "myself" in flags or fields.get("self", "").lower() in ("1", "yes", "true")
     return MemberRow(
         node_id=node_id,
         address=pick(fields, _ADDRESS_KEYS) or "",
         role=role,
-        match_index=_to_int(pick(fields, _MATCH_KEYS)),
+        match_index=_non_negative(_to_int(pick(fields, _MATCH_KEYS))),
         health=health,
-        last_heard=_heard(fields),
+        last_heard="—" if myself else _heard(fields),
         is_leader=is_leader,
-        myself="myself" in flags or (fields.get("self", "").lower() in ("1", "yes", "true")),
+        myself=myself,
         extra=extra,
     )
 
