@@ -57,7 +57,7 @@ def test_tokenize_tolerates_an_open_quote_and_keeps_positions() -> None:
     assert tokens[1].value == b"my key"
 
 
-@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=12), max_size=6))
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=0, max_size=12), max_size=6))
 def test_quoted_words_round_trip(words: list[str]) -> None:
     from shell.completer import quote_word
 

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console, RenderableType
 
 from aegis.commands import COMMANDS
-from aegis.protocol import RespError
+from aegis.protocol import Reply, RespError
 from shell.grammar import META_COMMANDS
 from shell.render import (
     escape_bulk,
@@ -42,7 +42,7 @@ NODES_FROM_FOLLOWER = (
     "n1 127.0.0.1:7001 role=leader match=-1 health=Healthy last_heard_ms=40 flags=- error=-\n"
     "n2 127.0.0.1:7002 role=follower match=12 health=Healthy last_heard_ms=0 flags=myself error=-\n"
 )
-MEMBER_LIST = [b"n1 127.0.0.1:7001 voter leader", b"n2 127.0.0.1:7002 voter", b"n4 127.0.0.1:7004 learner"]
+MEMBER_LIST: list[Reply] = [b"n1 127.0.0.1:7001 voter leader", b"n2 127.0.0.1:7002 voter", b"n4 127.0.0.1:7004 learner"]
 INFO = (
     "# Aegis\r\nnode_id:n1\r\nrole:leader\r\nleader_id:n1\r\nterm:3\r\ncommit_index:12\r\n"
     "applied_index:12\r\nmembers:n1,n2,n3\r\ncluster_state:Healthy\r\n"
@@ -230,7 +230,7 @@ def test_raw_text() -> None:
 
 
 def test_json_value() -> None:
-    value = [b"text", b"\xff", None, 3, "OK", RespError("ERR no"), {b"k": b"v"}]
+    value: list[Reply] = [b"text", b"\xff", None, 3, "OK", RespError("ERR no"), {b"k": b"v"}]
     assert json.loads(json.dumps(json_value(value))) == [
         "text", {"base64": "/w=="}, None, 3, "OK", {"error": "ERR no"}, {"k": "v"},
     ]
