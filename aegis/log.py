@@ -96,6 +96,8 @@ class LogEntry:
             raise ValueError(f"term must be >= 0, got {self.term}")
         if not isinstance(self.data, (bytes, bytearray, memoryview)):
             raise TypeError("entry data must be bytes")
+        if not isinstance(self.type, EntryType):
+            raise TypeError(f"entry type must be an EntryType, got {self.type!r}")
 
     def checksum(self) -> int:
         """CRC32 over term, type and payload: what storage verifies on read."""
@@ -153,17 +155,23 @@ class Membership:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> Membership:
+    def from_dict(cls, d: object) -> Membership:
+        """Inverse of `to_dict`; any malformed input is a ValueError."""
+        if not isinstance(d, dict):
+            raise ValueError("malformed membership: not a mapping")
         voters = d.get("voters", [])
         learners = d.get("learners", [])
         addresses = d.get("addresses", [])
         if not isinstance(voters, list) or not isinstance(learners, list) or not isinstance(addresses, list):
             raise ValueError("malformed membership")
-        return cls(
-            frozenset(str(v) for v in voters),
-            frozenset(str(v) for v in learners),
-            tuple(sorted((str(a[0]), str(a[1])) for a in addresses)),
-        )
+        pairs = []
+        for a in addresses:
+            if not isinstance(a, (list, tuple)) or len(a) != 2 or not all(isinstance(x, str) for x in a):
+                raise ValueError(f"malformed membership address {a!r:.60}")
+            pairs.append((a[0], a[1]))
+        if not all(isinstance(v, str) for v in voters) or not all(isinstance(v, str) for v in learners):
+            raise ValueError("malformed membership: node ids must be strings")
+        return cls(frozenset(voters), frozenset(learners), tuple(sorted(pairs)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,9 +104,16 @@ class AppendEntriesRequest:
         if self.prev_log_index < 0 or self.prev_log_term < 0 or self.leader_commit < 0:
             raise ValueError("negative log position")
         expect = self.prev_log_index + 1
+        last_term = self.prev_log_term
         for e in self.entries:
+            if not isinstance(e, LogEntry):
+                raise TypeError("entries must be LogEntry values")
             if e.index != expect:
                 raise ValueError(f"entries are not contiguous after {self.prev_log_index}")
+            # Log Matching: terms never decrease along a log and never exceed the leader's.
+            if e.term < last_term or e.term > self.term:
+                raise ValueError(f"entry {e.index} has impossible term {e.term}")
+            last_term = e.term
             expect += 1
 
 
@@ -159,6 +166,8 @@ class InstallSnapshotRequest:
 
     def __post_init__(self) -> None:
         _check_common(self.term, self.leader_id, self.receiver)
+        if not isinstance(self.snapshot, SnapshotMeta) or self.snapshot.index < 0 or self.snapshot.term < 0:
+            raise ValueError("bad snapshot metadata")
 
     @property
     def last_included_index(self) -> LogIndex:
@@ -183,6 +192,8 @@ class InstallSnapshotResponse:
 
     def __post_init__(self) -> None:
         _check_common(self.term, self.follower_id, self.receiver)
+        if self.match_index < 0:
+            raise ValueError("negative log position")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,6 +244,8 @@ class ReadIndexResponse:
 
     def __post_init__(self) -> None:
         _check_common(self.term, self.sender_id, self.receiver)
+        if self.index < 0:
+            raise ValueError("negative log position")
 
 
 RaftMessage = (
@@ -299,9 +312,13 @@ class ConfigChange:
     def decode(cls, data: bytes) -> tuple[ConfigChange, Membership]:
         try:
             body = json.loads(bytes(data).decode("utf-8"))
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
             change = cls(type=ConfigChangeType(int(body["type"])), node_id=str(body["node"]),
                          address=str(body.get("address", "")))
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
             return change, Membership.from_dict(body["membership"])
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, IndexError) as exc:
             raise ValueError(f"malformed config change: {exc}") from None
 

@@ -245,6 +245,7 @@ class Progress:
     inflight: deque[LogIndex] = field(default_factory=deque)
     stalled_heartbeats: int = 0
     last_heartbeat_match: LogIndex = LogIndex(0)
+    sent_commit: LogIndex = LogIndex(0)  # the commit index last sent with entries or empty appends
 
     def become_probe(self) -> None:
         if self.state == ProgressState.SNAPSHOT:
@@ -858,8 +859,9 @@ class RaftNode:
                 pr.become_probe()
             if self._maybe_commit():
                 self._broadcast_append(commit_changed=True)
-            elif pr.match_index < self.log.last_index():
-                self._send_append(m.follower_id)
+            elif pr.match_index < self.log.last_index() or pr.sent_commit < self.log.commit_index:
+                # more to send, or it has not heard the current commit index (etcd's CanBumpCommit)
+                self._send_append(m.follower_id, allow_empty=True)
             if m.follower_id == self.lead_transferee and pr.match_index == self.log.last_index():
                 self._send(TimeoutNow(term=self.term, leader_id=self.id, receiver=m.follower_id))
         elif m.heartbeat:
@@ -964,6 +966,7 @@ class RaftNode:
                 receiver=to,
             )
         )
+        pr.sent_commit = self.log.commit_index
         if entries:
             last = entries[-1].index
             if pr.state == ProgressState.REPLICATE:

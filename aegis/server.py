@@ -535,8 +535,12 @@ class Node:
             except OSError:
                 pass
 
-    def _pack_payload(self, e: Any) -> bytes:
-        return bytes(e.data)
+    @staticmethod
+    def _pack_payload(e: Any) -> bytes:
+        # Entries travel in their stored, compressed form: the leader compresses once.
+        from storage import pack_payload
+
+        return pack_payload(e)
 
     # ------------------------------------------------------------------ connections
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
@@ -577,6 +581,8 @@ class Node:
             await _safe_send(stream, _frame(FRAME_REJECT + why.encode()))
             return
         await stream.send_all(_frame(FRAME_ACCEPT))
+        from storage import unpack_payload
+
         pid = hs.node_id
         snapshot_file = None
         snapshot_msg: InstallSnapshotRequest | None = None
@@ -601,7 +607,7 @@ class Node:
                     continue
                 if kind != FRAME_MSG:
                     raise ValueError(f"unexpected frame kind {kind!r}")
-                msg = decode(body)
+                msg = decode(body, unpack_payload)
                 if isinstance(msg, ClientRequest):
                     self._serve_forwarded(pid, msg)
                 elif isinstance(msg, ClientResponse):

@@ -463,13 +463,6 @@ def test_learner_role() -> None:
     assert e.role is NodeRole.LEARNER
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core gap (raft.py _handle_append_response): when a follower's ack arrives after the "
-    "commit index already moved past what it was told, the leader sends it nothing, so it "
-    "learns the commit only at the next heartbeat (etcd sends an append when "
-    "Progress.CanBumpCommit)",
-)
 def test_every_follower_learns_the_commit_index_without_waiting_for_a_heartbeat() -> None:
     w = Wire()
     leader = w.elect("n1")  # the no-op commits on n2's ack; n3's ack arrives after that

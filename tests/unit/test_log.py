@@ -74,7 +74,6 @@ def test_entry_data_must_be_bytes_like() -> None:
     LogEntry(LogIndex(1), Term(1), data=memoryview(b"ok"))  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: LogEntry.__post_init__ does not check that `type` is an EntryType")
 def test_entry_rejects_a_type_that_is_not_an_entry_type() -> None:
     with pytest.raises((TypeError, ValueError)):
         LogEntry(LogIndex(1), Term(1), 9)  # type: ignore[arg-type]
@@ -135,11 +134,6 @@ def test_membership_from_malformed_dict_is_a_value_error(bad: dict[str, object])
         Membership.from_dict(bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: Membership.from_dict indexes each address pair unchecked, so a malformed pair "
-    "raises IndexError/TypeError, not the documented ValueError",
-)
 @pytest.mark.parametrize("addresses", [["x"], [["only-one"]], [[]]])
 def test_membership_from_dict_with_malformed_address_pairs_is_a_value_error(addresses: list[object]) -> None:
     with pytest.raises(ValueError):

@@ -277,13 +277,17 @@ i64 = st.integers(-(2**63), 2**63 - 1)
 def append_entries(draw: st.DrawFn) -> AppendEntriesRequest:
     prev = draw(small)
     n = draw(st.integers(0, 4))
+    # Entry terms never decrease, start at prev_log_term and never exceed the message's term.
+    terms = sorted(draw(st.lists(small, min_size=n + 1, max_size=n + 1)))
+    prev_term, entry_terms = terms[0], terms[1:]
     es = tuple(
-        LogEntry(LogIndex(prev + 1 + i), Term(draw(small)), draw(st.sampled_from(list(EntryType))),
+        LogEntry(LogIndex(prev + 1 + i), Term(entry_terms[i]), draw(st.sampled_from(list(EntryType))),
                  draw(st.binary(max_size=8)), draw(st.floats(allow_nan=False, allow_infinity=False)))
         for i in range(n)
     )
-    return AppendEntriesRequest(term=Term(draw(u)), leader_id=draw(ids), receiver=draw(ids),
-                                prev_log_index=LogIndex(prev), prev_log_term=Term(draw(u)), entries=es,
+    term = draw(st.integers(min_value=terms[-1], max_value=2**63 - 1))
+    return AppendEntriesRequest(term=Term(term), leader_id=draw(ids), receiver=draw(ids),
+                                prev_log_index=LogIndex(prev), prev_log_term=Term(prev_term), entries=es,
                                 leader_commit=LogIndex(draw(u)), read_ctx=draw(i64),
                                 heartbeat=draw(st.booleans()))
 
