@@ -2,11 +2,12 @@
 
 Theory of operation
 -------------------
-`Knowledge` is the shell's memory of names: keys that appeared in commands typed or replies
-received in this session, node ids and addresses from status replies. It is filled only by
-what the user already did; the shell never scans the keyspace to complete a key (Aegis has
-no KEYS or SCAN, and a scan would be a full read of a replicated store for a keystroke).
-It is bounded: the most recently seen names are kept, the oldest dropped.
+`Knowledge` is the shell's memory of names: keys named by commands that ran in this session
+(no Aegis reply lists keys, so commands are where keys are seen), node ids and addresses
+from status replies (CLUSTER NODES, MEMBER LIST). It is filled only by what the user already
+did; the shell never scans the keyspace to complete a key (Aegis has no KEYS or SCAN, and a
+scan would be a full read of a replicated store for a keystroke). It is bounded: the most
+recently seen names are kept, the oldest dropped.
 
 `AegisCompleter` asks `grammar.analyze` what the word under the cursor is: a command, a
 sub-command, or the n-th argument of a known command, whose `ArgKind` in the catalogue
@@ -21,7 +22,7 @@ whose single-item updates are atomic under the GIL.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Final
 
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -96,11 +97,6 @@ class Knowledge:
                 self.node_ids.add(word)
             elif arg.kind is ArgKind.ADDRESS:
                 self.addresses.add(word)
-
-    def learn_keys(self, keys: Iterable[str]) -> None:
-        """Keys found in replies (any reply that names keys)."""
-        for key in keys:
-            self.keys.add(key)
 
     def learn_node(self, node_id: str | None, address: str | None) -> None:
         if node_id:

@@ -91,8 +91,10 @@ def describe_error(exc: BaseException) -> str:
             return f"cannot reach the cluster: {text}"
         if name == "ConnectionLostError":
             return text
+        if text.startswith("NOAUTH"):
+            return f"{text} (give the token with --token or AEGIS_TOKEN)"
         if text.split(" ", 1)[0].isupper() and text.split(" ", 1)[0].isalpha():
-            return text  # already "NOAUTH …" / "WRONGPASS …"
+            return text  # already "WRONGPASS …"
         return f"{kind} {text}"
     return f"{type(exc).__name__}: {exc}"
 

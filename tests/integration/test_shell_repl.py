@@ -10,6 +10,7 @@ Every process started here is killed by PID in a `finally`; every wait has a dea
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -288,9 +289,11 @@ def test_history_keeps_commands_but_never_auth(shell: Shell) -> None:
     text = shell.history_path.read_text()
     assert "SET h 1" in text and "GET h" in text
     assert "supersecret" not in text
-    # Up arrow recalls the last kept command, not the AUTH line.
+    # Up arrow recalls the last kept command, not the AUTH line; Ctrl-R searches back.
     assert shell.type("\x1b[A\r") == "GET h"
     assert shell.type("\x1b[A\x1b[A\r") == "SET h 1"
+    assert shell.type("\x12AUTH\r\x15\r") == ""  # nothing to find
+    assert shell.type("\x12SET h\r\r") == "SET h 1"
 
 
 def test_help_and_status_tables(shell: Shell, cluster: Cluster) -> None:
@@ -346,3 +349,66 @@ def test_a_killed_node_is_reported_and_the_shell_moves_on(own_cluster: Cluster, 
         assert shell.run("SET after-kill 2\r").strip().endswith("OK")
         assert shell.repl.conn.view.reachable
         assert shell.repl.conn.view.address != cluster.address(old_leader)
+
+
+def test_connect_moves_to_another_node(shell: Shell, cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = next(n for n in cluster.ports if n != leader)
+    out = shell.run(f"CONNECT {cluster.address(follower)}\r")
+    assert f"Connected to {cluster.address(follower)} ({follower}, follower)" in out
+    assert prompt_text(shell.repl.conn.view) == f"{cluster.address(follower)} (follower)> "
+    assert shell.run("SET via-follower 1\r").strip() == "OK"  # the follower forwards
+
+
+# --------------------------------------------------------------------------- scripted use
+
+
+def aegis_shell(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shell", *args], input=stdin, capture_output=True, text=True,
+        cwd=ROOT, timeout=30, env={**os.environ, **(env or {})},
+    )
+
+
+def test_one_command_piped_lines_json_and_exit_codes(cluster: Cluster) -> None:
+    addr = ",".join(cluster.address(n) for n in cluster.ports)
+    done = aegis_shell("--addr", addr, "SET", "script key", "a value")
+    assert (done.returncode, done.stdout) == (0, "OK\n")
+    done = aegis_shell("--addr", addr, "GET", "script key")
+    assert (done.returncode, done.stdout) == (0, "a value\n")
+    done = aegis_shell("--addr", addr, stdin="SET n 5\nINCR n\nGET n\nINCRBY n x\nGET nothing\n")
+    assert done.stdout == "OK\n6\n6\n\n" and done.returncode == 1
+    assert "(error) ERR value is not an integer" in done.stderr
+    done = aegis_shell("--addr", addr, "--json", stdin="GET n\nMEMBER REMOVE n2\n")
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines[0] == "6" and "--no-confirm" in lines[1]["error"] and done.returncode == 1
+
+
+@pytest.fixture
+def solo_with_token(tmp_path: Path) -> Iterator[int]:
+    (port,) = free_ports(1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aegis.cli", "--log-level", "warning", "serve", "--id", "solo",
+         "--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "solo"), "--token", "s3cret"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        def serving() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+
+        wait_for(serving, START_TIMEOUT, "the node to listen")
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_token_from_flag_or_environment(solo_with_token: int) -> None:
+    addr = f"127.0.0.1:{solo_with_token}"
+    denied = aegis_shell("--addr", addr, "PING", env={"AEGIS_TOKEN": ""})
+    assert denied.returncode == 1 and ("NOAUTH" in denied.stderr or "token" in denied.stderr)
+    assert aegis_shell("--addr", addr, "--token", "s3cret", "PING").stdout == "PONG\n"
+    assert aegis_shell("--addr", addr, "PING", env={"AEGIS_TOKEN": "s3cret"}).stdout == "PONG\n"
+    wrong = aegis_shell("--addr", addr, "--token", "nope", "PING")
+    assert wrong.returncode == 1
