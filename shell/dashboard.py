@@ -10,9 +10,10 @@ the leader's view supplies the cluster state, each member's health, match index 
 it was last heard from, and any member the dashboard did not know yet. Members are
 remembered across ticks, so a node that dies stays on screen as a red row with its error.
 
-Rates are deltas between two ticks of counters the leader reports: writes and reads per
-second from ``total_writes``/``total_reads`` (or similar names) when INFO has them, else
-writes from the growth of ``commit_index``. Lag is how far a member trails the leader: the
+Rates are deltas between two ticks: writes per second from the leader's ``total_writes``
+(every write passes through the leader; followers forward theirs), or from the growth of its
+``commit_index`` when INFO has no such counter; reads per second from the sum of every
+member's ``total_reads`` (each node serves the reads it receives). Lag is how far a member trails the leader: the
 leader's last log index minus the member's match index, or, without match indexes, the
 leader's commit index minus what the member has applied.
 
@@ -38,6 +39,7 @@ from types import FrameType
 from typing import Final
 
 import trio
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -116,7 +118,8 @@ class Collector:
         self._token = token
         self._timeout = timeout
         self._clients: dict[str, AegisClient] = {}
-        self._last_counters: tuple[float, int | None, int | None, str] | None = None
+        # (when, the leader's write counter, each member's read counter, the leader's id)
+        self._last_counters: tuple[float, int | None, dict[str, int], str] | None = None
 
     def _client(self, address: str) -> AegisClient:
         client = self._clients.get(address)
@@ -217,15 +220,21 @@ class Collector:
         source = "counters"
         if writes is None:
             writes, source = leader_commit, "commit index"
-        reads = _counter(leader_info, _READ_COUNTERS)
+        # Every node serves the reads it receives, so reads are summed over the members
+        # that answered both now and last tick (a node coming back adds no spike).
+        reads: dict[str, int] = {}
+        for address, info in infos.items():
+            if isinstance(info, dict) and (count := _counter(info, _READ_COUNTERS)) is not None:
+                reads[address] = count
         write_rate = read_rate = None
         last = self._last_counters
-        if last is not None and last[3] == leader_id and now > last[0]:
+        if last is not None and now > last[0]:
             dt = now - last[0]
-            if writes is not None and last[1] is not None and writes >= last[1]:
+            if last[3] == leader_id and writes is not None and last[1] is not None and writes >= last[1]:
                 write_rate = (writes - last[1]) / dt
-            if reads is not None and last[2] is not None and reads >= last[2]:
-                read_rate = (reads - last[2]) / dt
+            common = [a for a in reads if a in last[2] and reads[a] >= last[2][a]]
+            if common:
+                read_rate = sum(reads[a] - last[2][a] for a in common) / dt
         self._last_counters = (now, writes, reads, leader_id)
         error = ""
         if not any(m.reachable for m in members):
@@ -321,36 +330,52 @@ def _rate(value: float | None) -> str:
     return f"{value:,.0f}/s" if value >= 10 else f"{value:.1f}/s"
 
 
-def render_snapshot(snapshot: Snapshot, *, interval: float, address: str = "") -> RenderableType:
-    """The dashboard screen for one snapshot (pure)."""
+def render_snapshot(snapshot: Snapshot, *, interval: float, width: int | None = None) -> RenderableType:
+    """The dashboard screen for one snapshot (pure). `width` is the terminal's: when the
+    table with an error column would not fit, errors go on lines of their own below it."""
     state = snapshot.cluster_state or "?"
     header = Text()
-    header.append(" Aegis cluster ", style="bold reverse")
+    header.append(" Aegis ", style="bold reverse")
     header.append("  state ")
     header.append(state, style=STATE_STYLES.get(state.lower().replace(" ", ""), "bold"))
-    header.append("   leader ")
+    header.append(" · leader ")
     if snapshot.leader_id:
         header.append(snapshot.leader_id, style="bold green")
         if snapshot.leader_address:
             header.append(f" ({snapshot.leader_address})")
     else:
         header.append("none", style="bold red")
-    header.append(f"   term {_num(snapshot.term) or '?'}")
-    header.append("   writes ")
+    header.append(f" · term {_num(snapshot.term) or '?'} · writes ")
     header.append(_rate(snapshot.write_rate), style="bold")
-    header.append("   reads ")
+    if snapshot.write_rate_source and snapshot.write_rate_source != "counters":
+        header.append(f" (from {snapshot.write_rate_source})", style="dim")
+    header.append(" · reads ")
     header.append(_rate(snapshot.read_rate), style="bold")
 
-    table = Table(expand=True, pad_edge=False)
+    members = snapshot.members
+    widths = {
+        "id": max([2, *(len(m.node_id) for m in members)]),
+        "address": max([7, *(len(m.address) for m in members)]),
+        "role": max([4, *(len(m.role) for m in members)]),
+        "term": 4, "commit": 6, "applied": 7, "lag": 3,
+        "health": max([6, *(len(m.health) for m in members)]),
+        "last heard": max([10, *(len(m.last_heard) for m in members)]),
+    }
+    longest_error = max([0, *(len(m.error) for m in members)])
+    # Columns are separated by one space (collapsed padding); the mark column takes 2.
+    needed = 2 + sum(w + 1 for w in widths.values()) + max(5, longest_error)
+    errors_below = width is not None and longest_error > 0 and needed > width
+
+    # Fixed columns keep their full width (min_width), so ids and addresses never turn
+    # into "…"; the error column, when shown, is the one that wraps.
+    table = Table(box=box.SIMPLE_HEAVY, pad_edge=False, collapse_padding=True, show_edge=False)
     table.add_column("", width=1, no_wrap=True)
-    for name, justify in (
-        ("id", "left"), ("address", "left"), ("role", "left"), ("term", "right"),
-        ("commit", "right"), ("applied", "right"), ("lag", "right"), ("health", "left"),
-        ("last heard", "left"), ("error", "left"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=name != "error")  # type: ignore[arg-type]
-    for m in snapshot.members:
-        health_style = HEALTH_STYLES.get(m.health.lower(), "")
+    right = {"term", "commit", "applied", "lag"}
+    for name, min_width in widths.items():
+        table.add_column(name, justify="right" if name in right else "left", no_wrap=True, min_width=min_width)
+    if not errors_below:
+        table.add_column("error", overflow="fold", min_width=5)
+    for m in members:
         cells: list[RenderableType] = [
             Text(LEADER_MARK, style="bold yellow") if m.is_leader else Text(""),
             Text(m.node_id, style="bold"),
@@ -360,22 +385,22 @@ def render_snapshot(snapshot: Snapshot, *, interval: float, address: str = "") -
             Text(_num(m.commit_index)),
             Text(_num(m.applied_index)),
             Text(_num(m.lag), style="yellow" if (m.lag or 0) > 0 else ""),
-            Text(m.health, style=health_style),
+            Text(m.health, style=HEALTH_STYLES.get(m.health.lower(), "")),
             Text(m.last_heard),
-            Text(m.error, style="bold red" if m.error else ""),
         ]
+        if not errors_below:
+            cells.append(Text(m.error, style="bold red" if m.error else ""))
         table.add_row(*cells, style="red" if not m.reachable else "")
 
-    stamp = time.strftime("%H:%M:%S", time.localtime(snapshot.taken_at)) if snapshot.taken_at else "--:--:--"
-    footer = Text(
-        f" updated {stamp} · every {interval:g}s · via {address or 'each member'} · "
-        f"write rate from {snapshot.write_rate_source or '?'} · Ctrl-C or q returns to the prompt",
-        style="dim",
-    )
     parts: list[RenderableType] = [header, Text(""), table]
+    if errors_below:
+        for m in members:
+            if m.error:
+                parts.append(Text(f" ✗ {m.node_id} ({m.address}): {m.error}", style="bold red"))
     if snapshot.error:
         parts.append(Text(" " + snapshot.error, style="bold red"))
-    parts.append(footer)
+    stamp = time.strftime("%H:%M:%S", time.localtime(snapshot.taken_at)) if snapshot.taken_at else "--:--:--"
+    parts.append(Text(f" updated {stamp} · every {interval:g}s · Ctrl-C or q: back to the prompt", style="dim"))
     return Group(*parts)
 
 
@@ -419,7 +444,6 @@ def run_dashboard(
     console: Console,
     *,
     interval: float = 1.0,
-    address: str = "",
     max_ticks: int | None = None,
 ) -> None:
     """Show the dashboard until Ctrl-C or q (or `max_ticks`, for tests)."""
@@ -446,13 +470,13 @@ def run_dashboard(
                     snapshot = bridge.run(collector.poll, timeout=interval + 3)
                 except TimeoutError:
                     snapshot = Snapshot(snapshot.members, snapshot.cluster_state, error="polling timed out")
-                live.update(render_snapshot(snapshot, interval=interval, address=address), refresh=True)
+                live.update(render_snapshot(snapshot, interval=interval, width=console.width), refresh=True)
                 ticks += 1
                 deadline = started + interval
                 while (left := deadline - time.monotonic()) > 0:
                     if resized:
                         resized = False
-                        live.update(render_snapshot(snapshot, interval=interval, address=address), refresh=True)
+                        live.update(render_snapshot(snapshot, interval=interval, width=console.width), refresh=True)
                     step = min(left, 0.1)
                     if tty:
                         if _quit_key_pressed(sys.stdin.fileno(), step):

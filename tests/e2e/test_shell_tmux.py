@@ -139,6 +139,12 @@ def up(tmp_path: Path) -> Iterator[Up]:
                 pass
 
 
+def rows(screen: str) -> dict[str, str]:
+    """The dashboard's member rows by node id."""
+    found = (re.match(r"^[★ ]*(n\d)\s+127\.0\.0\.1:\d+\s", line) for line in screen.splitlines())
+    return {m.group(1): m.string for m in found if m}
+
+
 @dataclass
 class Pane:
     name: str
@@ -197,7 +203,7 @@ def test_shell_and_dashboard_in_a_real_terminal(up: Up, pane: Pane) -> None:
 
     pane.type_line("watch")
     screen = pane.wait_for(
-        lambda s: "Aegis cluster" in s and "state Healthy" in s and all(f" n{i} " in s for i in (1, 2, 3)),
+        lambda s: " Aegis " in s and "state Healthy" in s and sorted(rows(s)) == ["n1", "n2", "n3"],
         "the dashboard with three healthy members",
     )
     leader = next(n for n in ("n1", "n2", "n3") if node_info(up.port(n)).get("role") == "leader")
@@ -205,7 +211,7 @@ def test_shell_and_dashboard_in_a_real_terminal(up: Up, pane: Pane) -> None:
     os.kill(up.pids[victim], signal.SIGKILL)
 
     def victim_row(s: str) -> str:
-        return next((line for line in s.splitlines() if f" {victim} " in line and "127.0.0.1" in line), "")
+        return rows(s).get(victim, "")
 
     screen = pane.wait_for(
         lambda s: ("Down" in victim_row(s) or "Unreachable" in victim_row(s)) and "state Degraded" in s,
@@ -213,7 +219,7 @@ def test_shell_and_dashboard_in_a_real_terminal(up: Up, pane: Pane) -> None:
     )
     assert "refused" in victim_row(screen) or "no answer" in victim_row(screen)
     # The other rows keep refreshing as healthy members.
-    others = [line for line in screen.splitlines() if "│" in line and "127.0.0.1" in line and victim_row(screen) != line]
+    others = [line for node_id, line in rows(screen).items() if node_id != victim]
     assert len(others) == 2 and all("Healthy" in line for line in others), screen
 
     pane.send("C-c")

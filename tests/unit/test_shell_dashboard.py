@@ -126,7 +126,7 @@ def test_derive_state() -> None:
 
 def screen(snapshot: Snapshot, width: int = 160) -> str:
     console = Console(record=True, width=width, file=io.StringIO(), color_system=None)
-    console.print(render_snapshot(snapshot, interval=1.0, address="127.0.0.1:7001"))
+    console.print(render_snapshot(snapshot, interval=1.0, width=width))
     return console.export_text()
 
 
@@ -150,8 +150,20 @@ def test_screen_shows_every_column_and_the_dead_row() -> None:
     assert "writes 1,234/s" in out and "reads 5.2/s" in out
     n3 = next(line for line in out.splitlines() if " n3 " in line)
     assert "Down" in n3 and "connection refused" in n3
-    assert "★" in next(line for line in out.splitlines() if "127.0.0.1:7001 " in line and "│" in line)
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("★")] == ["n1"]
     assert "Ctrl-C" in out
+
+
+def test_errors_move_below_the_table_on_a_narrow_terminal() -> None:
+    snap = Snapshot(members=(
+        MemberStatus("n1", "127.0.0.1:7001", True, role="leader", health="Healthy", is_leader=True),
+        MemberStatus("n3", "127.0.0.1:7003", False, role="follower", health="Down", error="connection refused"),
+    ), cluster_state="Degraded", leader_id="n1")
+    narrow = screen(snap, width=80)
+    assert "✗ n3 (127.0.0.1:7003): connection refused" in narrow
+    assert " n1 " in narrow and "127.0.0.1:7001" in narrow  # fixed columns are never truncated
+    wide = screen(snap, width=160)
+    assert "✗" not in wide and "connection refused" in next(line for line in wide.splitlines() if " n3 " in line)
 
 
 def test_screen_without_leader_or_rates() -> None:
