@@ -173,9 +173,10 @@ class Collector:
         return self._snapshot(infos, cluster, rows)
 
     def _remember(self, node_id: str, address: str) -> None:
-        # Replace a placeholder keyed by the address with the real id.
-        if self.known.get(address) == address:
-            del self.known[address]
+        # One address is one node: a placeholder name (the address itself, before the
+        # node said who it is) or a stale id for the same address gives way to this id.
+        for name in [n for n, a in self.known.items() if a == address and n != node_id]:
+            del self.known[name]
         self.known[node_id] = address
 
     def _learn_from_infos(self, infos: Mapping[str, Mapping[str, str]]) -> None:

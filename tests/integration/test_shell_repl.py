@@ -412,3 +412,26 @@ def test_token_from_flag_or_environment(solo_with_token: int) -> None:
     assert aegis_shell("--addr", addr, "PING", env={"AEGIS_TOKEN": "s3cret"}).stdout == "PONG\n"
     wrong = aegis_shell("--addr", addr, "--token", "nope", "PING")
     assert wrong.returncode == 1
+
+
+# --------------------------------------------------------------------------- the dashboard
+
+
+def test_dashboard_polls_the_real_cluster(cluster: Cluster) -> None:
+    from shell.dashboard import Collector, run_dashboard
+
+    out = io.StringIO()
+    console = Console(file=out, width=160, color_system=None, force_terminal=False)
+    bridge = TrioBridge()
+    try:
+        seeds = {"seed": cluster.address("n1")}
+        collector = Collector(seeds, timeout=0.5)
+        run_dashboard(bridge, collector, console, interval=0.2, max_ticks=3)
+        snapshot = bridge.run(collector.poll)
+        bridge.run(collector.aclose)
+    finally:
+        bridge.close()
+    assert sorted(m.node_id for m in snapshot.members) == sorted(cluster.ports)
+    assert snapshot.cluster_state == "Healthy" and snapshot.leader_id == cluster.leader()
+    assert all(m.reachable and m.health == "Healthy" for m in snapshot.members)
+    assert snapshot.write_rate is not None and snapshot.read_rate is not None
