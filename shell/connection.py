@@ -87,9 +87,7 @@ def describe_error(exc: BaseException) -> str:
         text = exc.message
         kind = exc.resp_prefix
         name = type(exc).__name__
-        if name == "NodeUnavailableError":
-            return f"cannot reach the cluster: {text}"
-        if name == "ConnectionLostError":
+        if name in ("NodeUnavailableError", "ConnectionLostError"):
             return text
         if text.startswith("NOAUTH"):
             return f"{text} (give the token with --token or AEGIS_TOKEN)"
@@ -274,8 +272,8 @@ class ShellConnection:
             except (AegisError, OSError, trio.TooSlowError) as exc:
                 if self.client.address == address:
                     reason = "no answer in time" if isinstance(exc, trio.TooSlowError) else describe_error(exc)
-                    if reason.startswith("cannot reach the cluster: "):
-                        reason = reason.split("(", 1)[-1].rstrip(")") if "(" in reason else reason
+                    if reason.startswith("cannot reach any node: ") and "(" in reason:
+                        reason = reason.split("(", 1)[-1].rstrip(")")
                     self.view = replace(self.view, reachable=False, error=reason, checked=True)
                 continue
             if self.client.address == address:

@@ -265,9 +265,8 @@ def _counter(info: Mapping[str, str], names: Sequence[str]) -> int | None:
 
 def _short(exc: BaseException) -> str:
     text = describe_error(exc)
-    if text.startswith("cannot reach the cluster: cannot reach any node: "):
-        inner = text.split(": ", 2)[-1]
-        return inner.split("(", 1)[-1].rstrip(")") if "(" in inner else inner
+    if text.startswith("cannot reach any node: ") and "(" in text:
+        return text.split("(", 1)[-1].rstrip(")")
     return text
 
 

@@ -152,7 +152,11 @@ class Repl:
             line.append(("class:bottom-toolbar.down", f"✗ {view.address} is down"))
             if view.error:
                 line.append(("class:bottom-toolbar.problem", f" ({view.error})"))
-            line.append(("class:bottom-toolbar.dim", " · the next command tries another member"))
+            others = len(self.conn.client.seeds) > 1
+            line.append((
+                "class:bottom-toolbar.dim",
+                " · the next command tries another member" if others else " · the next command tries again",
+            ))
         elif view.checked:
             line.append(("class:bottom-toolbar.ok", f"● {view.address}"))
             who = " ".join(p for p in (view.node_id, view.role) if p)
@@ -253,6 +257,9 @@ class Repl:
     def execute(self, argv: list[bytes]) -> Outcome:
         try:
             return self.bridge.run(self.conn.execute, argv)
+        except (BridgeClosedError, OSError, ValueError, RuntimeError) as exc:
+            # Not a reply: something broke on this side. Say so and keep the shell alive.
+            return Outcome(tuple(argv), error=exc, before=self.conn.view, after=self.conn.view)
         except KeyboardInterrupt:
             spec = _spec_for(argv)
             note = (
