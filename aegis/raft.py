@@ -323,6 +323,13 @@ class RaftNode:
         self.term: Term = hs.term
         self.voted_for: str | None = hs.voted_for
         self._persisted_hs = hs
+        if self.log.last_term() > self.term:
+            # Terms only grow, and an entry's term never exceeds its writer's current term:
+            # a log newer than the stored term means the hard state was lost or rolled back.
+            raise LogInvariantError(
+                f"{node_id}: stored term {self.term} is behind the log's last term {self.log.last_term()}"
+                " (was the hard state lost?)"
+            )
         self._bootstrap_membership = stored_membership
         if not stored_membership.voters and not self.log.snapshot_meta().membership.voters:
             self._bootstrap_membership = Membership.of([self.id, *peers])
