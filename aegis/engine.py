@@ -350,18 +350,9 @@ class ReplicationEngine:
         self._note_role()
 
     def _persist(self, rd: Ready) -> None:
-        store = self.store
+        rd.persist_to(self.store)
         if rd.snapshot is not None:
-            store.compact(rd.snapshot.meta)
             self._snapshot_data = rd.snapshot.data
-        if rd.truncate_from is not None:
-            store.truncate_suffix(rd.truncate_from)
-        if rd.entries:
-            store.append(rd.entries)
-        if rd.hard_state is not None:
-            store.set_hard_state(rd.hard_state)
-        if rd.membership is not None:
-            store.set_membership(rd.membership)
 
     def _send(self, rd: Ready) -> None:
         for m in rd.messages:

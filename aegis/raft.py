@@ -219,6 +219,21 @@ class Ready:
             and self.soft_state is None
         )
 
+    def persist_to(self, store: LogStore) -> None:
+        """Write this batch's durable part into `store`, in the order a driver must: the
+        snapshot (which replaces the log), the truncation, the entries, then hard state and
+        membership. The LMDB node does the same in one transaction (`write_batch`)."""
+        if self.snapshot is not None:
+            store.compact(self.snapshot.meta)
+        if self.truncate_from is not None:
+            store.truncate_suffix(self.truncate_from)
+        if self.entries:
+            store.append(self.entries)
+        if self.hard_state is not None:
+            store.set_hard_state(self.hard_state)
+        if self.membership is not None:
+            store.set_membership(self.membership)
+
     def must_sync(self) -> bool:
         """Whether the driver must fsync before sending (new entries, term or vote)."""
         return bool(self.entries) or self.truncate_from is not None or self.snapshot is not None or (
@@ -1269,19 +1284,9 @@ class RaftNode:
             if not self.has_ready():
                 break
             rd = self.ready()
-            store = self.log.store
-            if rd.snapshot is not None:
-                store.compact(rd.snapshot.meta)
-                if rd.snapshot.data:
-                    self.state_machine.restore_chunks([rd.snapshot.data])
-            if rd.truncate_from is not None:
-                store.truncate_suffix(rd.truncate_from)
-            if rd.entries:
-                store.append(rd.entries)
-            if rd.hard_state is not None:
-                store.set_hard_state(rd.hard_state)
-            if rd.membership is not None:
-                store.set_membership(rd.membership)
+            rd.persist_to(self.log.store)
+            if rd.snapshot is not None and rd.snapshot.data:
+                self.state_machine.restore_chunks([rd.snapshot.data])
             self._outbox.extend(rd.messages)
             for e in rd.committed_entries:
                 r = self.state_machine.apply_entry(e)

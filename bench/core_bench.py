@@ -50,16 +50,7 @@ class BenchNode:
         raft, store, sm = self.raft, self.store, self.sm
         while raft.has_ready():
             rd = raft.ready()
-            if rd.snapshot is not None:
-                store.compact(rd.snapshot.meta)
-            if rd.truncate_from is not None:
-                store.truncate_suffix(rd.truncate_from)
-            if rd.entries:
-                store.append(rd.entries)
-            if rd.hard_state is not None:
-                store.set_hard_state(rd.hard_state)
-            if rd.membership is not None:
-                store.set_membership(rd.membership)
+            rd.persist_to(store)
             out.extend(rd.messages)
             committed = rd.committed_entries
             if committed:

@@ -137,20 +137,12 @@ class Simulation:
         assert raft is not None
         while raft.has_ready():
             rd = raft.ready()
+            if rd.hard_state is not None and rd.hard_state.commit_index < node.disk.initial_state()[0].commit_index:
+                self.fail(f"{node.id}: persisted commit index went backwards")
+            rd.persist_to(node.disk)
             if rd.snapshot is not None:
-                node.disk.compact(rd.snapshot.meta)
                 node.snapshot_data = rd.snapshot.data
                 node.sm.restore_chunks([rd.snapshot.data])
-            if rd.truncate_from is not None:
-                node.disk.truncate_suffix(rd.truncate_from)
-            if rd.entries:
-                node.disk.append(rd.entries)
-            if rd.hard_state is not None:
-                if rd.hard_state.commit_index < node.disk.initial_state()[0].commit_index:
-                    self.fail(f"{node.id}: persisted commit index went backwards")
-                node.disk.set_hard_state(rd.hard_state)
-            if rd.membership is not None:
-                node.disk.set_membership(rd.membership)
             for m in rd.messages:
                 if isinstance(m, InstallSnapshotRequest) and not m.data:
                     m = InstallSnapshotRequest(

@@ -23,16 +23,7 @@ def make_config(**kw: object) -> RaftConfig:
 
 def persist(store: MemoryLogStore, rd: Ready) -> None:
     """What every driver does with a Ready before sending its messages."""
-    if rd.snapshot is not None:
-        store.compact(rd.snapshot.meta)
-    if rd.truncate_from is not None:
-        store.truncate_suffix(rd.truncate_from)
-    if rd.entries:
-        store.append(rd.entries)
-    if rd.hard_state is not None:
-        store.set_hard_state(rd.hard_state)
-    if rd.membership is not None:
-        store.set_membership(rd.membership)
+    rd.persist_to(store)
 
 
 class Peer:

@@ -35,13 +35,7 @@ def drain(n: RaftNode) -> list:
     out = []
     while n.has_ready():
         rd = n.ready()
-        st = n.log.store
-        if rd.truncate_from is not None:
-            st.truncate_suffix(rd.truncate_from)
-        if rd.entries:
-            st.append(rd.entries)
-        if rd.hard_state is not None:
-            st.set_hard_state(rd.hard_state)
+        rd.persist_to(n.log.store)
         out.extend(rd.messages)
         n.advance(rd)
     return out
