@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--peers", type=_parse_peers, default={},
                    help="ID=HOST:PORT,… of every member, this node included (omit for a cluster of one)")
     s.add_argument("--cluster", default="aegis", help="cluster name (default: aegis)")
+    s.add_argument("--join", action="store_true",
+                   help="a new member of a running cluster: wait for `MEMBER ADD` on the leader "
+                        "instead of forming a cluster from --peers (only matters for an empty --data)")
     s.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"),
                    help="require AUTH with this token (also AEGIS_TOKEN)")
     s.add_argument("--tick-ms", type=float, default=50.0, help="Raft tick length in ms (default 50)")
@@ -127,7 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token, tick_ms=args.tick_ms,
         election_ticks=(args.election_ticks, 2 * args.election_ticks), heartbeat_ticks=args.heartbeat_ticks,
         snapshot_threshold=args.snapshot_threshold, request_timeout=args.request_timeout,
-        max_clients=args.max_clients, fsync=args.fsync == "always",
+        max_clients=args.max_clients, fsync=args.fsync == "always", join=args.join,
     )
 
     async def run() -> None:

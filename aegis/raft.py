@@ -346,7 +346,9 @@ class RaftNode:
                 " (was the hard state lost?)"
             )
         self._bootstrap_membership = stored_membership
-        if not stored_membership.voters and not self.log.snapshot_meta().membership.voters:
+        if not stored_membership.members and not self.log.snapshot_meta().membership.members:
+            # Nothing stored: form a cluster of this node and `peers`. (A node joining a
+            # running cluster stores itself as a learner instead and waits for the leader.)
             self._bootstrap_membership = Membership.of([self.id, *peers])
         self._configs: list[tuple[LogIndex, Membership]] = []
         self._configs_gap = False

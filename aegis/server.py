@@ -83,6 +83,7 @@ class ServerConfig:
     fsync: bool = True
     limits: C.CommandLimits = C.DEFAULT_LIMITS
     max_batch: int = 4096
+    join: bool = False  # start as a new member of a running cluster (see `aegis serve --join`)
 
 
 class _Waiter:
@@ -141,11 +142,16 @@ class Node:
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
         self.store = LmdbStore.open(cfg.data_dir, node_id=cfg.node_id, cluster=cfg.cluster, sync=cfg.fsync)
         hs, membership = self.store.initial_state()
-        if not membership.voters and self.store.snapshot().index == 0 and self.store.last_index() == 0:
-            ids = sorted(set(cfg.peers) | {cfg.node_id})
+        if not membership.members and self.store.snapshot().index == 0 and self.store.last_index() == 0:
             addrs = dict(cfg.peers)
             addrs.setdefault(cfg.node_id, f"{cfg.host}:{self.port}")
-            self.store.write_batch(membership=Membership.of(ids, addresses=addrs))
+            if cfg.join:
+                # A new member: no vote, no election, until the leader's log (whose MEMBER ADD
+                # entry carries the whole membership) tells it who the cluster is.
+                initial = Membership.of([], [cfg.node_id], addresses=addrs)
+            else:
+                initial = Membership.of(sorted(set(cfg.peers) | {cfg.node_id}), addresses=addrs)
+            self.store.write_batch(membership=initial)
         reader = self.store.open_snapshot()
         if reader is not None:
             self.sm.restore_chunks(reader)

@@ -371,3 +371,44 @@ def test_kill9_every_node_mid_write_loses_no_ack(cluster: LocalCluster) -> None:
         keys = sorted(acked)
         wait_until(lambda cc=cc: [cc.get(k) for k in keys] == [acked[k] for k in keys], 15,
                    what=f"{nid} to hold every acknowledged write")
+
+
+def test_member_add_join_promote_and_remove(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Grow the cluster with `aegis serve --join` + MEMBER ADD, as a learner then a voter."""
+    from .harness import NodeProc
+
+    leader = cluster.leader()
+    lc = cluster.nodes[leader].client(protocol=2)
+    lc.set("before", "1")
+    new = NodeProc("n4", free_port(), tmp_path / "n4", tmp_path / "n4.log")
+    peers = ",".join(f"{n}={p.addr}" for n, p in cluster.nodes.items()) + f",n4={new.addr}"
+    logf = open(new.log, "ab")
+    new.proc = subprocess.Popen([sys.executable, "-m", "aegis.cli", "serve", "--id", "n4", "--listen", new.addr,
+                                 "--data", str(new.data), "--peers", peers, "--join", "--tick-ms", "20"],
+                                stdout=logf, stderr=subprocess.STDOUT)
+    logf.close()
+    cluster.nodes["n4"] = new  # stopped with the others
+    try:
+        wait_until(lambda: new.client().ping(), 15, what="n4 to listen")
+        # A joining node never elects itself.
+        assert cluster.info("n4")["role"] == "learner"
+        assert lc.execute_command("MEMBER", "ADD", "n4", new.addr, "LEARNER") in (b"OK", "OK", True)
+        wait_until(lambda: new.client().get("before") == b"1", 15, what="the learner to catch up")
+        assert cluster.info("n4")["role"] == "learner"
+        assert lc.execute_command("MEMBER", "PROMOTE", "n4") in (b"OK", "OK", True)
+        wait_until(lambda: cluster.info("n4")["voters"] == "n1,n2,n3,n4", 10, what="n4 to be a voter")
+        members = [m.decode() if isinstance(m, bytes) else m for m in lc.execute_command("MEMBER", "LIST")]
+        assert len(members) == 4 and any(m.startswith("n4 ") and "voter" in m for m in members)
+        # With four voters one may fail and writes still commit (3 of 4).
+        victim = next(n for n in ("n1", "n2", "n3") if n != leader)
+        cluster.kill(victim)
+        assert cluster.nodes[leader].client().set("after", "2")
+        wait_until(lambda: new.client().get("after") == b"2", 10, what="n4 to apply")
+        cluster.start(victim)
+        with pytest.raises(redis.ResponseError, match="another membership change|not a member|ERR"):
+            lc.execute_command("MEMBER", "REMOVE", "nobody")
+        assert lc.execute_command("MEMBER", "REMOVE", "n4") in (b"OK", "OK", True)
+        wait_until(lambda: cluster.info(leader)["voters"] == "n1,n2,n3", 10, what="n4 to be removed")
+    except BaseException:
+        print(cluster.logs())
+        raise
