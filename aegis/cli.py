@@ -147,7 +147,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await nursery.start(node.serve)
 
     try:
-        trio.run(run)
+        try:
+            trio.run(run)
+        except BaseExceptionGroup as group:
+            # trio's nurseries wrap errors in groups; a single leaf is the real story.
+            leaves = list(_leaves(group))
+            if len(leaves) == 1 and isinstance(leaves[0], Exception):
+                raise leaves[0] from None
+            raise
     except WrongNodeError as exc:
         print(f"aegis serve: {exc}", file=sys.stderr)
         return 3
@@ -161,6 +168,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"aegis serve: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 5
     return 0
+
+
+def _leaves(exc: BaseException) -> "list[BaseException]":
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 # ---------------------------------------------------------------------- up
@@ -195,6 +208,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    # Explicitly: a shell starts background jobs with SIGINT ignored, and Ctrl-C must work.
+    signal.signal(signal.SIGINT, stop)
     try:
         while not stopping:
             time.sleep(0.2)

@@ -292,8 +292,8 @@ def test_data_dir_of_another_node_is_refused(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "aegis.cli", "serve", "--id", "zz", "--listen",
                           f"127.0.0.1:{port}", "--data", str(tmp_path / "n1")],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode != 0
-    assert "n1" in out.stderr and "zz" in out.stderr
+    assert out.returncode == 3
+    assert "n1" in out.stderr and "zz" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_single_node_cluster_serves_at_once(tmp_path: Path) -> None:
@@ -412,3 +412,64 @@ def test_member_add_join_promote_and_remove(cluster: LocalCluster, tmp_path: Pat
     except BaseException:
         print(cluster.logs())
         raise
+
+
+def _free_run(n: int) -> int:
+    """A first port such that n consecutive ports are free (aegis up uses port, port+1, …)."""
+    for _ in range(50):
+        base = random.randint(20000, 60000)
+        try:
+            socks = []
+            for i in range(n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", base + i))
+                socks.append(s)
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise RuntimeError("no free port range")
+
+
+def test_aegis_up_runs_stops_and_restarts_from_the_same_data(tmp_path: Path) -> None:
+    base = _free_run(3)
+    cmd = [sys.executable, "-m", "aegis.cli", "up", "--data", str(tmp_path / "data"), "--port", str(base),
+           "--tick-ms", "20"]
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+
+    up = start()
+    try:
+        c = redis.Redis(port=base + 1, socket_timeout=5)
+        wait_until(lambda: c.set("up", "yes"), 20, what="the cluster to serve")
+        # A second `aegis up` on the same data is refused with a clear message.
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert "in use" in second.stderr and "Traceback" not in second.stderr
+        up.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = up.communicate(timeout=30)
+        assert up.returncode == 0, err
+        assert "stopped." in out and "127.0.0.1:%d" % base in out
+        up = start()
+        c = redis.Redis(port=base + 2, socket_timeout=5)
+        wait_until(lambda: c.get("up") == b"yes", 20, what="the restarted cluster to serve old data")
+        # A node that dies is reported and left down; the others carry on.
+        pid = int(next(line.split("pid")[1] for line in iter(up.stdout.readline, "") if " n1 " in line))
+        os_kill = __import__("os").kill
+        os_kill(pid, signal.SIGKILL)
+        wait_until(lambda: c.set("still", "ok"), 20, what="a write with n1 down")
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            try:
+                _, err = up.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.communicate()
+                raise
+    assert up.returncode == 0
+    assert "node n1 exited" in err
