@@ -50,19 +50,22 @@ from .node import NodeId, NodeInfo, NodeRole, NodeStatus, parse_address
 from .protocol import RespParser, encode, encode_bulk, encode_error, encode_integer, encode_simple
 from .raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Ready, Role
 from .state import StateMachine
-from .transport import ClientRequest, ClientResponse, Handshake, decode, encode as wire_encode
+from .peers import (
+    FRAME_MSG,
+    FRAME_PING,
+    FRAME_SNAP_CHUNK,
+    FRAME_SNAP_END,
+    PEER_MAGIC,
+    ConnectionPool,
+    accept_handshake,
+    fsync_close,
+    read_frame,
+    safe_send,
+    send_snapshot_file,
+)
+from .transport import ClientRequest, ClientResponse, Handshake, decode
 
 log = logging.getLogger("aegis.server")
-
-PEER_MAGIC = b"\x00AEGIS-PEER/1\n"
-FRAME_MSG = b"M"
-FRAME_SNAP_CHUNK = b"S"
-FRAME_SNAP_END = b"E"
-FRAME_PING = b"P"
-FRAME_ACCEPT = b"A"
-FRAME_REJECT = b"R"
-MAX_PEER_FRAME = 64 << 20
-SNAPSHOT_CHUNK = 256 << 10
 
 
 @dataclass
@@ -122,8 +125,14 @@ class Node:
         self._apply_waiters: list[tuple[int, _Waiter]] = []
         self._forwarded: dict[int, _Waiter] = {}
         self._forward_ids = itertools.count(1)
-        self._peer_queues: dict[str, trio.MemorySendChannel[tuple[bytes, Any]]] = {}
-        self._peer_tasks: set[str] = set()
+        self.pool = ConnectionPool(
+            Handshake(node_id=cfg.node_id, cluster=cfg.cluster, auth=(cfg.token or "").encode()),
+            self._addresses,
+            ping_interval=cfg.tick_ms * cfg.heartbeat_ticks / 1000,
+            pack_payload=_pack_payload,
+            on_unreachable=self._peer_unreachable,
+            stream_snapshot=self._stream_snapshot,
+        )
         self._clients = 0
         self.stats = {"total_writes": 0, "total_reads": 0, "total_commands": 0, "forwarded": 0,
                       "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0}
@@ -188,6 +197,7 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self.pool.start(nursery)
                 self.port = await self._listen(nursery)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._raft_loop)
@@ -416,107 +426,28 @@ class Node:
 
     # ------------------------------------------------------------------ peers: sending
     def _ensure_peer_tasks(self) -> None:
-        if self._nursery is None:
-            return
         wanted = (set(self.raft.membership.members) | set(self.cfg.peers)) - {self.id}
-        for pid in sorted(wanted - self._peer_tasks):
-            send, recv = trio.open_memory_channel[tuple[bytes, Any]](4096)
-            self._peer_queues[pid] = send
-            self._peer_tasks.add(pid)
-            self._nursery.start_soon(self._peer_sender, pid, recv)
+        self.pool.retain(wanted)
 
     def _send_messages(self, msgs: tuple[RaftMessage, ...]) -> None:
         for m in msgs:
             self._send_peer(m.receiver, FRAME_MSG, m)
 
     def _send_peer(self, pid: str, kind: bytes, payload: Any) -> bool:
-        q = self._peer_queues.get(pid)
-        if q is None:
-            self._ensure_peer_tasks()
-            q = self._peer_queues.get(pid)
-            if q is None:
-                return False
-        try:
-            q.send_nowait((kind, payload))
+        if self.pool.send(pid, kind, payload):
             return True
-        except trio.WouldBlock:
-            # Raft tolerates loss; a full queue means the peer is slow or gone.
-            return False
+        self._ensure_peer_tasks()
+        return self.pool.send(pid, kind, payload)
 
-    async def _peer_sender(self, pid: str, queue: trio.MemoryReceiveChannel[tuple[bytes, Any]]) -> None:
-        backoff = 0.05
-        ping_every = self.cfg.tick_ms * self.cfg.heartbeat_ticks / 1000
-        while True:
-            addr = self._addresses().get(pid)
-            if addr is None:
-                await trio.sleep(0.5)
-                continue
-            try:
-                host, port = parse_address(addr)
-                with trio.fail_after(2):
-                    stream = await trio.open_tcp_stream(host, port)
-                async with stream:
-                    hs = Handshake(node_id=self.id, cluster=self.cfg.cluster,
-                                   auth=(self.cfg.token or "").encode())
-                    await stream.send_all(PEER_MAGIC + _frame(FRAME_MSG + wire_encode(hs)))
-                    with trio.fail_after(2):
-                        reply = await _read_frame(stream, bytearray())
-                    if reply is None or not reply.startswith(FRAME_ACCEPT):
-                        why = (reply or b"R connection closed")[1:].decode(errors="replace")
-                        raise ConnectionError(f"peer {pid} refused the handshake: {why}")
-                    if backoff > 0.05:
-                        log.info("connected to peer %s at %s", pid, addr)
-                    backoff = 0.05
-                    await self._pump(pid, stream, queue, ping_every)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
-                    ConnectionError, ValueError) as exc:
-                if backoff >= 0.4:
-                    log.debug("peer %s unreachable: %s", pid, exc)
-                try:
-                    self.cluster.report_error(pid, str(exc) or exc.__class__.__name__)
-                except KeyError:
-                    pass
-                self._inbox_send.send_nowait(("unreachable", pid))
-                # Drop what was queued: Raft retransmits, and stale messages only slow recovery.
-                while True:
-                    try:
-                        queue.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-
-    async def _pump(self, pid: str, stream: trio.SocketStream, queue: trio.MemoryReceiveChannel[tuple[bytes, Any]],
-                    ping_every: float) -> None:
-        pack = self._pack_payload
-        while True:
-            item = None
-            with trio.move_on_after(ping_every):
-                item = await queue.receive()
-            if item is None:
-                await stream.send_all(_frame(FRAME_PING))
-                continue
-            buf = bytearray()
-            items = [item]
-            while len(items) < 1024:
-                try:
-                    items.append(queue.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            for kind, payload in items:
-                if kind == FRAME_MSG and isinstance(payload, InstallSnapshotRequest):
-                    if buf:
-                        await stream.send_all(bytes(buf))
-                        buf.clear()
-                    await self._stream_snapshot(pid, stream, payload)
-                    continue
-                body = wire_encode(payload, pack) if kind == FRAME_MSG else b""
-                buf += _frame(kind + body)
-            if buf:
-                await stream.send_all(bytes(buf))
+    def _peer_unreachable(self, pid: str, reason: str) -> None:
+        try:
+            self.cluster.report_error(pid, reason)
+        except KeyError:
+            pass
+        self._inbox_send.send_nowait(("unreachable", pid))
 
     async def _stream_snapshot(self, pid: str, stream: trio.SocketStream, msg: InstallSnapshotRequest) -> None:
-        """InstallSnapshot in chunks: the request frame, then the backup-format file."""
+        """InstallSnapshot in chunks: the current snapshot exported as a backup-format file."""
         tmp = Path(self.cfg.data_dir) / f"outgoing-{pid}.snap"
         ok = False
         try:
@@ -524,14 +455,7 @@ class Node:
             if info.index != msg.snapshot.index:
                 msg = InstallSnapshotRequest(term=msg.term, leader_id=msg.leader_id, snapshot=info.meta,
                                              receiver=msg.receiver)
-            await stream.send_all(_frame(FRAME_MSG + wire_encode(msg)))
-            with open(tmp, "rb") as f:
-                while True:
-                    chunk = await trio.to_thread.run_sync(f.read, SNAPSHOT_CHUNK)
-                    if not chunk:
-                        break
-                    await stream.send_all(_frame(FRAME_SNAP_CHUNK + chunk))
-            await stream.send_all(_frame(FRAME_SNAP_END))
+            await send_snapshot_file(stream, msg, tmp)
             ok = True
             log.info("sent snapshot at index %d to %s", msg.snapshot.index, pid)
         finally:
@@ -540,13 +464,6 @@ class Node:
                 tmp.unlink()
             except OSError:
                 pass
-
-    @staticmethod
-    def _pack_payload(e: Any) -> bytes:
-        # Entries travel in their stored, compressed form: the leader compresses once.
-        from storage import pack_payload
-
-        return pack_payload(e)
 
     # ------------------------------------------------------------------ connections
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
@@ -562,31 +479,9 @@ class Node:
             await self._handle_client(stream, first)
 
     async def _handle_peer(self, stream: trio.SocketStream, buf: bytearray) -> None:
-        while len(buf) < len(PEER_MAGIC):
-            more = await stream.receive_some(65536)
-            if not more:
-                return
-            buf += more
-        if bytes(buf[: len(PEER_MAGIC)]) != PEER_MAGIC:
-            await _safe_send(stream, encode_error("ERR protocol error: not a RESP request or an Aegis peer"))
+        hs = await accept_handshake(stream, buf, self._refuse_peer)
+        if hs is None:
             return
-        del buf[: len(PEER_MAGIC)]
-        try:
-            with trio.fail_after(5):
-                frame = await _read_frame(stream, buf)
-            hs = decode(frame[1:]) if frame and frame[:1] == FRAME_MSG else None
-        except Exception as exc:  # a malformed handshake: refuse and close
-            await _safe_send(stream, _frame(FRAME_REJECT + f"malformed handshake: {exc}".encode()))
-            return
-        if not isinstance(hs, Handshake):
-            await _safe_send(stream, _frame(FRAME_REJECT + b"expected a handshake"))
-            return
-        why = self._refuse_peer(hs)
-        if why:
-            log.warning("refused peer connection from %r: %s", hs.node_id, why)
-            await _safe_send(stream, _frame(FRAME_REJECT + why.encode()))
-            return
-        await stream.send_all(_frame(FRAME_ACCEPT))
         from storage import unpack_payload
 
         pid = hs.node_id
@@ -594,11 +489,11 @@ class Node:
         snapshot_msg: InstallSnapshotRequest | None = None
         try:
             while True:
-                frame = await _read_frame(stream, buf)
-                if frame is None:
+                body_ = await read_frame(stream, buf)
+                if body_ is None:
                     return
                 self._heard_from(pid)
-                kind, body = frame[:1], frame[1:]
+                kind, body = body_[:1], body_[1:]
                 if kind == FRAME_PING:
                     continue
                 if kind == FRAME_SNAP_CHUNK and snapshot_file is not None:
@@ -606,7 +501,7 @@ class Node:
                     continue
                 if kind == FRAME_SNAP_END and snapshot_file is not None and snapshot_msg is not None:
                     f = snapshot_file
-                    await trio.to_thread.run_sync(_fsync_close, f)
+                    await trio.to_thread.run_sync(fsync_close, f)
                     snapshot_file = None
                     self._inbox_send.send_nowait(("snapshot_in", snapshot_msg, Path(f.name)))
                     snapshot_msg = None
@@ -696,7 +591,7 @@ class Node:
     # ------------------------------------------------------------------ clients
     async def _handle_client(self, stream: trio.SocketStream, first: bytes) -> None:
         if self._clients >= self.cfg.max_clients:
-            await _safe_send(stream, encode_error("ERR max number of clients reached"))
+            await safe_send(stream, encode_error("ERR max number of clients reached"))
             return
         self._clients += 1
         parser = RespParser(max_bulk_len=self.cfg.limits.max_value_len + 1024)
@@ -1023,37 +918,11 @@ class Node:
 
 
 # ---------------------------------------------------------------------- helpers
-def _frame(body: bytes) -> bytes:
-    return len(body).to_bytes(4, "big") + body
+def _pack_payload(e: Any) -> bytes:
+    # Entries travel in their stored, compressed form: the leader compresses once.
+    from storage import pack_payload
 
-
-async def _read_frame(stream: trio.SocketStream, buf: bytearray) -> bytes | None:
-    while True:
-        if len(buf) >= 4:
-            size = int.from_bytes(buf[:4], "big")
-            if size > MAX_PEER_FRAME:
-                raise ValueError(f"peer frame of {size} bytes exceeds the limit")
-            if len(buf) >= 4 + size:
-                frame = bytes(buf[4 : 4 + size])
-                del buf[: 4 + size]
-                return frame
-        data = await stream.receive_some(1 << 20)
-        if not data:
-            return None
-        buf += data
-
-
-async def _safe_send(stream: trio.SocketStream, data: bytes) -> None:
-    try:
-        await stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
-
-
-def _fsync_close(f: Any) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
+    return pack_payload(e)
 
 
 def _const(data: bytes) -> Callable[[], Awaitable[bytes]]:

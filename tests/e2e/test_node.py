@@ -262,7 +262,8 @@ def test_bad_input_is_refused_and_changes_nothing(cluster: LocalCluster) -> None
 
 
 def test_non_member_peer_is_refused(cluster: LocalCluster) -> None:
-    from aegis.server import FRAME_MSG, PEER_MAGIC, _frame
+    from aegis.peers import FRAME_MSG, PEER_MAGIC
+    from aegis.peers import frame as _frame
     from aegis.transport import Handshake, encode
 
     leader = cluster.leader()

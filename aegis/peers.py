@@ -1,0 +1,259 @@
+"""The TCP transport between nodes: framing, the handshake, and the ConnectionPool.
+
+Theory of operation
+-------------------
+Clients and peers share one port. A peer connection starts with `PEER_MAGIC` (its first byte
+is NUL, which no RESP or inline client sends), then length-prefixed frames whose first byte
+says what they carry:
+
+* ``M`` + a wire message (aegis.transport codec: Raft messages, forwarded client requests
+  and their responses, the handshake) — msgpack, never pickle;
+* ``S`` + a chunk of a snapshot file, ``E`` at its end (InstallSnapshot, streamed);
+* ``P`` a ping, so each side knows the other is alive even when Raft is quiet;
+* ``A`` / ``R`` + reason: the answer to a handshake.
+
+The first frame is a `Handshake` naming the caller's node id and cluster: identity is by
+name, never by source address, so proxies and NAT in between are fine. The receiver refuses
+strangers and other clusters with a reason and closes.
+
+Connections are one-way: each node keeps one *outgoing* connection per peer
+(`ConnectionPool`), fed by a bounded queue, reconnecting with exponential back-off; what it
+receives arrives on the peers' outgoing connections. A full queue drops the message — Raft
+retransmits — rather than letting a slow peer stall the node. A connection failure empties
+the queue (stale appends only slow recovery) and tells the node (`on_unreachable`), which
+tells the Raft core to fall back from pipelining to probing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable
+
+import trio
+
+from .messages import InstallSnapshotRequest
+from .node import parse_address
+from .transport import Handshake, PayloadPacker, decode, encode
+
+log = logging.getLogger("aegis.peers")
+
+PEER_MAGIC = b"\x00AEGIS-PEER/1\n"
+FRAME_MSG = b"M"
+FRAME_SNAP_CHUNK = b"S"
+FRAME_SNAP_END = b"E"
+FRAME_PING = b"P"
+FRAME_ACCEPT = b"A"
+FRAME_REJECT = b"R"
+MAX_PEER_FRAME = 64 << 20
+SNAPSHOT_CHUNK = 256 << 10
+QUEUE_DEPTH = 4096
+CONNECT_TIMEOUT = 2.0
+MAX_BACKOFF = 1.0
+
+Outgoing = tuple[bytes, Any]  # (frame kind, payload)
+
+
+def frame(body: bytes) -> bytes:
+    """A length-prefixed frame: 4-byte big-endian length, then `body`."""
+    return len(body).to_bytes(4, "big") + body
+
+
+async def read_frame(stream: trio.abc.ReceiveStream, buf: bytearray) -> bytes | None:
+    """The next frame from `stream` (None at EOF); `buf` carries bytes between calls."""
+    while True:
+        if len(buf) >= 4:
+            size = int.from_bytes(buf[:4], "big")
+            if size > MAX_PEER_FRAME:
+                raise ValueError(f"peer frame of {size} bytes exceeds the limit of {MAX_PEER_FRAME}")
+            if len(buf) >= 4 + size:
+                body = bytes(buf[4 : 4 + size])
+                del buf[: 4 + size]
+                return body
+        data = await stream.receive_some(1 << 20)
+        if not data:
+            return None
+        buf += data
+
+
+async def safe_send(stream: trio.abc.SendStream, data: bytes) -> None:
+    """Best effort: used for farewells on connections that are being closed anyway."""
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+
+
+async def accept_handshake(
+    stream: trio.SocketStream, buf: bytearray, refuse: Callable[[Handshake], str | None]
+) -> Handshake | None:
+    """The receiving side of a peer connection, after the first bytes were read into `buf`.
+
+    Returns the caller's handshake once accepted, or None after refusing it (the reason is
+    sent to the caller, who logs it)."""
+    while len(buf) < len(PEER_MAGIC):
+        more = await stream.receive_some(65536)
+        if not more:
+            return None
+        buf += more
+    if bytes(buf[: len(PEER_MAGIC)]) != PEER_MAGIC:
+        await safe_send(stream, b"-ERR Protocol error: not a RESP request or an Aegis peer\r\n")
+        return None
+    del buf[: len(PEER_MAGIC)]
+    try:
+        with trio.fail_after(5):
+            body = await read_frame(stream, buf)
+        hs = decode(body[1:]) if body and body[:1] == FRAME_MSG else None
+    except Exception as exc:  # noqa: BLE001 - any malformed handshake is refused the same way
+        await safe_send(stream, frame(FRAME_REJECT + f"malformed handshake: {exc}".encode()))
+        return None
+    if not isinstance(hs, Handshake):
+        await safe_send(stream, frame(FRAME_REJECT + b"expected a handshake"))
+        return None
+    why = refuse(hs)
+    if why:
+        log.warning("refused peer connection from %r: %s", hs.node_id, why)
+        await safe_send(stream, frame(FRAME_REJECT + why.encode()))
+        return None
+    await stream.send_all(frame(FRAME_ACCEPT))
+    return hs
+
+
+class ConnectionPool:
+    """One outgoing connection per peer, each with a bounded send queue and its own task."""
+
+    def __init__(
+        self,
+        handshake: Handshake,
+        addresses: Callable[[], dict[str, str]],
+        *,
+        ping_interval: float,
+        pack_payload: PayloadPacker | None,
+        on_unreachable: Callable[[str, str], None],
+        stream_snapshot: Callable[[str, trio.SocketStream, InstallSnapshotRequest], Awaitable[None]],
+    ) -> None:
+        self.handshake = handshake
+        self.addresses = addresses
+        self.ping_interval = ping_interval
+        self.pack_payload = pack_payload
+        self.on_unreachable = on_unreachable
+        self.stream_snapshot = stream_snapshot
+        self.connected: dict[str, bool] = {}
+        self._queues: dict[str, trio.MemorySendChannel[Outgoing]] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def retain(self, peers: Iterable[str]) -> None:
+        """Keep a connection to exactly `peers`: start the new ones, stop the others."""
+        wanted = set(peers)
+        for pid in sorted(set(self._scopes) - wanted):
+            self._scopes.pop(pid).cancel()
+            self._queues.pop(pid).close()
+            self.connected.pop(pid, None)
+        if self._nursery is None:
+            return
+        for pid in sorted(wanted - set(self._scopes)):
+            send, recv = trio.open_memory_channel[Outgoing](QUEUE_DEPTH)
+            scope = trio.CancelScope()
+            self._queues[pid] = send
+            self._scopes[pid] = scope
+            self._nursery.start_soon(self._sender, pid, recv, scope)
+
+    def send(self, pid: str, kind: bytes, payload: Any = None) -> bool:
+        """Queue a frame for `pid`; False if there is no connection task or its queue is full."""
+        q = self._queues.get(pid)
+        if q is None:
+            return False
+        try:
+            q.send_nowait((kind, payload))
+            return True
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False  # Raft tolerates loss; a full queue means the peer is slow or gone
+
+    async def _sender(self, pid: str, queue: trio.MemoryReceiveChannel[Outgoing], scope: trio.CancelScope) -> None:
+        backoff = 0.05
+        with scope:
+            while True:
+                addr = self.addresses().get(pid)
+                if addr is None:
+                    await trio.sleep(0.5)
+                    continue
+                try:
+                    host, port = parse_address(addr)
+                    with trio.fail_after(CONNECT_TIMEOUT):
+                        stream = await trio.open_tcp_stream(host, port)
+                    async with stream:
+                        await stream.send_all(PEER_MAGIC + frame(FRAME_MSG + encode(self.handshake)))
+                        with trio.fail_after(CONNECT_TIMEOUT):
+                            reply = await read_frame(stream, bytearray())
+                        if reply is None or not reply.startswith(FRAME_ACCEPT):
+                            why = (reply or b"Rconnection closed")[1:].decode(errors="replace")
+                            raise ConnectionError(f"{pid} refused the handshake: {why}")
+                        if backoff > 0.05:
+                            log.info("connected to peer %s at %s", pid, addr)
+                        backoff = 0.05
+                        self.connected[pid] = True
+                        await self._pump(pid, stream, queue)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+                        ConnectionError, ValueError) as exc:
+                    self.connected[pid] = False
+                    reason = str(exc) or exc.__class__.__name__
+                    if backoff >= 0.4:
+                        log.debug("peer %s unreachable: %s", pid, reason)
+                    self.on_unreachable(pid, reason)
+                    while True:  # stale messages only slow recovery: Raft resends
+                        try:
+                            queue.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _pump(self, pid: str, stream: trio.SocketStream, queue: trio.MemoryReceiveChannel[Outgoing]) -> None:
+        pack = self.pack_payload
+        while True:
+            item = None
+            with trio.move_on_after(self.ping_interval):
+                item = await queue.receive()
+            if item is None:
+                await stream.send_all(frame(FRAME_PING))
+                continue
+            items = [item]
+            while len(items) < 1024:
+                try:
+                    items.append(queue.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            buf = bytearray()
+            for kind, payload in items:
+                if kind == FRAME_MSG and isinstance(payload, InstallSnapshotRequest):
+                    if buf:
+                        await stream.send_all(bytes(buf))
+                        buf.clear()
+                    await self.stream_snapshot(pid, stream, payload)
+                    continue
+                buf += frame(kind + (encode(payload, pack) if kind == FRAME_MSG else b""))
+            if buf:
+                await stream.send_all(bytes(buf))
+
+
+async def send_snapshot_file(stream: trio.SocketStream, msg: InstallSnapshotRequest, path: Path) -> None:
+    """Stream InstallSnapshot: the request frame, then the snapshot file in chunks, then E."""
+    await stream.send_all(frame(FRAME_MSG + encode(msg)))
+    with open(path, "rb") as f:
+        while True:
+            chunk = await trio.to_thread.run_sync(f.read, SNAPSHOT_CHUNK)
+            if not chunk:
+                break
+            await stream.send_all(frame(FRAME_SNAP_CHUNK + chunk))
+    await stream.send_all(frame(FRAME_SNAP_END))
+
+
+def fsync_close(f: Any) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
