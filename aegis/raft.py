@@ -673,6 +673,13 @@ class RaftNode:
         sender = m.sender
         if sender == self.id:
             return
+        if (isinstance(m, (VoteRequest, TimeoutNow)) and sender not in self.membership.members
+                and self.membership.voters):
+            # A stranger, or a server removed from the configuration, cannot make us vote or
+            # campaign [4.2.3]. Appends are different: a leader may be missing from a
+            # follower's *uncommitted* configuration, and only its appends can repair that.
+            # (Strangers never get that far: the transport refuses them at the handshake.)
+            return
         if m.term > self.term:
             if isinstance(m, VoteRequest):
                 in_lease = (

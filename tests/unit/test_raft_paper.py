@@ -71,13 +71,35 @@ def test_stale_term_message_is_rejected_and_changes_nothing() -> None:
     assert n.voted_for is None and drain(n) == []
 
 
-def test_messages_for_other_nodes_and_from_unknown_nodes_change_nothing() -> None:
+def test_messages_for_other_nodes_and_votes_from_unknown_nodes_change_nothing() -> None:
     n = node()
     n.step(AppendEntriesRequest(term=5, leader_id="c", prev_log_index=0, prev_log_term=0, receiver="zz"))
     assert n.term == 0
+    for m in (
+        VoteRequest(term=7, candidate_id="zz", last_log_index=9, last_log_term=9, receiver="a"),
+        VoteRequest(term=7, candidate_id="zz", last_log_index=9, last_log_term=9, pre_vote=True, receiver="a"),
+        TimeoutNow(term=9, leader_id="zz", receiver="a"),
+    ):
+        n.step(m)
+        assert (n.term, n.voted_for, n.log.last_index(), n.leader_id) == (0, None, 0, None)
+        assert not n.has_ready()
     n.start_election()
     n.step(VoteResponse(term=1, vote_granted=True, voter_id="stranger", receiver="a"))
     assert n.role == Role.CANDIDATE  # a vote from a non-member is not counted
+
+
+def test_leader_missing_from_an_uncommitted_config_still_repairs_the_follower() -> None:
+    # b appended (uncommitted) a config that removes a; a, still leader, must be heard.
+    n = node("b", store=store_with([1], ABC, term=1))
+    change = ConfigChange(type=ConfigChangeType.REMOVE, node_id="a")
+    m = change.apply_to(n.membership)
+    n.step(AppendEntriesRequest(term=1, leader_id="c", prev_log_index=1, prev_log_term=1, receiver="b",
+                                entries=(LogEntry(LogIndex(2), Term(1), EntryType.CONFIG_CHANGE, change.encode(m)),)))
+    assert "a" not in n.membership.members
+    n.step(AppendEntriesRequest(term=2, leader_id="a", prev_log_index=1, prev_log_term=1, receiver="b",
+                                entries=tuple(entries(2, start=2)), leader_commit=2))
+    assert n.log.term_at(LogIndex(2)) == 2 and n.commit_index == 2
+    assert "a" in n.membership.members  # the uncommitted removal was rolled back
 
 
 # ---------------------------------------------------------------- §5.2 elections
