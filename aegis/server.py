@@ -92,12 +92,13 @@ class ServerConfig:
 class _Waiter:
     """A one-shot result slot resolved by the Raft loop, awaited by a connection task."""
 
-    __slots__ = ("event", "value", "error")
+    __slots__ = ("event", "value", "error", "ctx")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.value: Any = None
         self.error: str | None = None
+        self.ctx = 0  # a read's ReadIndex context, so a timed-out read can be forgotten
 
     def set(self, value: Any) -> None:
         if not self.event.is_set():
@@ -267,6 +268,7 @@ class Node:
             proposals.append((ev[1], ev[2]))
         elif kind == "read":
             ctx = next(self._read_ctx)
+            ev[1].ctx = ctx
             if raft.read_index(ctx):
                 self._reads[ctx] = ev[1]
             else:
@@ -719,6 +721,7 @@ class Node:
 
             async def read_result() -> bytes:
                 if not await self._wait(w):
+                    self._reads.pop(w.ctx, None)
                     return encode_error("TIMEOUT no quorum confirmed the read in time")
                 if w.error is not None:
                     return encode_error(w.error)
@@ -789,6 +792,8 @@ class Node:
         return conf_result
 
     async def _wait(self, w: _Waiter) -> bool:
+        if w.event.is_set():  # common in a pipeline: the whole batch committed together
+            return True
         with trio.move_on_after(self.cfg.request_timeout):
             await w.event.wait()
         return w.event.is_set()
