@@ -4,6 +4,7 @@
                 --peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003
     aegis up [--nodes 3] [--data data] [--port 7001]
     aegis status --addr 127.0.0.1:7001 [--json]
+    aegis snapshot save FILE [--addr HOST:PORT] | status FILE | restore FILE --data DIR --id ID [--peers …]
 
 Flags are a contract (DESIGN.md §3): extend, never rename.
 """
@@ -87,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--cluster", default="aegis")
     u.add_argument("--tick-ms", type=float, default=50.0)
 
+    sn = sub.add_parser("snapshot", help="back a cluster up and bring it back")
+    snsub = sn.add_subparsers(dest="snapshot_cmd", required=True, metavar="ACTION")
+    sv = snsub.add_parser("save", help="take a consistent snapshot from a live cluster into FILE")
+    sv.add_argument("file")
+    sv.add_argument("--addr", default="127.0.0.1:7001", help="HOST:PORT of any node (default 127.0.0.1:7001)")
+    sv.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"))
+    ss = snsub.add_parser("status", help="verify FILE and print what it holds")
+    ss.add_argument("file")
+    ss.add_argument("--json", action="store_true")
+    sr = snsub.add_parser("restore", help="seed an empty data directory from FILE")
+    sr.add_argument("file")
+    sr.add_argument("--data", required=True, help="the new node's (empty) data directory")
+    sr.add_argument("--id", required=True, help="the new node's id")
+    sr.add_argument("--peers", type=_parse_peers, default={},
+                    help="ID=HOST:PORT,… of the new cluster (omit for a cluster of one)")
+    sr.add_argument("--cluster", default="aegis")
+
     st = sub.add_parser("status", help="print a node's status")
     st.add_argument("--addr", default="127.0.0.1:7001", help="HOST:PORT of any node (default 127.0.0.1:7001)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -104,6 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_up(args)
     if args.cmd == "status":
         return cmd_status(args)
+    if args.cmd == "snapshot":
+        from . import backup
+
+        if args.snapshot_cmd == "save":
+            return backup.save(args.addr, args.file, args.token)
+        if args.snapshot_cmd == "status":
+            return backup.status(args.file, args.json)
+        return backup.restore(args.file, args.data, args.id, args.peers, args.cluster)
     return EXIT_USAGE
 
 

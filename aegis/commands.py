@@ -56,6 +56,8 @@ __all__ = [
     "WriteRequest",
     "ReadRequest",
     "ExistsRequest",
+    "SnapshotRequest",
+    "MAX_SNAPSHOT_READ",
     "InfoRequest",
     "ClusterRequest",
     "MemberOp",
@@ -197,6 +199,20 @@ class LeaderTransferRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """SNAPSHOT CREATE | READ id offset count | RELEASE id: a consistent backup, fetched in
+    chunks by `aegis snapshot save` (DESIGN.md §6)."""
+
+    op: str  # "create", "read", "release"
+    snapshot_id: int = 0
+    offset: int = 0
+    count: int = 0
+
+
+MAX_SNAPSHOT_READ: Final = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class AuthRequest:
     """AUTH [username] token. Compare `token` in constant time (`hmac.compare_digest`)."""
 
@@ -263,6 +279,7 @@ Request: TypeAlias = Union[
     ClusterRequest,
     MemberRequest,
     LeaderTransferRequest,
+    SnapshotRequest,
     AuthRequest,
     HelloRequest,
     LocalReply,
@@ -529,6 +546,28 @@ def _h_cluster_info(argv: Sequence[bytes], limits: CommandLimits) -> Request:
 
 def _h_cluster_nodes(argv: Sequence[bytes], limits: CommandLimits) -> Request:
     return ClusterRequest("nodes")
+
+
+def _snapshot_int(raw: bytes, what: str) -> int:
+    value = _int64(raw)
+    if value < 0:
+        raise _Reject(f"ERR {what} must not be negative")
+    return value
+
+
+def _h_snapshot_create(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    return SnapshotRequest("create")
+
+
+def _h_snapshot_read(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    count = _snapshot_int(argv[4], "count")
+    if not 0 < count <= MAX_SNAPSHOT_READ:
+        return ErrorReply(f"ERR count must be between 1 and {MAX_SNAPSHOT_READ}")
+    return SnapshotRequest("read", _snapshot_int(argv[2], "snapshot id"), _snapshot_int(argv[3], "offset"), count)
+
+
+def _h_snapshot_release(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    return SnapshotRequest("release", _snapshot_int(argv[2], "snapshot id"))
 
 
 def _h_member_list(argv: Sequence[bytes], limits: CommandLimits) -> Request:
@@ -832,6 +871,28 @@ _TABLE: Final[tuple[CommandSpec, ...]] = (
                 "MEMBER PROMOTE", 3, "Make a learner a voting member.",
                 "MEMBER PROMOTE node-id", "MEMBER PROMOTE n4", "OK", "cluster", _h_member_promote,
                 (_NODE,), write=True,
+            ),
+        ),
+    ),
+    _container(
+        "SNAPSHOT", "cluster", "Consistent backups (what `aegis snapshot save` uses).",
+        (
+            _spec(
+                "SNAPSHOT CREATE", 2,
+                "Take a linearizable snapshot of the state machine; replies id, index, term, keys, size.",
+                "SNAPSHOT CREATE", "SNAPSHOT CREATE", "1) (integer) 1 2) (integer) 42 ...", "cluster",
+                _h_snapshot_create,
+            ),
+            _spec(
+                "SNAPSHOT READ", 5, "Read bytes of a created snapshot file.",
+                "SNAPSHOT READ id offset count", "SNAPSHOT READ 1 0 1048576", "(binary)", "cluster",
+                _h_snapshot_read, (Arg("id", K.INTEGER), Arg("offset", K.INTEGER), Arg("count", K.INTEGER)),
+                retry_safe=True,
+            ),
+            _spec(
+                "SNAPSHOT RELEASE", 3, "Delete a created snapshot file on the node.",
+                "SNAPSHOT RELEASE id", "SNAPSHOT RELEASE 1", "OK", "cluster", _h_snapshot_release,
+                (Arg("id", K.INTEGER),),
             ),
         ),
     ),

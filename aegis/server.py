@@ -126,6 +126,8 @@ class Node:
         self._apply_waiters: list[tuple[int, _Waiter]] = []
         self._forwarded: dict[int, _Waiter] = {}
         self._forward_ids = itertools.count(1)
+        self._backups: dict[int, Path] = {}
+        self._backup_ids = itertools.count(1)
         self.pool = ConnectionPool(
             Handshake(node_id=cfg.node_id, cluster=cfg.cluster, auth=(cfg.token or "").encode()),
             self._addresses,
@@ -165,6 +167,8 @@ class Node:
         reader = self.store.open_snapshot()
         if reader is not None:
             self.sm.restore_chunks(reader)
+        for stale in self._backup_dir().glob("*") if self._backup_dir().is_dir() else []:
+            stale.unlink(missing_ok=True)  # backups of a previous run were never released
         rcfg = RaftConfig(
             election_timeout_min=cfg.election_ticks[0],
             election_timeout_max=cfg.election_ticks[1],
@@ -629,7 +633,7 @@ class Node:
                         ops.append(_const(req.encoded()))
                         close = True
                         break
-                    kind = "r" if isinstance(req, (C.ReadRequest, C.ExistsRequest)) else (
+                    kind = "r" if isinstance(req, (C.ReadRequest, C.ExistsRequest, C.SnapshotRequest)) else (
                         "w" if isinstance(req, (C.WriteRequest, C.MemberRequest, C.LeaderTransferRequest)) else "")
                     if kind and last_kind and kind != last_kind and ops:
                         # A pipeline runs in order: a read sees the writes before it, and a
@@ -760,6 +764,8 @@ class Node:
                 return encode_error(f"TIMEOUT leadership did not move to {req.node_id} in time")
 
             return transfer_result
+        if isinstance(req, C.SnapshotRequest):
+            return self._snapshot_op(req, resp3)
         if isinstance(req, (C.LocalReply, C.ErrorReply, C.HelloRequest)):
             return _const(req.encoded(resp3))
         return _const(encode_error("ERR command not supported here"))
@@ -790,6 +796,57 @@ class Node:
             return encode_simple("OK")
 
         return conf_result
+
+    # ------------------------------------------------------------------ backups
+    def _backup_dir(self) -> Path:
+        return Path(self.cfg.data_dir) / "backups"
+
+    def _snapshot_op(self, req: C.SnapshotRequest, resp3: bool) -> Callable[[], Awaitable[bytes]]:
+        """SNAPSHOT CREATE/READ/RELEASE: a consistent backup file, fetched in chunks."""
+        if req.op == "create":
+            w = _Waiter()
+            self._inbox_send.send_nowait(("read", w))
+
+            async def create() -> bytes:
+                from storage import write_snapshot_file
+
+                # A linearizable point: everything acknowledged before now is included.
+                if not await self._wait(w) or w.error is not None:
+                    self._reads.pop(w.ctx, None)
+                    return encode_error(w.error or "TIMEOUT no quorum confirmed the snapshot point in time")
+                if not await self._wait_applied(int(w.value)):
+                    return encode_error("TIMEOUT this node did not catch up in time")
+                index = LogIndex(self.sm.last_applied)
+                meta = self.raft.snapshot_meta_for(index)
+                keys = len(self.sm)
+                chunks = self.sm.snapshot_chunks()  # the state as of now, serialised lazily
+                sid = next(self._backup_ids)
+                path = self._backup_dir() / f"backup-{sid}.aegis-snapshot"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                info = await trio.to_thread.run_sync(write_snapshot_file, path, meta, chunks)
+                self._backups[sid] = path
+                log.info("backup %d at index %d (%d keys, %d bytes)", sid, index, keys, path.stat().st_size)
+                return encode([sid, int(info.index), int(info.term), keys, path.stat().st_size,
+                               info.checksum.encode()], resp3=resp3)
+
+            return create
+        path = self._backups.get(req.snapshot_id)
+        if path is None:
+            return _const(encode_error(f"ERR no snapshot with id {req.snapshot_id} on this node"))
+        if req.op == "release":
+            self._backups.pop(req.snapshot_id, None)
+            path.unlink(missing_ok=True)
+            return _const(encode_simple("OK"))
+
+        async def read() -> bytes:
+            def chunk() -> bytes:
+                with open(path, "rb") as f:
+                    f.seek(req.offset)
+                    return f.read(req.count)
+
+            return encode_bulk(await trio.to_thread.run_sync(chunk), resp3=resp3)
+
+        return read
 
     async def _wait(self, w: _Waiter) -> bool:
         if w.event.is_set():  # common in a pipeline: the whole batch committed together
