@@ -134,8 +134,9 @@ def test_follower_down_catches_up_by_snapshot(tmp_path: Path) -> None:
         for i in range(400):
             pipe.set(f"s{i}", f"{i}")
         pipe.execute()
-        info = c.info(leader)
-        assert int(info["snapshot_index"]) > 0 and int(info["first_log_index"]) > 2
+        # The leader compacts in the background of its Raft loop, right after applying.
+        wait_until(lambda: int(c.info(leader)["snapshot_index"]) > 0 and int(c.info(leader)["first_log_index"]) > 2,
+                   10, what="the leader to compact its log")
         c.start(lagger)
         wait_until(lambda: c.nodes[lagger].client().get("s399") == b"399", 15, what="the lagger to catch up")
         assert int(c.info(lagger)["snapshots_installed"]) >= 1
