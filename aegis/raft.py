@@ -457,6 +457,14 @@ class RaftNode:
             self._configs_gap = True  # configs between the base and `found` were not loaded
 
     def _scan_config(self, upto: LogIndex) -> tuple[LogIndex, Membership] | None:
+        try:
+            return self._scan_config_once(upto)
+        except CompactedError:
+            # The driver compacted meanwhile: the snapshot now holds the configuration.
+            snap = self.log.snapshot_meta()
+            return snap.index, snap.membership
+
+    def _scan_config_once(self, upto: LogIndex) -> tuple[LogIndex, Membership] | None:
         idx = upto
         first = self.log.first_index()
         while idx >= first:

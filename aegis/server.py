@@ -140,6 +140,7 @@ class Node:
         self.stats = {"total_writes": 0, "total_reads": 0, "total_commands": 0, "forwarded": 0,
                       "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0}
         self._incoming_snapshot: Path | None = None
+        self._snapshotting = False
         self._nursery: trio.Nursery | None = None
         self.store: Any = None
         self.raft: RaftNode
@@ -299,6 +300,8 @@ class Node:
             raft.report_unreachable(ev[1])
         elif kind == "snapshot_sent":
             raft.report_snapshot(ev[1], ev[2])
+        elif kind == "snapshot_done":
+            self._snapshot_done(ev[1], ev[2])
         elif kind == "snapshot_in":
             self._incoming_snapshot = ev[2]
             raft.step(ev[1])
@@ -337,8 +340,8 @@ class Node:
         raft.advance(rd)
         if rd.soft_state is not None or rd.membership is not None:
             self._on_membership_or_leader_change(rd)
-        if raft.should_snapshot():
-            await self._take_snapshot()
+        if raft.should_snapshot() and not self._snapshotting:
+            self._start_snapshot()
 
     def _persist(self, rd: Ready) -> None:
         """Runs in a worker thread: everything of one Ready in one durable transaction."""
@@ -409,26 +412,52 @@ class Node:
                     w.fail("TRYAGAIN leadership changed during the read; retry")
                 self._reads.clear()
 
-    async def _take_snapshot(self) -> None:
+    def _start_snapshot(self) -> None:
+        """Snapshot the state machine at the applied index, written in the background.
+
+        The state is copied now, in the Raft task, so it matches the index; serialising,
+        compressing and the LMDB commit (which compacts the log) run in a worker thread
+        while the node keeps serving and heartbeating. The core learns of the compaction
+        only once it is durable (the "compacted" event)."""
+        assert self._nursery is not None
         raft = self.raft
         idx = LogIndex(self.sm.last_applied)
         meta = raft.snapshot_meta_for(idx)
         chunks = self.sm.snapshot_chunks()  # copies the state now, serialises lazily
+        self._snapshotting = True
 
-        def write() -> None:
+        def write() -> bool:
+            from storage import SnapshotError
+
             writer = self.store.begin_snapshot(meta)
             try:
                 for chunk in chunks:
                     writer.write(chunk)
                 writer.commit()
+                return True
+            except SnapshotError as exc:  # a newer snapshot arrived from the leader meanwhile
+                log.info("node %s dropped its snapshot at %d: %s", self.id, idx, exc)
+                writer.cancel()
+                return False
             except BaseException:
                 writer.cancel()
                 raise
 
-        await trio.to_thread.run_sync(write)
-        raft.compacted(meta)
-        self.stats["snapshots_taken"] += 1
-        log.info("node %s took a snapshot at index %d", self.id, idx)
+        async def run() -> None:
+            done = False
+            try:
+                done = await trio.to_thread.run_sync(write)
+            finally:
+                self._inbox_send.send_nowait(("snapshot_done", meta, done))
+
+        self._nursery.start_soon(run)
+
+    def _snapshot_done(self, meta: SnapshotMeta, ok: bool) -> None:
+        self._snapshotting = False
+        if ok:
+            self.raft.compacted(meta)
+            self.stats["snapshots_taken"] += 1
+            log.info("node %s took a snapshot at index %d", self.id, meta.index)
 
     # ------------------------------------------------------------------ peers: sending
     def _ensure_peer_tasks(self) -> None:

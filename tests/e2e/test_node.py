@@ -528,3 +528,35 @@ def test_snapshot_save_status_restore_brings_a_cluster_back(cluster: LocalCluste
     finally:
         new.stop_all()
     _ = leader
+
+
+def test_frequent_snapshots_under_load_keep_the_leader_and_the_data(tmp_path: Path) -> None:
+    """Snapshots are written in the background: compaction races appends, nobody loses a lease."""
+    c = LocalCluster(tmp_path, snapshot_threshold=200)
+    try:
+        c.start()
+        leader = c.leader()
+        term = c.info(leader)["term"]
+        cl = c.nodes[leader].client()
+        value = "x" * 1024
+        for batch in range(15):
+            pipe = cl.pipeline(transaction=False)
+            for i in range(200):
+                pipe.set(f"k{batch}-{i}", f"{value}{batch}-{i}")
+            assert all(pipe.execute())
+        info = c.info(leader)
+        assert info["term"] == term and info["role"] == "leader"
+        wait_until(lambda: int(c.info(leader)["snapshots_taken"]) >= 5, 10, what="several snapshots")
+        follower = next(n for n in c.nodes if n != leader)
+        fc = c.nodes[follower].client()
+        assert [fc.get(f"k{b}-{i}") for b, i in ((0, 0), (7, 123), (14, 199))] == [
+            f"{value}{b}-{i}".encode() for b, i in ((0, 0), (7, 123), (14, 199))]
+        c.kill(follower)
+        c.start(follower)  # restarts from its own snapshot plus the log after it
+        wait_until(lambda: c.nodes[follower].client().get("k14-199") == f"{value}14-199".encode(), 15,
+                   what="the follower to come back")
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
