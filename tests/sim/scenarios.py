@@ -19,6 +19,14 @@ SCENARIOS: dict[str, Callable[[int], Simulation]] = {
         n=3,
         faults=FaultRates(drop=0.1, duplicate=0.1, max_delay=8, partition_every=40, crash_every=50, snapshot_threshold=15),
     ),
+    # leader churn: partitions and crashes every few dozen ticks under a heavy write load,
+    # so logs diverge across many terms (the ground Figure 8 of the paper grows on)
+    "churn": lambda seed: Simulation(
+        seed,
+        n=3,
+        faults=FaultRates(drop=0.05, duplicate=0.02, max_delay=4, partition_every=12, crash_every=25,
+                          restart_after=(5, 30), propose_rate=0.9, snapshot_threshold=1000),
+    ),
     # learners, promotions, removals and re-adds while faults happen
     "members": lambda seed: Simulation(seed, n=3, learners=2, faults=FaultRates(membership_changes=True)),
 }

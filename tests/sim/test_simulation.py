@@ -10,8 +10,8 @@ from aegis.raft import RaftConfig
 from .scenarios import run
 from .simulator import SafetyViolation, Simulation
 
-# (scenario, first seed, count): 500 seeds in all.
-PLAN = [("default", 0, 250), ("five", 0, 80), ("harsh", 0, 100), ("members", 0, 70)]
+# (scenario, first seed, count): 510 seeds in all.
+PLAN = [("default", 0, 200), ("five", 0, 60), ("harsh", 0, 90), ("members", 0, 60), ("churn", 0, 100)]
 CHUNK = 25
 
 
@@ -40,6 +40,27 @@ def test_checker_catches_a_vote_restriction_bug(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(SafetyViolation):
         for seed in range(50):
             run("default", seed)
+
+
+def test_checker_catches_counting_replicas_of_an_old_term(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Figure 8: commit an old-term entry by counting and the churn scenario loses it."""
+    from aegis.log import LogIndex
+    from aegis.raft import RaftNode
+
+    def naive_commit(self: RaftNode) -> bool:
+        voters = self.membership.voters
+        matches = sorted(self.progress[n].match_index if n in self.progress else LogIndex(0) for n in voters)
+        candidate = matches[len(matches) - self.quorum()]
+        if candidate <= self.log.commit_index:
+            return False
+        self.log.commit(candidate)  # no check that the entry is of the current term
+        self._after_commit()
+        return True
+
+    monkeypatch.setattr(RaftNode, "_maybe_commit", naive_commit)
+    with pytest.raises(SafetyViolation, match="lacks committed entry"):
+        for seed in range(40):
+            run("churn", seed)
 
 
 def test_checker_catches_a_driver_that_ignores_hard_state(monkeypatch: pytest.MonkeyPatch) -> None:
