@@ -108,7 +108,7 @@ def main() -> int:
             if not node.alive():
                 cluster.start(nid)
         cluster.leader(timeout=30)
-        lost = []
+        lost: list[tuple[str, str, object, bytes]] = []
         for nid, node in cluster.nodes.items():
             c = node.client(socket_timeout=10)
             def check() -> bool:

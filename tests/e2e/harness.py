@@ -202,7 +202,8 @@ class LocalCluster:
             logf.close()
         if wait:
             for i in ids:
-                wait_until(lambda i=i: self.nodes[i].client().ping(), READY_TIMEOUT, what=f"{i} to listen")
+                node = self.nodes[i]
+                wait_until(node.client().ping, READY_TIMEOUT, what=f"{i} to listen")
 
     def kill(self, nid: str, sig: int = signal.SIGKILL) -> None:
         node = self.nodes[nid]
