@@ -31,6 +31,7 @@ leader a client gets `-NOLEADER` at once; when the outcome is unknown, `-TIMEOUT
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import logging
 import os
@@ -538,7 +539,12 @@ class Node:
                     f = snapshot_file
                     await trio.to_thread.run_sync(fsync_close, f)
                     snapshot_file = None
-                    self._inbox_send.send_nowait(("snapshot_in", snapshot_msg, Path(f.name)))
+                    problem = await trio.to_thread.run_sync(_verify_snapshot_file, Path(f.name))
+                    if problem:
+                        # Never install what does not verify; the leader sends it again.
+                        log.warning("discarding a snapshot from %s: %s", pid, problem)
+                    else:
+                        self._inbox_send.send_nowait(("snapshot_in", snapshot_msg, Path(f.name)))
                     snapshot_msg = None
                     continue
                 if kind != FRAME_MSG:
@@ -578,7 +584,7 @@ class Node:
         known = set(self.raft.membership.members) | set(self.cfg.peers)
         if hs.node_id not in known:
             return f"{hs.node_id!r} is not a member of cluster {self.cfg.cluster!r}"
-        if self.cfg.token and hs.auth != self.cfg.token.encode():
+        if self.cfg.token and not hmac.compare_digest(hs.auth, self.cfg.token.encode()):
             return "bad cluster token"
         return None
 
@@ -687,8 +693,6 @@ class Node:
             self._clients -= 1
 
     def _auth(self, req: C.AuthRequest, state: dict[str, bool]) -> bytes:
-        import hmac
-
         if not self.cfg.token:
             return encode_error(C.ERR_AUTH_NOT_CONFIGURED)
         if hmac.compare_digest(req.token, self.cfg.token.encode()):
@@ -1009,6 +1013,20 @@ class Node:
 
 
 # ---------------------------------------------------------------------- helpers
+def _verify_snapshot_file(path: Path) -> str | None:
+    """Read a received snapshot file through: every chunk CRC and the SHA-256. None if good."""
+    from storage import StorageError, read_snapshot_file
+
+    try:
+        with read_snapshot_file(path) as reader:
+            for _ in reader:
+                pass
+    except (StorageError, ValueError, OSError) as exc:
+        path.unlink(missing_ok=True)
+        return str(exc)
+    return None
+
+
 def _pack_payload(e: Any) -> bytes:
     # Entries travel in their stored, compressed form: the leader compresses once.
     from storage import pack_payload
