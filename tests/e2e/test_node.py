@@ -261,7 +261,13 @@ def test_bad_input_is_refused_and_changes_nothing(cluster: LocalCluster) -> None
     before = cluster.info(leader)["commit_index"]
     with pytest.raises(redis.ResponseError):
         c.execute_command("INCRBY", "k", "not-a-number")
+    with pytest.raises(redis.ResponseError, match="value is too large"):
+        c.set("big", b"x" * (8 * 1024 * 1024 + 1))
+    with pytest.raises(redis.ResponseError, match="key is too long"):
+        c.set(b"k" * 70_000, "v")
+    assert c.ping()  # the connection survives a refused command
     assert cluster.info(leader)["commit_index"] == before
+    assert c.get("big") is None
 
 
 def test_non_member_peer_is_refused(cluster: LocalCluster) -> None:
