@@ -566,3 +566,22 @@ def test_frequent_snapshots_under_load_keep_the_leader_and_the_data(tmp_path: Pa
         raise
     finally:
         c.stop_all()
+
+
+def test_connection_limit_is_a_clear_error(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path, n=1, extra=["--max-clients", "2"])
+    try:
+        c.start()
+        port = c.nodes["n1"].port
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        for s in held:
+            s.sendall(b"PING\r\n")
+            assert s.recv(100) == b"+PONG\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            third.sendall(b"PING\r\n")
+            assert third.recv(200).startswith(b"-ERR max number of clients reached")
+        for s in held:
+            s.close()
+        wait_until(lambda: c.nodes["n1"].client().ping(), 10, what="a slot to free up")
+    finally:
+        c.stop_all()
