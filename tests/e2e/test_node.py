@@ -585,3 +585,15 @@ def test_connection_limit_is_a_clear_error(tmp_path: Path) -> None:
         wait_until(lambda: c.nodes["n1"].client().ping(), 10, what="a slot to free up")
     finally:
         c.stop_all()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "aegis.cli", "serve", "--id", "x", "--listen",
+                              f"127.0.0.1:{port}", "--data", str(tmp_path / "x")],
+                             capture_output=True, text=True, timeout=30)
+    assert out.returncode == 5
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr
