@@ -50,7 +50,6 @@ from .log import (
     ReplicatedLog,
     SnapshotMeta,
     Term,
-    UnavailableError,
 )
 from .messages import (
     AppendEntriesRequest,
@@ -1324,5 +1323,3 @@ class RaftNode:
             f"commit={self.log.commit_index}, last={self.log.last_index()})"
         )
 
-
-_ = UnavailableError  # re-exported for drivers catching log errors

@@ -44,10 +44,9 @@ import trio
 
 from . import commands as C
 from .cluster import Cluster, ClusterConfig, ClusterState
-from .errors import CommandError
-from .log import EntryType, HardState, LogIndex, Membership, SnapshotMeta
+from .log import EntryType, LogIndex, Membership, SnapshotMeta
 from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
-from .node import NodeId, NodeInfo, NodeRole, NodeStatus, parse_address
+from .node import NodeId, NodeInfo, NodeStatus
 from .protocol import RespParser, encode, encode_bulk, encode_error, encode_integer, encode_simple
 from .raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Ready, Role
 from .state import StateMachine
@@ -409,7 +408,7 @@ class Node:
                      self.raft.term, rd.soft_state.leader_id)
             if rd.soft_state.role != Role.LEADER:
                 # Reads waiting on a deposed leader's heartbeat round will never complete.
-                for ctx, w in list(self._reads.items()):
+                for w in list(self._reads.values()):
                     w.fail("TRYAGAIN leadership changed during the read; retry")
                 self._reads.clear()
 
@@ -1040,5 +1039,3 @@ def _const(data: bytes) -> Callable[[], Awaitable[bytes]]:
 
     return value
 
-
-_ = (HardState, SnapshotMeta, NodeRole, CommandError)

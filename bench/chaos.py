@@ -111,7 +111,7 @@ def main() -> int:
         lost: list[tuple[str, str, object, bytes]] = []
         for nid, node in cluster.nodes.items():
             c = node.client(socket_timeout=10)
-            def check() -> bool:
+            def check(c: redis.Redis = c, nid: str = nid) -> bool:
                 wrong = [(k, c.get(k)) for k, v in acked.items() if c.get(k) not in (v, *maybe.get(k, []))]
                 lost[:] = [(nid, k, got, acked[k]) for k, got in wrong]
                 return not wrong

@@ -19,8 +19,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from aegis.log import EntryType, LogEntry, LogIndex, MemoryLogStore, Membership, SnapshotMeta, Term
-from aegis.messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
+from aegis.log import LogEntry, LogIndex, MemoryLogStore, Membership
+from aegis.messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest
 from aegis.raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Role
 from aegis.state import Command, StateMachine
 from aegis.transport import InMemoryTransport
@@ -445,5 +445,3 @@ def run_seed(seed: int, ticks: int = 600, n: int = 3, faults: FaultRates | None 
     sim.final_check()
     return sim
 
-
-_ = (EntryType, SnapshotMeta, Term)
