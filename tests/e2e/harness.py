@@ -9,6 +9,7 @@ stopped by PID in `stop_all()`; ports come from the kernel (bind to port 0).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,7 +30,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+def free_port_run(n: int) -> int:
+    """A first port such that n consecutive ports are free (aegis up uses port, port+1, …)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports found")
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "",
+               detail: Callable[[], str] | None = None) -> Any:
+    """Poll `pred` until it returns something truthy; on timeout fail, adding `detail()` if given."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
@@ -40,7 +63,8 @@ def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float =
         except Exception as exc:  # noqa: BLE001 - retried until the deadline
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}: last error {last_exc!r}")
+    message = f"timed out after {timeout}s waiting for {what or pred}: last error {last_exc!r}"
+    raise AssertionError(f"{message}\n{detail()}" if detail else message)
 
 
 def raw_command(port: int, *args: bytes, timeout: float = 5.0) -> bytes:
@@ -66,6 +90,21 @@ def raw_command(port: int, *args: bytes, timeout: float = 5.0) -> bytes:
                 raise ConnectionError("closed")
             rest += more
         return rest[:size]
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """INFO's `key:value` lines as a dict (section headers and blank lines skipped)."""
+    out = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith("#"):
+            k, _, v = line.partition(":")
+            out[k] = v
+    return out
+
+
+def info_at(port: int, timeout: float = 5.0) -> dict[str, str]:
+    """INFO from the node on `port`, over a plain socket (independent of the code under test)."""
+    return parse_info(raw_command(port, b"INFO", timeout=timeout).decode())
 
 
 class LinkProxy:
@@ -202,8 +241,11 @@ class LocalCluster:
             logf.close()
         if wait:
             for i in ids:
-                node = self.nodes[i]
-                wait_until(node.client().ping, READY_TIMEOUT, what=f"{i} to listen")
+                client = self.nodes[i].client()
+                try:
+                    wait_until(client.ping, READY_TIMEOUT, what=f"{i} to listen")
+                finally:
+                    client.close()  # hold no connection a test might count
 
     def kill(self, nid: str, sig: int = signal.SIGKILL) -> None:
         node = self.nodes[nid]
@@ -225,15 +267,12 @@ class LocalCluster:
         for link in self.links.values():
             link.close()
 
-    def info(self, nid: str) -> dict[str, str]:
+    def addr(self, nid: str) -> str:
+        return self.nodes[nid].addr
+
+    def info(self, nid: str, timeout: float = 5.0) -> dict[str, str]:
         """INFO as the raw text a script would parse (redis-py would reinterpret it)."""
-        text = raw_command(self.nodes[nid].port, b"INFO").decode()
-        out = {}
-        for line in text.splitlines():
-            if ":" in line and not line.startswith("#"):
-                k, _, v = line.partition(":")
-                out[k] = v
-        return out
+        return info_at(self.nodes[nid].port, timeout)
 
     def leader(self, among: list[str] | None = None, timeout: float = 10.0) -> str:
         ids = among or [n for n, p in self.nodes.items() if p.alive()]

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 import redis
 
-from .harness import LocalCluster, free_port, wait_until
+from .harness import LocalCluster, free_port, free_port_run, wait_until
 
 
 @pytest.fixture
@@ -424,27 +424,8 @@ def test_member_add_join_promote_and_remove(cluster: LocalCluster, tmp_path: Pat
         raise
 
 
-def _free_run(n: int) -> int:
-    """A first port such that n consecutive ports are free (aegis up uses port, port+1, …)."""
-    for _ in range(50):
-        base = random.randint(20000, 60000)
-        try:
-            socks = []
-            for i in range(n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", base + i))
-                socks.append(s)
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return base
-    raise RuntimeError("no free port range")
-
-
 def test_aegis_up_runs_stops_and_restarts_from_the_same_data(tmp_path: Path) -> None:
-    base = _free_run(3)
+    base = free_port_run(3)
     cmd = [sys.executable, "-m", "aegis.cli", "up", "--data", str(tmp_path / "data"), "--port", str(base),
            "--tick-ms", "20"]
 

@@ -13,20 +13,19 @@ Everything started here (the tmux session, `aegis up` and its nodes) is stopped 
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from .harness import free_port_run, info_at, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TMUX_FOUND = shutil.which("tmux")
@@ -36,60 +35,6 @@ pytestmark = [
     pytest.mark.skipif(TMUX_FOUND is None, reason="tmux is not installed"),
     pytest.mark.skipif(not (ROOT / "aegis" / "server.py").exists(), reason="aegis/server.py is not there yet"),
 ]
-
-
-def consecutive_free_ports(count: int) -> int:
-    """A base port with `count` free ports after it (aegis up numbers its nodes from it)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000)
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no run of free ports found")
-
-
-def node_info(port: int) -> dict[str, str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-        s.sendall(b"INFO\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-            head, _, rest = data.partition(b"\r\n")
-            if head.startswith(b"$") and len(rest) >= int(head[1:]) + 2:
-                break
-    fields: dict[str, str] = {}
-    for line in data.decode("utf-8", "replace").splitlines()[1:]:
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key] = value
-    return fields
-
-
-def poll(predicate: Callable[[], object], timeout: float, what: str, on_fail: Callable[[], str] = str) -> object:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error {last!r})\n{on_fail()}")
 
 
 @dataclass
@@ -105,7 +50,7 @@ class Up:
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
-    base = consecutive_free_ports(3)
+    base = free_port_run(3)
     log = tmp_path / "up.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "wb") as out:
@@ -120,9 +65,9 @@ def up(tmp_path: Path) -> Iterator[Up]:
             pids.update({m[0]: int(m[1]) for m in re.findall(r"(n\d)\s+listening on \S+.*?pid (\d+)", log.read_text())})
             return len(pids) == 3
 
-        poll(started, 20, "aegis up to start three nodes", log.read_text)
-        poll(lambda: any(node_info(base + i).get("role") == "leader" for i in range(3)), 20, "a leader",
-             log.read_text)
+        wait_until(started, 20, 0.2, "aegis up to start three nodes", log.read_text)
+        wait_until(lambda: any(info_at(base + i, timeout=1.0).get("role") == "leader" for i in range(3)), 20, 0.2,
+                   "a leader", log.read_text)
         yield Up(proc, base, pids, log)
     finally:
         if proc.poll() is None:
@@ -170,8 +115,8 @@ class Pane:
         return result.stdout
 
     def wait_for(self, predicate: Callable[[str], bool], what: str, timeout: float = 15) -> str:
-        return str(poll(lambda: (s := self.screen()) and predicate(s) and s, timeout, what,
-                        lambda: f"window {self.size()}:\n{self.screen()}"))
+        return str(wait_until(lambda: (s := self.screen()) and predicate(s) and s, timeout, 0.2, what,
+                              lambda: f"window {self.size()}:\n{self.screen()}"))
 
 
 @pytest.fixture
@@ -206,7 +151,7 @@ def test_shell_and_dashboard_in_a_real_terminal(up: Up, pane: Pane) -> None:
         lambda s: " Aegis " in s and "state Healthy" in s and sorted(rows(s)) == ["n1", "n2", "n3"],
         "the dashboard with three healthy members",
     )
-    leader = next(n for n in ("n1", "n2", "n3") if node_info(up.port(n)).get("role") == "leader")
+    leader = next(n for n in ("n1", "n2", "n3") if info_at(up.port(n), timeout=1.0).get("role") == "leader")
     victim = next(n for n in ("n3", "n2", "n1") if n != leader)
     os.kill(up.pids[victim], signal.SIGKILL)
 

@@ -13,8 +13,6 @@ import io
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prompt_toolkit.input import create_pipe_input
@@ -34,6 +31,7 @@ from shell.bridge import TrioBridge
 from shell.connection import ShellConnection
 from shell.history import FilteredFileHistory
 from shell.repl import Repl, ShellOptions, prompt_text
+from tests.e2e.harness import LocalCluster, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(
@@ -46,117 +44,29 @@ START_TIMEOUT = 20.0
 # --------------------------------------------------------------------------- a real cluster
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
+def start_cluster(root: Path) -> Iterator[LocalCluster]:
+    # --tick-ms 50 is `aegis serve`'s own default: the shell sees the timing a user would.
+    cluster = LocalCluster(root, tick_ms=50)
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def info(port: int, timeout: float = 1.0) -> dict[str, str]:
-    """INFO over a plain socket (independent of the code under test)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"*1\r\n$4\r\nINFO\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-            head, _, rest = data.partition(b"\r\n")
-            if head.startswith(b"$") and len(rest) >= int(head[1:]) + 2:
-                break
-    _, _, body = data.partition(b"\r\n")
-    fields = {}
-    for line in body.decode().splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key] = value
-    return fields
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
-
-
-@dataclass
-class Cluster:
-    ports: dict[str, int]
-    procs: dict[str, subprocess.Popen[bytes]]
-
-    def address(self, node_id: str) -> str:
-        return f"127.0.0.1:{self.ports[node_id]}"
-
-    def leader(self, exclude: set[str] = frozenset()) -> str:  # type: ignore[assignment]
-        def find() -> str | None:
-            for node_id, port in self.ports.items():
-                if node_id in exclude:
-                    continue
-                fields = info(port)
-                if fields.get("role") == "leader":
-                    return node_id
-            return None
-
-        return str(wait_for(find, START_TIMEOUT, "a leader"))
-
-    def kill(self, node_id: str) -> None:
-        proc = self.procs[node_id]
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def start_cluster(data: Path) -> Iterator[Cluster]:
-    ids = ["n1", "n2", "n3"]
-    ports = dict(zip(ids, free_ports(3)))
-    peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in ports.items())
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for node_id, port in ports.items():
-            procs[node_id] = subprocess.Popen(
-                [sys.executable, "-m", "aegis.cli", "--log-level", "warning", "serve", "--id", node_id,
-                 "--listen", f"127.0.0.1:{port}", "--data", str(data / node_id), "--peers", peers],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-        cluster = Cluster(ports, procs)
-        cluster.leader()
+        cluster.start()
+        cluster.leader(timeout=START_TIMEOUT)
         yield cluster
+    except BaseException:
+        print(cluster.logs())
+        raise
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        cluster.stop_all()
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     yield from start_cluster(tmp_path_factory.mktemp("shell-cluster"))
 
 
 @pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
+def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     """A cluster for a test that kills nodes."""
-    yield from start_cluster(tmp_path / "data")
+    yield from start_cluster(tmp_path)
 
 
 # --------------------------------------------------------------------------- the shell
@@ -237,17 +147,18 @@ def open_shell(address: str, history_path: Path, *, monitor: bool = True) -> Ite
 
 
 @pytest.fixture
-def shell(cluster: Cluster, tmp_path: Path) -> Iterator[Shell]:
-    yield from open_shell(cluster.address(cluster.leader()), tmp_path / "history", monitor=False)
+def shell(cluster: LocalCluster, tmp_path: Path) -> Iterator[Shell]:
+    leader = cluster.leader(timeout=START_TIMEOUT)
+    yield from open_shell(cluster.addr(leader), tmp_path / "history", monitor=False)
 
 
 # --------------------------------------------------------------------------- tests
 
 
-def test_prompt_shows_address_and_role(shell: Shell, cluster: Cluster) -> None:
-    leader = cluster.leader()
-    assert f"Connected to {cluster.address(leader)} ({leader}, leader)" in shell.out.getvalue()
-    assert prompt_text(shell.repl.conn.view) == f"{cluster.address(leader)} (leader)> "
+def test_prompt_shows_address_and_role(shell: Shell, cluster: LocalCluster) -> None:
+    leader = cluster.leader(timeout=START_TIMEOUT)
+    assert f"Connected to {cluster.addr(leader)} ({leader}, leader)" in shell.out.getvalue()
+    assert prompt_text(shell.repl.conn.view) == f"{cluster.addr(leader)} (leader)> "
 
 
 def test_commands_render_like_redis_cli(shell: Shell) -> None:
@@ -296,51 +207,51 @@ def test_history_keeps_commands_but_never_auth(shell: Shell) -> None:
     assert shell.type("\x12SET h\r\r") == "SET h 1"
 
 
-def test_help_and_status_tables(shell: Shell, cluster: Cluster) -> None:
+def test_help_and_status_tables(shell: Shell, cluster: LocalCluster) -> None:
     out = shell.run("HELP SET\r")
     assert "SET key value" in out and "example: SET greeting hello" in out
     out = shell.run("CLUSTER NODES\r")
-    leader = cluster.leader()
+    leader = cluster.leader(timeout=START_TIMEOUT)
     leader_row = next(line for line in out.splitlines() if f" {leader} " in line)
     assert "★" in leader_row and "Healthy" in leader_row
     out = shell.run("MEMBER LIST\r")
-    assert all(node_id in out for node_id in cluster.ports)
+    assert all(node_id in out for node_id in cluster.nodes)
     out = shell.run("INFO\r")
     assert any(line.split()[:2] == ["role", "leader"] for line in out.splitlines() if line.strip())
     # Node ids and addresses learned from the tables complete now.
-    assert set(shell.repl.knowledge.node_ids.newest_first()) == set(cluster.ports)
-    assert shell.type(f"CONNECT {cluster.address(leader)[:-1]}\t\x15\r") == ""
-    assert cluster.address(leader) in shell.repl.knowledge.addresses
+    assert set(shell.repl.knowledge.node_ids.newest_first()) == set(cluster.nodes)
+    assert shell.type(f"CONNECT {cluster.addr(leader)[:-1]}\t\x15\r") == ""
+    assert cluster.addr(leader) in shell.repl.knowledge.addresses
 
 
-def test_dangerous_commands_ask_first(shell: Shell, cluster: Cluster) -> None:
-    leader = cluster.leader()
-    follower = next(n for n in cluster.ports if n != leader)
+def test_dangerous_commands_ask_first(shell: Shell, cluster: LocalCluster) -> None:
+    leader = cluster.leader(timeout=START_TIMEOUT)
+    follower = next(n for n in cluster.nodes if n != leader)
     line = shell.type(f"MEMBER REMOVE {follower}\r")
     shell.input.send_text("n\r")
     before = len(shell.out.getvalue())
     assert shell.repl.handle_line(line)
     assert "not sent" in shell.out.getvalue()[before:]
-    assert follower in info(cluster.ports[leader])["members"]
+    assert follower in cluster.info(leader)["members"]
     # CONFIRM off switches the question off (here the target is unknown, so the node refuses).
     assert "off" in shell.run("CONFIRM off\r")
     out = shell.run("LEADER TRANSFER nosuchnode\r")
     assert "(error)" in out and "not sent" not in out
-    assert cluster.leader() == leader
+    assert cluster.leader(timeout=START_TIMEOUT) == leader
 
 
-def test_a_killed_node_is_reported_and_the_shell_moves_on(own_cluster: Cluster, tmp_path: Path) -> None:
+def test_a_killed_node_is_reported_and_the_shell_moves_on(own_cluster: LocalCluster, tmp_path: Path) -> None:
     cluster = own_cluster
-    old_leader = cluster.leader()
-    for shell in open_shell(cluster.address(old_leader), tmp_path / "history"):
+    old_leader = cluster.leader(timeout=START_TIMEOUT)
+    for shell in open_shell(cluster.addr(old_leader), tmp_path / "history"):
         assert shell.run("SET before-kill 1\r").strip() == "OK"
         cluster.kill(old_leader)
         # The background probe notices while the shell sits at the prompt.
-        wait_for(lambda: not shell.repl.conn.view.reachable, 10, "the prompt to say the node is down")
-        assert prompt_text(shell.repl.conn.view) == f"{cluster.address(old_leader)} (down)> "
-        new_leader = cluster.leader(exclude={old_leader})
+        wait_until(lambda: not shell.repl.conn.view.reachable, 10, 0.1, "the prompt to say the node is down")
+        assert prompt_text(shell.repl.conn.view) == f"{cluster.addr(old_leader)} (down)> "
+        new_leader = cluster.leader(timeout=START_TIMEOUT)  # among the live nodes
         out = shell.run("GET before-kill\r")
-        assert f"lost {cluster.address(old_leader)}" in out
+        assert f"lost {cluster.addr(old_leader)}" in out
         assert '"1"' in out
         deadline = time.monotonic() + 10
         while "leader changed" not in out and time.monotonic() < deadline:
@@ -348,15 +259,15 @@ def test_a_killed_node_is_reported_and_the_shell_moves_on(own_cluster: Cluster, 
         assert f"leader changed: {old_leader} → {new_leader}" in out
         assert shell.run("SET after-kill 2\r").strip().endswith("OK")
         assert shell.repl.conn.view.reachable
-        assert shell.repl.conn.view.address != cluster.address(old_leader)
+        assert shell.repl.conn.view.address != cluster.addr(old_leader)
 
 
-def test_connect_moves_to_another_node(shell: Shell, cluster: Cluster) -> None:
-    leader = cluster.leader()
-    follower = next(n for n in cluster.ports if n != leader)
-    out = shell.run(f"CONNECT {cluster.address(follower)}\r")
-    assert f"Connected to {cluster.address(follower)} ({follower}, follower)" in out
-    assert prompt_text(shell.repl.conn.view) == f"{cluster.address(follower)} (follower)> "
+def test_connect_moves_to_another_node(shell: Shell, cluster: LocalCluster) -> None:
+    leader = cluster.leader(timeout=START_TIMEOUT)
+    follower = next(n for n in cluster.nodes if n != leader)
+    out = shell.run(f"CONNECT {cluster.addr(follower)}\r")
+    assert f"Connected to {cluster.addr(follower)} ({follower}, follower)" in out
+    assert prompt_text(shell.repl.conn.view) == f"{cluster.addr(follower)} (follower)> "
     assert shell.run("SET via-follower 1\r").strip() == "OK"  # the follower forwards
 
 
@@ -370,8 +281,8 @@ def aegis_shell(*args: str, stdin: str = "", env: dict[str, str] | None = None) 
     )
 
 
-def test_one_command_piped_lines_json_and_exit_codes(cluster: Cluster) -> None:
-    addr = ",".join(cluster.address(n) for n in cluster.ports)
+def test_one_command_piped_lines_json_and_exit_codes(cluster: LocalCluster) -> None:
+    addr = ",".join(cluster.addr(n) for n in cluster.nodes)
     done = aegis_shell("--addr", addr, "SET", "script key", "a value")
     assert (done.returncode, done.stdout) == (0, "OK\n")
     done = aegis_shell("--addr", addr, "GET", "script key")
@@ -386,22 +297,14 @@ def test_one_command_piped_lines_json_and_exit_codes(cluster: Cluster) -> None:
 
 @pytest.fixture
 def solo_with_token(tmp_path: Path) -> Iterator[int]:
-    (port,) = free_ports(1)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aegis.cli", "--log-level", "warning", "serve", "--id", "solo",
-         "--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "solo"), "--token", "s3cret"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    solo = LocalCluster(tmp_path, n=1, tick_ms=50, extra=["--token", "s3cret"])
     try:
-        def serving() -> bool:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-
-        wait_for(serving, START_TIMEOUT, "the node to listen")
+        solo.start(wait=False)
+        port = solo.nodes["n1"].port
+        wait_until(solo.nodes["n1"].client(password="s3cret").ping, START_TIMEOUT, 0.1, "the node to listen")
         yield port
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        solo.stop_all()
 
 
 def test_token_from_flag_or_environment(solo_with_token: int) -> None:
@@ -417,21 +320,21 @@ def test_token_from_flag_or_environment(solo_with_token: int) -> None:
 # --------------------------------------------------------------------------- the dashboard
 
 
-def test_dashboard_polls_the_real_cluster(cluster: Cluster) -> None:
+def test_dashboard_polls_the_real_cluster(cluster: LocalCluster) -> None:
     from shell.dashboard import Collector, run_dashboard
 
     out = io.StringIO()
     console = Console(file=out, width=160, color_system=None, force_terminal=False)
     bridge = TrioBridge()
     try:
-        seeds = {"seed": cluster.address("n1")}
+        seeds = {"seed": cluster.addr("n1")}
         collector = Collector(seeds, timeout=0.5)
         run_dashboard(bridge, collector, console, interval=0.2, max_ticks=3)
         snapshot = bridge.run(collector.poll)
         bridge.run(collector.aclose)
     finally:
         bridge.close()
-    assert sorted(m.node_id for m in snapshot.members) == sorted(cluster.ports)
-    assert snapshot.cluster_state == "Healthy" and snapshot.leader_id == cluster.leader()
+    assert sorted(m.node_id for m in snapshot.members) == sorted(cluster.nodes)
+    assert snapshot.cluster_state == "Healthy" and snapshot.leader_id == cluster.leader(timeout=START_TIMEOUT)
     assert all(m.reachable and m.health == "Healthy" for m in snapshot.members)
     assert snapshot.write_rate is not None and snapshot.read_rate is not None
