@@ -370,6 +370,9 @@ class RaftNode:
         self._reads_awaiting_commit: list[tuple[int, str]] = []
         self._read_round = 0
         self._read_round_wanted = False
+        self._follower_reads: list[int] = []
+        self._follower_reads_inflight: dict[int, list[int]] = {}
+        self._follower_read_seq = 0
         self._read_acks: dict[str, int] = {}
         self._incoming_snapshot: IncomingSnapshot | None = None
         self._applying: LogIndex = self.log.last_applied
@@ -788,8 +791,8 @@ class RaftNode:
                 if self._promotable():
                     self.campaign(pre_vote=False, transfer=True)
             case ReadIndexResponse():
-                if m.success:
-                    self._read_states.append(ReadState(m.ctx, m.index))
+                for ctx in self._follower_reads_inflight.pop(m.ctx, []) if m.success else ():
+                    self._read_states.append(ReadState(ctx, m.index))
             case ReadIndexRequest():
                 # we are not the leader; the asker will time out and retry
                 pass
@@ -1144,8 +1147,18 @@ class RaftNode:
             return True
         if self.leader_id is None:
             return False
-        self._send(ReadIndexRequest(term=self.term, sender_id=self.id, ctx=ctx, receiver=self.leader_id))
+        # Reads that arrive together share one request to the leader (sent by `ready()`).
+        self._follower_reads.append(ctx)
         return True
+
+    def _flush_follower_reads(self) -> None:
+        if not self._follower_reads or self.leader_id is None or self.role == Role.LEADER:
+            return
+        self._follower_read_seq += 1
+        self._follower_reads_inflight[self._follower_read_seq] = self._follower_reads
+        self._follower_reads = []
+        self._send(ReadIndexRequest(term=self.term, sender_id=self.id, ctx=self._follower_read_seq,
+                                    receiver=self.leader_id))
 
     def _read_index_from(self, ctx: int, origin: str) -> None:
         if not self._committed_in_term():
@@ -1179,7 +1192,10 @@ class RaftNode:
         del self._pending_reads[:released]
 
     def _fail_pending_reads(self) -> None:
-        # Reads simply never complete on a deposed leader; drivers time them out.
+        # Reads simply never complete on a deposed leader (or across a change of leader
+        # for a follower's batched requests); drivers time them out.
+        self._follower_reads = []
+        self._follower_reads_inflight = {}
         self._read_round_wanted = False
         self._pending_reads = []
         self._reads_awaiting_commit = []
@@ -1190,6 +1206,8 @@ class RaftNode:
         if self._ready_outstanding:
             return False
         if self._msgs or self._read_states or self._read_round_wanted or self._incoming_snapshot:
+            return True
+        if self._follower_reads and self.leader_id is not None and self.role != Role.LEADER:
             return True
         if self.log.unstable or self.log.truncated_from is not None:
             return True
@@ -1211,6 +1229,7 @@ class RaftNode:
             self._read_round_wanted = False
             self._broadcast_heartbeat(read_ctx=self._read_round)
             self._ack_read(self.id, self._read_round)
+        self._flush_follower_reads()
         hs = self.hard_state()
         truncate_from, entries = self.log.take_unstable()
         committed: list[LogEntry] = []

@@ -584,6 +584,19 @@ def test_read_index_from_follower() -> None:
     assert (3, idx) in net.peers["b"].read_states
 
 
+def test_follower_reads_share_one_request_to_the_leader() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    idx = net.propose("a", b"x")
+    for ctx in (11, 12, 13):
+        assert net["b"].read_index(ctx)
+    net.trace.clear()
+    net.deliver()
+    asks = [m for m in net.trace if isinstance(m, ReadIndexRequest)]
+    assert len(asks) == 1
+    assert sorted(net.peers["b"].read_states) == [(11, idx), (12, idx), (13, idx)]
+
+
 def test_read_index_without_leader_fails_fast() -> None:
     n = node()
     assert n.read_index(1) is False
