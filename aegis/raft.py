@@ -315,6 +315,13 @@ class _PendingRead:
     round: int
 
 
+def _read_ctx_base(seed: int | None, node_id: str) -> int:
+    """Where a node's ReadIndex request numbers start: random per incarnation (from its own
+    stream, so election timeouts are unaffected), reproducible for a given seed."""
+    rng = random.Random(f"{seed}/reads/{node_id}") if seed is not None else random.Random()
+    return rng.getrandbits(62)
+
+
 class RaftNode:
     """The Raft core. See the module docstring for the contract."""
 
@@ -372,7 +379,11 @@ class RaftNode:
         self._read_round_wanted = False
         self._follower_reads: list[int] = []
         self._follower_reads_inflight: dict[int, list[int]] = {}
-        self._follower_read_seq = 0
+        # Random start: a response meant for a previous incarnation of this node (same term,
+        # delayed in the network) must not match a request of this one. (So a driver must not
+        # restart a node with the seed of its previous life; the node's server seeds from
+        # system entropy, the simulator draws a new seed per boot.)
+        self._follower_read_seq = _read_ctx_base(self.config.seed, self.id)
         self._read_acks: dict[str, int] = {}
         self._incoming_snapshot: IncomingSnapshot | None = None
         self._applying: LogIndex = self.log.last_applied

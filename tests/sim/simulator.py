@@ -41,6 +41,7 @@ class FaultRates:
     propose_rate: float = 0.3  # proposals per tick
     snapshot_threshold: int = 40
     membership_changes: bool = False
+    read_rate: float = 0.2  # linearizable reads per tick, on random live nodes
 
 
 @dataclass
@@ -93,6 +94,10 @@ class Simulation:
         self.proposed = 0
         self.steps = 0
         self.violation_hooks: list[Callable[[], None]] = []
+        self.reads: dict[tuple[str, int], int] = {}  # (node, ctx) -> highest ack when the read began
+        self.read_ctx = 0
+        self.read_rng = random.Random(f"{seed}/reads")  # reads do not perturb the fault schedule
+        self.reads_served = 0
 
     # ------------------------------------------------------------------ lifecycle
     def _config(self, nid: str) -> RaftConfig:
@@ -152,6 +157,12 @@ class Simulation:
                 self.net.send(m, self.now)
             for e in rd.committed_entries:
                 self._apply(node, e)
+            for rs in rd.read_states:
+                floor = self.reads.pop((node.id, rs.ctx), None)
+                if floor is not None and rs.index < floor:
+                    self.fail(f"{node.id}: read {rs.ctx} got read index {rs.index}, but a write at {floor} "
+                              "was acknowledged before the read began (not linearizable)")
+                self.reads_served += floor is not None
             raft.advance(rd)
             if raft.should_snapshot():
                 self._take_snapshot(node)
@@ -301,6 +312,17 @@ class Simulation:
                 continue
             node.raft.step(m)
             self._drain(node)
+        if workload and self.faults.read_rate and self.read_rng.random() < self.faults.read_rate:
+            # A linearizable read on any live node: its read point must cover every write
+            # acknowledged before it began.
+            alive = [n for n in sorted(self.nodes) if self.nodes[n].alive and self.nodes[n].raft is not None]
+            if alive:
+                reader = self.nodes[self.read_rng.choice(alive)]
+                self.read_ctx += 1
+                assert reader.raft is not None
+                if reader.raft.read_index(self.read_ctx):
+                    self.reads[(reader.id, self.read_ctx)] = max(self.acked, default=0)
+                    self._drain(reader)
         if workload:
             while self.rng.random() < self.faults.propose_rate:
                 self.propose()

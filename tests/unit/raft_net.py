@@ -65,7 +65,12 @@ class Peer:
         self.raft.compacted(meta)
 
     def restart(self) -> None:
-        """Crash and restart: keep only what was persisted through Ready."""
+        """Crash and restart: keep only what was persisted through Ready. Like a real
+        process, the new incarnation draws fresh randomness (a new seed)."""
+        import dataclasses
+
+        self.incarnation = getattr(self, "incarnation", 0) + 1
+        self.config = dataclasses.replace(self.config, seed=(self.config.seed or 0) + 7919 * self.incarnation)
         self.raft = RaftNode(self.id, self.config, self.store)
         self.sm = StateMachine()
         if self.snapshot_data:

@@ -16,6 +16,7 @@ from aegis.messages import (
     ConfigChangeType,
     InstallSnapshotRequest,
     ReadIndexRequest,
+    ReadIndexResponse,
     TimeoutNow,
     VoteRequest,
     VoteResponse,
@@ -595,6 +596,24 @@ def test_follower_reads_share_one_request_to_the_leader() -> None:
     asks = [m for m in net.trace if isinstance(m, ReadIndexRequest)]
     assert len(asks) == 1
     assert sorted(net.peers["b"].read_states) == [(11, idx), (12, idx), (13, idx)]
+
+
+def test_a_read_response_meant_for_a_previous_incarnation_is_ignored() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    net.propose("a", b"x")
+    b = net.peers["b"]
+    assert b.raft.read_index(1)
+    asks = [m for m in b.cycle() if isinstance(m, ReadIndexRequest)]
+    assert len(asks) == 1
+    b.restart()  # same term, a new incarnation; the old request's answer is still coming
+    net.tick("a")  # b hears from its leader again
+    assert b.raft.read_index(1)
+    b.cycle()  # its own request (not delivered here)
+    b.raft.step(ReadIndexResponse(term=net["a"].term, sender_id="a", ctx=asks[0].ctx, index=LogIndex(0),
+                                  receiver="b"))
+    b.cycle()
+    assert b.read_states == []
 
 
 def test_read_index_without_leader_fails_fast() -> None:
