@@ -46,7 +46,7 @@ class InProcessCluster:
         node = Node(cfg)
         scope = trio.CancelScope()
 
-        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def run(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
             with scope:
                 await node.serve(task_status=task_status)
 
