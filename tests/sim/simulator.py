@@ -86,6 +86,10 @@ class Simulation:
         # Global records for the safety checks.
         self.leaders_by_term: dict[int, str] = {}
         self.committed: dict[int, tuple[int, bytes]] = {}  # index -> (term, data)
+        # index -> an upper bound on the term in which it was committed: the highest term any
+        # live node had when the commit was first seen. Leader Completeness speaks of leaders
+        # of *later* terms: a stale leader may lack what a newer leader committed.
+        self.committed_in: dict[int, int] = {}
         self.applied: dict[int, tuple[int, bytes]] = {}
         self.acked: dict[int, tuple[int, bytes]] = {}  # acknowledged proposals
         self.pending: dict[str, list[tuple[int, int, bytes]]] = {nid: [] for nid in self.nodes}
@@ -187,6 +191,7 @@ class Simulation:
         # Only committed entries are handed out for applying.
         if self.committed.setdefault(e.index, key) != key:
             self.fail(f"{node.id} applies {key} at {e.index}, but {self.committed[e.index]} was committed")
+        self.committed_in.setdefault(e.index, self._highest_term())
         node.sm.apply_entry(e)
         # Acknowledge the client whose proposal this was, if it was proposed on this node.
         still = []
@@ -197,6 +202,9 @@ class Simulation:
             elif idx > e.index:
                 still.append((idx, term, data))
         self.pending[node.id] = still
+
+    def _highest_term(self) -> int:
+        return max((n.raft.term for n in self.nodes.values() if n.alive and n.raft is not None), default=0)
 
     def committed_max(self) -> int:
         return max(self.committed) if self.committed else 0
@@ -394,6 +402,7 @@ class Simulation:
             for e in raft.log.slice(LogIndex(lo), LogIndex(raft.commit_index + 1)) if lo <= raft.commit_index else []:
                 key = (int(e.term), bytes(e.data))
                 seen = self.committed.setdefault(e.index, key)
+                self.committed_in.setdefault(e.index, self._highest_term())
                 if seen != key:
                     self.fail(f"committed entry {e.index} differs: {node.id} has {key}, before {seen}")
         # Leader completeness: a leader holds every committed entry (of earlier terms).
@@ -408,7 +417,7 @@ class Simulation:
             for idx in range(lo, hi + 1):
                 t = raft.log.term_or_none(LogIndex(idx))
                 c = self.committed.get(idx)
-                if c is not None and t != c[0] and c[0] <= raft.term:
+                if c is not None and t != c[0] and self.committed_in.get(idx, raft.term) < raft.term:
                     self.fail(f"leader {node.id} (term {raft.term}) lacks committed entry {idx}")
             if self.committed_max() > raft.log.last_index():
                 # the leader may be stale only if a newer term exists
