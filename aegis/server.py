@@ -731,10 +731,7 @@ class Node:
         if isinstance(req, C.WriteRequest):
             self.stats["total_writes"] += 1
             if not raft.is_leader():
-                if forwarded:
-                    return _const(encode_error("TRYAGAIN this node is no longer the leader; nothing was written"))
-                assert argv is not None
-                return self._forward(argv)
+                return self._to_leader(argv, forwarded)
             w = _Waiter()
             try:
                 self._inbox_send.send_nowait(("propose", req.command.encode(), w))
@@ -778,9 +775,7 @@ class Node:
             return self._member(req, argv, forwarded)
         if isinstance(req, C.LeaderTransferRequest):
             if not raft.is_leader():
-                if forwarded or argv is None:
-                    return _const(encode_error("TRYAGAIN this node is no longer the leader"))
-                return self._forward(argv)
+                return self._to_leader(argv, forwarded)
             w = _Waiter()
             self._inbox_send.send_nowait(("transfer", req.node_id, w))
 
@@ -802,13 +797,18 @@ class Node:
             return _const(req.encoded(resp3))
         return _const(encode_error("ERR command not supported here"))
 
+    def _to_leader(self, argv: list[bytes] | None, forwarded: bool) -> Callable[[], Awaitable[bytes]]:
+        """A command only the leader may run, on a node that is not (or no longer) it:
+        forward it once; a command that was already forwarded is refused, never bounced on."""
+        if forwarded or argv is None:
+            return _const(encode_error("TRYAGAIN this node is no longer the leader; nothing was written"))
+        return self._forward(argv)
+
     def _member(self, req: C.MemberRequest, argv: list[bytes] | None, forwarded: bool) -> Callable[[], Awaitable[bytes]]:
         if req.op == C.MemberOp.LIST:
             return _const(encode([line.encode() for line in self.member_lines()]))
         if not self.raft.is_leader():
-            if forwarded or argv is None:
-                return _const(encode_error("TRYAGAIN this node is no longer the leader"))
-            return self._forward(argv)
+            return self._to_leader(argv, forwarded)
         assert req.node_id is not None
         if req.op == C.MemberOp.ADD:
             ctype = ConfigChangeType.ADD_LEARNER if req.learner else ConfigChangeType.ADD_VOTER
