@@ -30,6 +30,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, NewType, Protocol, Sequence, runtime_checkable
 
+from .errors import AegisError
+
 __all__ = [
     "Term",
     "LogIndex",
@@ -52,8 +54,8 @@ LogIndex = NewType("LogIndex", int)
 NodeIdStr = str  # aegis.node.NodeId is a NewType of str; the log only needs the str.
 
 
-class LogError(Exception):
-    """Root of log errors (a subclass of AegisError is not used here: the core stays import-free)."""
+class LogError(AegisError):
+    """Root of log errors."""
 
 
 class LogInvariantError(LogError):

@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from .errors import AegisError
 from .log import (
     CompactedError,
     EntryType,
@@ -97,8 +98,8 @@ __all__ = [
 ]
 
 
-class RaftError(Exception):
-    """Root of the core's errors (aegis.errors.AegisError is its base once imported)."""
+class RaftError(AegisError):
+    """Root of the core's errors: proposals refused by the core, nothing written."""
 
 
 class NotLeaderError(RaftError):
