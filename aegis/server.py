@@ -67,6 +67,8 @@ from .transport import ClientRequest, ClientResponse, Handshake, decode
 
 log = logging.getLogger("aegis.server")
 
+OVERLOADED = encode_error("TRYAGAIN the node is overloaded; nothing was done")
+
 
 @dataclass
 class ServerConfig:
@@ -86,6 +88,7 @@ class ServerConfig:
     fsync: bool = True
     limits: C.CommandLimits = C.DEFAULT_LIMITS
     max_batch: int = 4096
+    inbox_depth: int = 100_000  # events queued for the Raft task before clients get -TRYAGAIN
     join: bool = False  # start as a new member of a running cluster (see `aegis serve --join`)
 
 
@@ -119,7 +122,7 @@ class Node:
         self.id = cfg.node_id
         self.port = cfg.port
         self.started_at = time.time()
-        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Any, ...]](100_000)
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Any, ...]](cfg.inbox_depth)
         self._pending: dict[int, tuple[int, _Waiter]] = {}  # log index -> (term, waiter)
         self._reads: dict[int, _Waiter] = {}
         self._read_ctx = itertools.count(1)
@@ -212,7 +215,7 @@ class Node:
                 if self.raft.membership.voters == {self.id} and not self.raft.is_leader():
                     # A cluster of one elects itself at once: nobody else could object.
                     self.raft.campaign(pre_vote=False)
-                    self._inbox_send.send_nowait(("tick",))
+                    self._submit(("tick",))
                 log.info("node %s serving on %s:%d (cluster %s, data %s)", self.id, self.cfg.host, self.port,
                          self.cfg.cluster, self.cfg.data_dir)
                 task_status.started(self.port)
@@ -233,7 +236,7 @@ class Node:
         interval = self.cfg.tick_ms / 1000
         while True:
             await trio.sleep(interval)
-            self._inbox_send.send_nowait(("tick",))
+            self._submit(("tick",))
 
     async def _health_loop(self) -> None:
         while True:
@@ -448,7 +451,8 @@ class Node:
             try:
                 done = await trio.to_thread.run_sync(write)
             finally:
-                self._inbox_send.send_nowait(("snapshot_done", meta, done))
+                if not self._submit(("snapshot_done", meta, done)):
+                    await self._inbox_send.send(("snapshot_done", meta, done))  # must not be lost
 
         self._nursery.start_soon(run)
 
@@ -479,7 +483,7 @@ class Node:
             self.cluster.report_error(pid, reason)
         except KeyError:
             pass
-        self._inbox_send.send_nowait(("unreachable", pid))
+        self._submit(("unreachable", pid))
 
     async def _stream_snapshot(self, pid: str, stream: trio.SocketStream, msg: InstallSnapshotRequest) -> None:
         """InstallSnapshot in chunks: the current snapshot exported as a backup-format file."""
@@ -494,7 +498,7 @@ class Node:
             ok = True
             log.info("sent snapshot at index %d to %s", msg.snapshot.index, pid)
         finally:
-            self._inbox_send.send_nowait(("snapshot_sent", pid, ok))
+            self._submit(("snapshot_sent", pid, ok))
             try:
                 tmp.unlink()
             except OSError:
@@ -543,7 +547,7 @@ class Node:
                         # Never install what does not verify; the leader sends it again.
                         log.warning("discarding a snapshot from %s: %s", pid, problem)
                     else:
-                        self._inbox_send.send_nowait(("snapshot_in", snapshot_msg, Path(f.name)))
+                        self._submit(("snapshot_in", snapshot_msg, Path(f.name)))
                     snapshot_msg = None
                     continue
                 if kind != FRAME_MSG:
@@ -565,7 +569,7 @@ class Node:
                         snapshot_file = open(path, "wb")
                         snapshot_msg = msg
                         continue
-                    self._inbox_send.send_nowait(("msg", msg))
+                    self._submit(("msg", msg))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
         except Exception as exc:
@@ -733,10 +737,8 @@ class Node:
             if not raft.is_leader():
                 return self._to_leader(argv, forwarded)
             w = _Waiter()
-            try:
-                self._inbox_send.send_nowait(("propose", req.command.encode(), w))
-            except trio.WouldBlock:
-                return _const(encode_error("TRYAGAIN the node is overloaded; nothing was written"))
+            if not self._submit(("propose", req.command.encode(), w)):
+                return _const(OVERLOADED)
             command = req.command
 
             async def write_result() -> bytes:
@@ -750,7 +752,8 @@ class Node:
         if isinstance(req, (C.ReadRequest, C.ExistsRequest)):
             self.stats["total_reads"] += 1
             w = _Waiter()
-            self._inbox_send.send_nowait(("read", w))
+            if not self._submit(("read", w)):
+                return _const(OVERLOADED)
 
             async def read_result() -> bytes:
                 if not await self._wait(w):
@@ -777,7 +780,8 @@ class Node:
             if not raft.is_leader():
                 return self._to_leader(argv, forwarded)
             w = _Waiter()
-            self._inbox_send.send_nowait(("transfer", req.node_id, w))
+            if not self._submit(("transfer", req.node_id, w)):
+                return _const(OVERLOADED)
 
             async def transfer_result() -> bytes:
                 await self._wait(w)
@@ -818,7 +822,8 @@ class Node:
             ctype = ConfigChangeType.PROMOTE
         change = ConfigChange(type=ctype, node_id=req.node_id, address=req.address or "")
         w = _Waiter()
-        self._inbox_send.send_nowait(("conf", change, w))
+        if not self._submit(("conf", change, w)):
+            return _const(OVERLOADED)
 
         async def conf_result() -> bytes:
             if not await self._wait(w):
@@ -837,7 +842,8 @@ class Node:
         """SNAPSHOT CREATE/READ/RELEASE: a consistent backup file, fetched in chunks."""
         if req.op == "create":
             w = _Waiter()
-            self._inbox_send.send_nowait(("read", w))
+            if not self._submit(("read", w)):
+                return _const(OVERLOADED)
 
             async def create() -> bytes:
                 from storage import write_snapshot_file
@@ -879,6 +885,15 @@ class Node:
             return encode_bulk(await trio.to_thread.run_sync(chunk), resp3=resp3)
 
         return read
+
+    def _submit(self, ev: tuple[Any, ...]) -> bool:
+        """Hand an event to the Raft task; False when its inbox is full (the node is
+        overloaded). Peer messages and ticks may be dropped: Raft tolerates loss."""
+        try:
+            self._inbox_send.send_nowait(ev)
+            return True
+        except trio.WouldBlock:
+            return False
 
     async def _wait(self, w: _Waiter) -> bool:
         if w.event.is_set():  # common in a pipeline: the whole batch committed together

@@ -40,3 +40,22 @@ def test_a_truncated_snapshot_is_discarded(tmp_path: Path) -> None:
     path = _snapshot_file(tmp_path)
     path.write_bytes(path.read_bytes()[:-100])
     assert _verify_snapshot_file(path) and not path.exists()
+
+
+async def test_a_full_raft_inbox_answers_tryagain_and_changes_nothing(tmp_path: Path) -> None:
+    from aegis import commands as C
+    from aegis.server import OVERLOADED, Node, ServerConfig
+
+    node = Node(ServerConfig(node_id="solo", port=0, data_dir=str(tmp_path / "solo"), inbox_depth=2))
+    node._open()
+    try:
+        node.raft.campaign(pre_vote=False)  # a cluster of one: leader at once
+        assert node.raft.is_leader()
+        assert node._submit(("tick",)) and node._submit(("tick",))
+        assert not node._submit(("tick",))  # full: dropped, not raised
+        for argv in ([b"SET", b"k", b"v"], [b"GET", b"k"], [b"MEMBER", b"ADD", b"n2", b"127.0.0.1:1"]):
+            reply = await node._prepare(C.parse_command(argv), argv=argv)()
+            assert reply == OVERLOADED
+        assert node.raft.log.last_index() == 1 and len(node.sm) == 0  # only the election's no-op
+    finally:
+        node.store.close()
