@@ -440,9 +440,9 @@ class ReplicatedLog:
             # The conflict reaches into stable storage: the driver must truncate there too.
             self.unstable = []
             self.unstable_offset = first
-        if first <= self.last_index() + 1 and (self.truncated_from is None or first < self.truncated_from):
-            if first <= self.store.last_index():
-                self.truncated_from = first
+        # Stored entries from `first` on are now garbage: the driver must delete them.
+        if first <= self.store.last_index() and (self.truncated_from is None or first < self.truncated_from):
+            self.truncated_from = first
 
     def find_conflict(self, entries: Sequence[LogEntry]) -> LogIndex:
         """Index of the first entry whose term differs from ours (0 if none; §5.3).
