@@ -368,10 +368,8 @@ class ReplicationEngine:
         if rd.snapshot is not None and rd.snapshot.data:
             sm.restore_chunks([rd.snapshot.data], expect_index=rd.snapshot.meta.index)
         results = self._results
-        for e in rd.committed_entries:
-            r = sm.apply_entry(e)
-            if r is not None:
-                results.append(r)
+        for rs in sm.apply_entries(rd.committed_entries):
+            results.extend(rs)
 
     def _note_role(self) -> None:
         role = self._current_role()

@@ -74,11 +74,13 @@ class EntryType(enum.IntEnum):
     COMMAND = 0
     CONFIG_CHANGE = 1
     NO_OP = 2
+    BATCH = 3  # several client commands in one entry, applied in order (aegis.state.encode_batch)
 
     # The seed spells these in CamelCase; keep those names working.
     Command = 0
     ConfigChange = 1
     NoOp = 2
+    Batch = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +517,16 @@ class ReplicatedLog:
         if lo >= hi:
             return []
         return self.slice(lo, hi, max_bytes)
+
+    def restore_applied(self, index: LogIndex) -> None:
+        """At startup: a durable state machine already applied up to `index`. Everything it
+        applied was committed, so the commit index is at least that."""
+        if index > self.last_index():
+            raise LogInvariantError(
+                f"the state machine applied index {index} but the log ends at {self.last_index()}"
+            )
+        self.last_applied = LogIndex(max(self.last_applied, index))
+        self.commit_index = LogIndex(max(self.commit_index, index))
 
     def applied_to(self, index: LogIndex) -> None:
         if index > self.commit_index:

@@ -205,6 +205,10 @@ class Ready:
     read_states: tuple[ReadState, ...] = ()
     soft_state: SoftState | None = None
     send_before_persist: bool = False
+    # True when `hard_state` differs from what is stored only in its commit index: the
+    # commit index can be relearned from the leader, so it needs no fsync of its own and
+    # rides along with the next write (etcd's MustSync).
+    commit_only: bool = False
 
     def is_empty(self) -> bool:
         return (
@@ -235,9 +239,10 @@ class Ready:
             store.set_membership(self.membership)
 
     def must_sync(self) -> bool:
-        """Whether the driver must fsync before sending (new entries, term or vote)."""
+        """Whether the driver must fsync before sending: new entries, a truncation, a
+        snapshot, or a new term or vote. A change of the commit index alone does not count."""
         return bool(self.entries) or self.truncate_from is not None or self.snapshot is not None or (
-            self.hard_state is not None
+            self.hard_state is not None and not self.commit_only
         )
 
 
@@ -334,6 +339,7 @@ class RaftNode:
         *,
         peers: Iterable[str] = (),
         state_machine: Any = None,
+        applied: int = 0,
     ) -> None:
         self.id = str(node_id)
         self.config = config or RaftConfig()
@@ -341,6 +347,10 @@ class RaftNode:
         if store is None:
             store = MemoryLogStore(Membership.of([self.id, *peers]))
         self.log = ReplicatedLog(store)
+        if applied:
+            # The driver's state machine is durable on its own (the node's LMDB state): what it
+            # applied was committed, and is not handed out again.
+            self.log.restore_applied(LogIndex(applied))
         hs, stored_membership = store.initial_state()
         self.term: Term = hs.term
         self.voted_for: str | None = hs.voted_for
@@ -1096,8 +1106,24 @@ class RaftNode:
         return self.propose_batch([bytes(data)], timestamp=timestamp)[0]
 
     def propose_batch(self, payloads: Sequence[bytes], *, timestamp: float = 0.0) -> list[LogIndex]:
+        """Append each payload as its own COMMAND entry; returns their indexes."""
         self._check_can_propose()
         return self._append_as_leader([(EntryType.COMMAND, bytes(p), timestamp) for p in payloads])
+
+    def propose_commands(self, payloads: Sequence[bytes], *, timestamp: float = 0.0) -> LogIndex:
+        """Append several encoded commands as ONE entry (a BATCH, or a plain COMMAND entry
+        when there is just one): Raft, storage and the wire pay once for all of them. The
+        state machine applies them in order, each with its own result."""
+        if not payloads:
+            raise ValueError("propose_commands needs at least one command")
+        self._check_can_propose()
+        if len(payloads) == 1:
+            item = (EntryType.COMMAND, bytes(payloads[0]), timestamp)
+        else:
+            from .state import encode_batch
+
+            item = (EntryType.BATCH, encode_batch(payloads), timestamp)
+        return self._append_as_leader([item])[0]
 
     def _check_can_propose(self) -> None:
         if self.role != Role.LEADER:
@@ -1265,6 +1291,7 @@ class RaftNode:
             read_states=tuple(self._read_states),
             soft_state=soft if soft != self._prev_soft else None,
             send_before_persist=self.role == Role.LEADER and leader_unchanged_term and self._incoming_snapshot is None,
+            commit_only=leader_unchanged_term,
         )
         self._msgs = []
         self._read_states = []
@@ -1335,10 +1362,8 @@ class RaftNode:
             if rd.snapshot is not None and rd.snapshot.data:
                 self.state_machine.restore_chunks([rd.snapshot.data])
             self._outbox.extend(rd.messages)
-            for e in rd.committed_entries:
-                r = self.state_machine.apply_entry(e)
-                if r is not None:
-                    results.append(r)
+            for rs in self.state_machine.apply_entries(rd.committed_entries):
+                results.extend(rs)
             self.advance(rd)
         return results
 

@@ -44,7 +44,7 @@ import trio
 
 from . import commands as C
 from .cluster import Cluster, ClusterConfig, ClusterState
-from .log import EntryType, LogIndex, Membership, SnapshotMeta
+from .log import EntryType, HardState, LogIndex, Membership, SnapshotMeta
 from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
 from .node import NodeId, NodeInfo, NodeStatus
 from .protocol import RespParser, encode, encode_bulk, encode_error, encode_integer, encode_simple
@@ -88,6 +88,7 @@ class ServerConfig:
     fsync: bool = True
     limits: C.CommandLimits = C.DEFAULT_LIMITS
     max_batch: int = 4096
+    max_entry_bytes: int = 1 << 20  # a batch of writes becomes entries of at most this size (one if bigger)
     inbox_depth: int = 100_000  # events queued for the Raft task before clients get -TRYAGAIN
     join: bool = False  # start as a new member of a running cluster (see `aegis serve --join`)
 
@@ -123,7 +124,8 @@ class Node:
         self.port = cfg.port
         self.started_at = time.time()
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Any, ...]](cfg.inbox_depth)
-        self._pending: dict[int, tuple[int, _Waiter]] = {}  # log index -> (term, waiter)
+        self._pending: dict[int, tuple[int, list[_Waiter]]] = {}  # log index -> (term, its commands' waiters)
+        self._unsynced_hs: HardState | None = None  # a commit-only hard state not yet written
         self._reads: dict[int, _Waiter] = {}
         self._read_ctx = itertools.count(1)
         self._apply_waiters: list[tuple[int, _Waiter]] = []
@@ -290,7 +292,7 @@ class Node:
             except (ConfigChangeError, ProposalDroppedError) as exc:
                 waiter.fail(f"ERR {exc}")
             else:
-                self._pending[idx] = (raft.term, waiter)
+                self._pending[idx] = (raft.term, [waiter])
         elif kind == "transfer":
             try:
                 raft.transfer_leadership(ev[1])
@@ -310,26 +312,43 @@ class Node:
             raft.step(ev[1])
 
     def _propose(self, proposals: list[tuple[bytes, _Waiter]]) -> None:
+        """The writes that reached the Raft task in one turn become as few log entries as
+        the size limit allows: Raft, LMDB and the wire pay once per batch."""
         raft = self.raft
-        try:
-            idxs = raft.propose_batch([p for p, _ in proposals], timestamp=time.time())
-        except NotLeaderError as exc:
-            for _, w in proposals:
-                w.fail(f"TRYAGAIN leadership changed before the write was proposed ({exc}); nothing was written")
-            return
-        except ProposalDroppedError as exc:
-            for _, w in proposals:
-                w.fail(f"TRYAGAIN {exc}; nothing was written")
-            return
-        for idx, (_, w) in zip(idxs, proposals):
-            self._pending[idx] = (raft.term, w)
+        limit = self.cfg.max_entry_bytes
+        start = 0
+        n = len(proposals)
+        while start < n:
+            end, size = start, 0
+            while end < n and (end == start or size + len(proposals[end][0]) <= limit):
+                size += len(proposals[end][0])
+                end += 1
+            chunk = proposals[start:end]
+            try:
+                idx = raft.propose_commands([p for p, _ in chunk], timestamp=time.time())
+            except NotLeaderError as exc:
+                for _, w in proposals[start:]:
+                    w.fail(f"TRYAGAIN leadership changed before the write was proposed ({exc}); nothing was written")
+                return
+            except ProposalDroppedError as exc:
+                for _, w in proposals[start:]:
+                    w.fail(f"TRYAGAIN {exc}; nothing was written")
+                return
+            self._pending[idx] = (raft.term, [w for _, w in chunk])
+            start = end
 
     async def _process_ready(self, rd: Ready) -> None:
         raft = self.raft
         if rd.send_before_persist:
             self._send_messages(rd.messages)
         if rd.must_sync() or rd.membership is not None:
-            await trio.to_thread.run_sync(self._persist, rd)
+            hs = rd.hard_state if rd.hard_state is not None else self._unsynced_hs
+            self._unsynced_hs = None
+            await trio.to_thread.run_sync(self._persist, rd, hs)
+        elif rd.hard_state is not None:
+            # Only the commit index moved: it can be relearned from the leader, so it waits
+            # for the next write instead of costing an fsync of its own.
+            self._unsynced_hs = rd.hard_state
         if not rd.send_before_persist:
             self._send_messages(rd.messages)
         if rd.entries:
@@ -346,15 +365,15 @@ class Node:
         if raft.should_snapshot() and not self._snapshotting:
             self._start_snapshot()
 
-    def _persist(self, rd: Ready) -> None:
+    def _persist(self, rd: Ready, hard_state: HardState | None) -> None:
         """Runs in a worker thread: everything of one Ready in one durable transaction."""
         if rd.snapshot is not None:
             self._install_snapshot(rd)
-        if rd.truncate_from is not None or rd.entries or rd.hard_state is not None or rd.membership is not None:
+        if rd.truncate_from is not None or rd.entries or hard_state is not None or rd.membership is not None:
             self.store.write_batch(
                 truncate_from=rd.truncate_from,
                 entries=rd.entries,
-                hard_state=rd.hard_state,
+                hard_state=hard_state,
                 membership=rd.membership,
             )
 
@@ -376,23 +395,32 @@ class Node:
         self.stats["snapshots_installed"] += 1
         # Proposals covered by the snapshot: their outcome is unknown to this node.
         for idx in [i for i in self._pending if i <= rd.snapshot.meta.index]:
-            _, w = self._pending.pop(idx)
-            w.fail("TIMEOUT the outcome is unknown (this node installed a snapshot); check before retrying")
+            for w in self._pending.pop(idx)[1]:
+                w.fail("TIMEOUT the outcome is unknown (this node installed a snapshot); check before retrying")
 
     def _apply(self, rd: Ready) -> None:
-        sm = self.sm
+        entries = rd.committed_entries
+        if not entries:
+            return
         pending = self._pending
-        for e in rd.committed_entries:
-            result = sm.apply_entry(e)
-            p = pending.pop(e.index, None) if pending else None
-            if p is not None:
-                term, w = p
+        all_results = self.sm.apply_entries(entries)
+        if pending:
+            for e, results in zip(entries, all_results):
+                p = pending.pop(e.index, None)
+                if p is None:
+                    continue
+                term, waiters = p
                 if term != e.term:
-                    w.fail("TRYAGAIN the write was lost to a leader change; nothing was written")
+                    for w in waiters:
+                        w.fail("TRYAGAIN the write was lost to a leader change; nothing was written")
                 elif e.type == EntryType.CONFIG_CHANGE:
-                    w.set(None)
+                    for w in waiters:
+                        w.set(None)
                 else:
-                    w.set(result)
+                    for w, r in zip(waiters, results):
+                        w.set(r)
+                    for w in waiters[len(results):]:
+                        w.fail("ERR the command's log entry could not be applied")
         if rd.committed_entries and self._apply_waiters:
             applied = sm.last_applied
             keep = []

@@ -10,12 +10,19 @@ binary client keys arrive decoded with UTF-8 ``surrogateescape`` and are encoded
 so any byte string a client sends round-trips exactly. A key must be in the canonical form
 such a decoding produces (checked when the command is built).
 
-`StateMachine` holds ``key -> (value, version)``. The version of a key starts at 1 when it is
-created and grows by one on every write; deleting a key forgets it, so a later SET starts
-again at 1. Invariants:
+`StateMachine` holds ``key -> (value, version, revision)`` in a `KVBackend`: a dict
+(`DictBackend`) for the simulator and the seed API, an LMDB database in the node
+(`storage.LmdbKV`). One apply logic runs over both. The version of a key starts at 1 when it
+is created and grows by one on every write; deleting a key forgets it, so a later SET starts
+again at 1. The revision is the log index of the entry that last wrote the key. Invariants:
 
 * entries are applied in strictly increasing index order; applying an index at or below
-  `last_applied` is a no-op returning None, so a driver may replay its log after a restart;
+  `last_applied` is a no-op, so a driver may replay its log after a restart;
+* `apply_entries` applies a run of committed entries in ONE backend transaction that also
+  records the new applied index (the node's LMDB state needs no fsync of its own: the log
+  is the durable record, and entries after the recorded index are applied again);
+* a BATCH entry holds several commands (`encode_batch`), applied in order, each with its own
+  result; the seed's one-command COMMAND entries keep working;
 * applying is deterministic: the result and the new state depend only on the state before
   and the command (custom handlers must be deterministic too, and registered alike on every
   replica);
@@ -25,11 +32,12 @@ again at 1. Invariants:
 * a failed command changes nothing (INCREMENT checks before it writes; a custom handler's
   writes are buffered in a `StateView` and dropped when it fails).
 
-Snapshots are a msgpack stream: a header ``["aegis-sm", 1, applied_index, key_count]``, one
-``[key, value, version]`` record per key in sorted key order (so equal states give equal
-bytes), and a trailer ``["end", key_count, crc32]``. `StateMachine.restore_chunks` validates
-the whole stream into a new dict before it swaps it in, so garbage never half-replaces a
-state. `Snapshot` wraps the same stream with the index and term it covers.
+Snapshots are a msgpack stream: a header ``["aegis-sm", 2, applied_index, key_count]``, one
+``[key, value, version, revision]`` record per key in byte order of the keys (so equal states
+give equal bytes), and a trailer ``["end", key_count, crc32]``. Version 1 streams (records
+without the revision) are still read. `SnapshotParser` validates while it streams; a
+backend's `replace` undoes everything if the stream turns out bad, so garbage never
+half-replaces a state. `Snapshot` wraps the same stream with the index and term it covers.
 
 This module does no I/O and never imports trio, lmdb, socket or time.
 """
@@ -39,9 +47,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+import struct
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Final, Iterable, Iterator, Mapping, TypeAlias
+from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Protocol, Sequence, TypeAlias, TypeVar
 
 import msgpack
 
@@ -67,9 +76,10 @@ NOT_AN_INTEGER: Final = "value is not an integer or out of range"
 OVERFLOW: Final = "increment or decrement would overflow"
 
 _SNAP_TAG: Final = "aegis-sm"
-_SNAP_VERSION: Final = 1
+_SNAP_VERSION: Final = 2  # version 1 records had no revision; they are still read
 _SNAP_END: Final = "end"
 _FILE_TAG: Final = "aegis-snapshot"
+_FILE_VERSION: Final = 1
 
 # Redis's string2ll: optional '-', no '+', no spaces, no leading zeros, no "-0".
 _REDIS_INT = re.compile(rb"-?[1-9][0-9]{0,19}|0")
@@ -373,6 +383,94 @@ class CommandResult:
         return cls(False, None, version, applied_index, error)
 
 
+# --- the backend ----------------------------------------------------------------------------
+
+
+#: One stored record: (value, version, revision). `version` counts the writes since the key
+#: was created (1 on creation); `revision` is the log index of the entry that last wrote it.
+Record: TypeAlias = tuple[bytes, int, int]
+
+
+class KVView(Protocol):
+    """What applying one batch sees: reads and writes inside one backend transaction."""
+
+    def get(self, key: bytes) -> Record | None: ...
+
+    def put(self, key: bytes, value: bytes, version: int, revision: int) -> None: ...
+
+    def delete(self, key: bytes) -> bool: ...
+
+
+_T = TypeVar("_T")
+
+
+class KVBackend(Protocol):
+    """The narrow key-value store under `StateMachine`: ordered bytes keys -> `Record`, and
+    the index applied so far. `DictBackend` is the in-memory twin (simulator, seed API);
+    `storage.LmdbKV` keeps the same records in the node's LMDB environment.
+
+    `transact(body, applied)` runs `body(view)` in one transaction that also records
+    `applied`, and returns body's result. A backend may run `body` again from the start
+    (LMDB grows its map and retries), so `body` must not change anything but the view.
+    """
+
+    def get(self, key: bytes) -> Record | None: ...
+
+    def count(self) -> int: ...
+
+    def applied(self) -> int: ...
+
+    def items(self) -> Iterator[tuple[bytes, bytes, int, int]]:
+        """A consistent snapshot as of the call, in key order: (key, value, version, revision)."""
+        ...
+
+    def transact(self, body: Callable[[KVView], _T], applied: int) -> _T: ...
+
+    def replace(self, records: Iterable[tuple[bytes, bytes, int, int]], applied: int) -> None:
+        """Replace everything with `records` (a snapshot). If iterating raises, nothing changes."""
+        ...
+
+
+class DictBackend:
+    """`KVBackend` in a Python dict (with a sorted view for snapshots)."""
+
+    __slots__ = ("_data", "_applied")
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, Record] = {}
+        self._applied = 0
+
+    def get(self, key: bytes) -> Record | None:
+        return self._data.get(key)
+
+    def put(self, key: bytes, value: bytes, version: int, revision: int) -> None:
+        self._data[key] = (value, version, revision)
+
+    def delete(self, key: bytes) -> bool:
+        return self._data.pop(key, None) is not None
+
+    def count(self) -> int:
+        return len(self._data)
+
+    def applied(self) -> int:
+        return self._applied
+
+    def items(self) -> Iterator[tuple[bytes, bytes, int, int]]:
+        data = self._data
+        snap = [(k, *data[k]) for k in sorted(data)]  # captured now
+        return iter(snap)  # type: ignore[arg-type]
+
+    def transact(self, body: Callable[[KVView], _T], applied: int) -> _T:
+        out = body(self)
+        self._applied = applied
+        return out
+
+    def replace(self, records: Iterable[tuple[bytes, bytes, int, int]], applied: int) -> None:
+        new = {k: (v, ver, rev) for k, v, ver, rev in records}
+        self._data = new
+        self._applied = applied
+
+
 # --- custom handlers ----------------------------------------------------------------------
 
 
@@ -382,14 +480,14 @@ class StateView:
 
     __slots__ = ("_data", "_writes")
 
-    def __init__(self, data: Mapping[str, tuple[bytes, int]]) -> None:
+    def __init__(self, data: KVView) -> None:
         self._data = data
         self._writes: dict[str, bytes | None] = {}
 
     def get(self, key: str) -> bytes | None:
         if key in self._writes:
             return self._writes[key]
-        rec = self._data.get(key)
+        rec = self._data.get(_key_bytes(key))
         return rec[0] if rec is not None else None
 
     def exists(self, key: str) -> bool:
@@ -397,7 +495,7 @@ class StateView:
 
     def version(self, key: str) -> int:
         """The committed version (writes buffered by this handler are not counted yet)."""
-        rec = self._data.get(key)
+        rec = self._data.get(_key_bytes(key))
         return rec[1] if rec is not None else 0
 
     def set(self, key: str, value: bytes) -> None:
@@ -418,15 +516,42 @@ HandlerReturn: TypeAlias = CommandResult | bytes | int | None
 Handler: TypeAlias = Callable[[StateView, tuple[bytes, ...]], HandlerReturn]
 
 
+# --- batches --------------------------------------------------------------------------------
+
+_BATCH_HEAD = struct.Struct(">BI")
+
+
+def encode_batch(payloads: Sequence[bytes]) -> bytes:
+    """The payload of a BATCH entry: a msgpack array of the commands' own encodings, built
+    by concatenation (each `Command.encode()` is one msgpack object)."""
+    return _BATCH_HEAD.pack(0xDD, len(payloads)) + b"".join(payloads)
+
+
+def decode_batch(data: bytes) -> list[Command]:
+    """The commands of a BATCH payload. Raises ValueError on anything malformed."""
+    return [Command._from_wire(obj) for obj in _unpack_batch(data)]
+
+
+def _unpack_batch(data: bytes) -> list[Any]:
+    try:
+        objs = msgpack.unpackb(bytes(data), raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:
+        raise ValueError(f"malformed batch payload: {_describe(exc)}") from None
+    if not isinstance(objs, list):
+        raise ValueError("malformed batch payload: not an array")
+    return objs
+
+
 # --- the state machine --------------------------------------------------------------------
 
 
 class StateMachine:
-    """A versioned key-value store driven by committed log entries."""
+    """A versioned key-value store driven by committed log entries, over a `KVBackend`
+    (an in-memory `DictBackend` unless one is given)."""
 
-    def __init__(self, handlers: Mapping[str, Handler] | None = None) -> None:
-        self._data: dict[str, tuple[bytes, int]] = {}
-        self._last_applied = 0
+    def __init__(self, handlers: Mapping[str, Handler] | None = None, *, backend: KVBackend | None = None) -> None:
+        self._kv: KVBackend = backend if backend is not None else DictBackend()
+        self._last_applied = self._kv.applied()
         self._handlers: dict[str, Handler] = {}
         self._digest: str | None = None
         for name, fn in (handlers or {}).items():
@@ -434,11 +559,15 @@ class StateMachine:
 
     # --- introspection ---------------------------------------------------------------------
     @property
+    def backend(self) -> KVBackend:
+        return self._kv
+
+    @property
     def last_applied(self) -> int:
         return self._last_applied
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._kv.count()
 
     def __bool__(self) -> bool:
         # Not a container: an empty state machine is still a state machine, so that
@@ -446,30 +575,41 @@ class StateMachine:
         return True
 
     def __contains__(self, key: object) -> bool:
-        return key in self._data
+        return isinstance(key, str) and self._kv.get(_key_bytes(key)) is not None
 
     def keys(self) -> list[str]:
-        return sorted(self._data)
+        return sorted(_key_str(k) for k, *_ in self._kv.items())
 
     def version(self, key: str) -> int:
-        rec = self._data.get(key)
+        rec = self._kv.get(_key_bytes(key))
         return rec[1] if rec is not None else 0
+
+    def revision(self, key: str) -> int:
+        """The log index of the entry that last wrote `key` (0 if it does not exist)."""
+        rec = self._kv.get(_key_bytes(key))
+        return rec[2] if rec is not None else 0
 
     def get(self, key: str) -> CommandResult:
         """Read local state (not through the log): linearizable only after a ReadIndex wait."""
-        rec = self._data.get(key)
+        return self.get_raw(_key_bytes(key))
+
+    def get_raw(self, key: bytes) -> CommandResult:
+        rec = self._kv.get(key)
         if rec is None:
             return CommandResult.ok(None, version=0, applied_index=self._last_applied)
         return CommandResult.ok(rec[0], version=rec[1], applied_index=self._last_applied)
+
+    def get_value(self, key: bytes) -> bytes | None:
+        """The value alone (the node's GET path)."""
+        rec = self._kv.get(key)
+        return rec[0] if rec is not None else None
 
     def digest(self) -> str:
         """A stable hash (hex SHA-256) of the contents — keys, values, versions — regardless
         of insertion order or `last_applied`. Replicas that applied the same entries agree."""
         if self._digest is None:
             h = hashlib.sha256()
-            for key in sorted(self._data):
-                value, version = self._data[key]
-                kb = _key_bytes(key)
+            for kb, value, version, _rev in self._kv.items():
                 h.update(len(kb).to_bytes(4, "big") + kb)
                 h.update(len(value).to_bytes(8, "big") + value)
                 h.update(version.to_bytes(8, "big"))
@@ -495,53 +635,102 @@ class StateMachine:
         """Apply a committed command at log `index`. Returns None if already applied."""
         if index <= self._last_applied:
             return None
-        result = self._execute(command, index)
-        self._last_applied = index
+        result = self._kv.transact(lambda view: self._execute(view, command, index), index)
+        self._done(index)
         return result
 
     def apply_entry(self, entry: LogEntry) -> CommandResult | None:
         """Apply a committed log entry. Never raises for a bad payload: a committed entry
-        must not crash a node, so it becomes a failed result (and changes nothing)."""
-        index = int(entry.index)
-        if index <= self._last_applied:
-            return None
-        if entry.type != EntryType.COMMAND:
-            self._last_applied = index  # NO_OP, CONFIG_CHANGE: the core handles them
-            return None
-        try:
-            command = Command.decode(entry.data)
-        except ValueError as exc:
-            self._last_applied = index
-            return CommandResult.fail(str(exc), applied_index=index)
-        return self.apply(command, index)
+        must not crash a node, so it becomes a failed result (and changes nothing).
 
-    def _execute(self, c: Command, index: int) -> CommandResult:
+        For a BATCH entry this is the last command's result; `apply_entries` gives them all."""
+        results = self.apply_entries([entry])
+        if not results or not results[0]:
+            return None
+        return results[0][-1]
+
+    def apply_entries(self, entries: Sequence[LogEntry]) -> list[list[CommandResult]]:
+        """Apply committed entries in ONE backend transaction, which also records the new
+        applied index. Returns, per entry, the results of its commands in order (one for a
+        COMMAND entry, one per command for a BATCH, none for NO_OP/CONFIG_CHANGE or an
+        entry at or below `last_applied`)."""
+        before = self._last_applied
+        todo = [e for e in entries if e.index > before]
+        if not todo:
+            return [[] for _ in entries]
+        last = int(todo[-1].index)
+
+        def body(view: KVView) -> list[list[CommandResult]]:
+            return [self._execute_entry(view, e) for e in todo]
+
+        out = self._kv.transact(body, last)
+        self._done(last)
+        if len(todo) == len(entries):
+            return out
+        it = iter(out)
+        return [next(it) if e.index > before else [] for e in entries]
+
+    def _done(self, index: int) -> None:
+        self._last_applied = index
+        self._digest = None
+
+    def _execute_entry(self, view: KVView, entry: LogEntry) -> list[CommandResult]:
+        index = int(entry.index)
+        t = entry.type
+        if t == EntryType.COMMAND:
+            try:
+                command = Command.decode(entry.data)
+            except ValueError as exc:
+                return [CommandResult.fail(str(exc), applied_index=index)]
+            return [self._execute(view, command, index)]
+        if t == EntryType.BATCH:
+            try:
+                objs = _unpack_batch(entry.data)
+            except ValueError as exc:
+                return [CommandResult.fail(str(exc), applied_index=index)]
+            return [self._execute_wire(view, obj, index) for obj in objs]
+        return []  # NO_OP, CONFIG_CHANGE: the core handles them
+
+    def _execute_wire(self, view: KVView, obj: Any, index: int) -> CommandResult:
+        # The hot path: a SET straight from its wire form, without building a Command.
+        if type(obj) is list and len(obj) == 3 and obj[0] == 1 and type(obj[1]) is bytes and type(obj[2]) is bytes:
+            key = obj[1]
+            rec = view.get(key)
+            version = 1 if rec is None else rec[1] + 1
+            view.put(key, obj[2], version, index)
+            return CommandResult(True, None, version, index)
+        try:
+            command = Command._from_wire(obj)
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            return CommandResult.fail(f"malformed command payload: {exc}", applied_index=index)
+        return self._execute(view, command, index)
+
+    def _execute(self, view: KVView, c: Command, index: int) -> CommandResult:
         t = c.type
-        data = self._data
         if t == CommandType.GET:
-            rec = data.get(c.key)
+            rec = view.get(_key_bytes(c.key))
             if rec is None:
                 return CommandResult.ok(None, applied_index=index)
             return CommandResult.ok(rec[0], version=rec[1], applied_index=index)
         if t == CommandType.SET:
             assert c.value is not None
-            return CommandResult.ok(None, version=self._write(c.key, c.value), applied_index=index)
+            return CommandResult.ok(None, version=_write(view, _key_bytes(c.key), c.value, index), applied_index=index)
         if t == CommandType.DELETE:
             removed = 0
             for key in dict.fromkeys(c.all_keys):  # DEL k k counts k once, as Redis does
-                if data.pop(key, None) is not None:
+                if view.delete(_key_bytes(key)):
                     removed += 1
-            if removed:
-                self._digest = None
             return CommandResult.ok(removed, applied_index=index)
         if t == CommandType.COMPARE_AND_SWAP:
             assert c.value is not None
-            rec = data.get(c.key)
+            kb = _key_bytes(c.key)
+            rec = view.get(kb)
             if rec is None or rec[0] != c.expected:
                 return CommandResult.ok(0, version=rec[1] if rec else 0, applied_index=index)
-            return CommandResult.ok(1, version=self._write(c.key, c.value), applied_index=index)
+            return CommandResult.ok(1, version=_write(view, kb, c.value, index), applied_index=index)
         if t == CommandType.INCREMENT:
-            rec = data.get(c.key)
+            kb = _key_bytes(c.key)
+            rec = view.get(kb)
             current = 0 if rec is None else parse_redis_int(rec[0])
             version = rec[1] if rec else 0
             if current is None:
@@ -549,22 +738,15 @@ class StateMachine:
             new = current + c.delta
             if not INT64_MIN <= new <= INT64_MAX:
                 return CommandResult.fail(OVERFLOW, version=version, applied_index=index)
-            return CommandResult.ok(new, version=self._write(c.key, str(new).encode()), applied_index=index)
-        return self._custom(c, index)
+            return CommandResult.ok(new, version=_write(view, kb, str(new).encode(), index), applied_index=index)
+        return self._custom(view, c, index)
 
-    def _write(self, key: str, value: bytes) -> int:
-        rec = self._data.get(key)
-        version = 1 if rec is None else rec[1] + 1
-        self._data[key] = (value, version)
-        self._digest = None
-        return version
-
-    def _custom(self, c: Command, index: int) -> CommandResult:
+    def _custom(self, data: KVView, c: Command, index: int) -> CommandResult:
         assert c.name is not None
         fn = self._handlers.get(c.name)
         if fn is None:
             return CommandResult.fail(f"unknown command handler {c.name!r}", applied_index=index)
-        view = StateView(self._data)
+        view = StateView(data)
         try:
             out = fn(view, c.args)
         except Exception as exc:
@@ -580,23 +762,22 @@ class StateMachine:
         if result.success:
             for key, value in view._writes.items():
                 if value is None:
-                    if self._data.pop(key, None) is not None:
-                        self._digest = None
+                    data.delete(_key_bytes(key))
                 else:
-                    self._write(key, value)
+                    _write(data, _key_bytes(key), value, index)
         return result
 
     # --- snapshots -------------------------------------------------------------------------
     def snapshot_chunks(self, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
         """Stream the state as chunks of exactly `chunk_size` bytes (the last may be shorter).
 
-        The contents are captured when this is *called*, so the driver may keep applying
-        entries while the returned iterator is consumed (in another thread, say).
+        The contents are captured when this is *called* (the backend's consistent view), so
+        the driver may keep applying entries while the returned iterator is consumed (in
+        another thread, say).
         """
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
-        items = dict(self._data)
-        return _stream_snapshot(items, self._last_applied, chunk_size)
+        return stream_snapshot(self._kv.items(), self._last_applied, self._kv.count(), chunk_size)
 
     def restore_chunks(self, chunks: Iterable[bytes], *, expect_index: int | None = None) -> int:
         """Replace the whole state with a snapshot stream; returns its applied index.
@@ -604,34 +785,53 @@ class StateMachine:
         The stream is validated completely before anything changes: on ValueError the state
         is untouched. Registered handlers are kept.
         """
-        index, data = _parse_snapshot(chunks)
+        parser = SnapshotParser(chunks)
+        index = parser.index
         if expect_index is not None and index != expect_index:
             raise ValueError(f"snapshot covers index {index}, expected {expect_index}")
-        self._data = data
-        self._last_applied = index
-        self._digest = None
+        self._kv.replace(parser.records(), index)
+        self._done(index)
         return index
 
 
-def _record_crc(crc: int, kb: bytes, value: bytes, version: int) -> int:
+def _write(view: KVView, key: bytes, value: bytes, index: int) -> int:
+    rec = view.get(key)
+    version = 1 if rec is None else rec[1] + 1
+    view.put(key, value, version, index)
+    return version
+
+
+# --- the snapshot stream --------------------------------------------------------------------
+
+
+def _record_crc(crc: int, kb: bytes, value: bytes, version: int, revision: int | None = None) -> int:
     crc = zlib.crc32(kb, crc)
     crc = zlib.crc32(value, crc)
-    return zlib.crc32(version.to_bytes(8, "big"), crc)
+    crc = zlib.crc32(version.to_bytes(8, "big"), crc)
+    if revision is not None:
+        crc = zlib.crc32(revision.to_bytes(8, "big"), crc)
+    return crc
 
 
-def _stream_snapshot(items: dict[str, tuple[bytes, int]], index: int, chunk_size: int) -> Iterator[bytes]:
+def stream_snapshot(
+    items: Iterable[tuple[bytes, bytes, int, int]], index: int, count: int, chunk_size: int = 64 * 1024
+) -> Iterator[bytes]:
+    """The snapshot stream of `count` records in key order, as chunks of `chunk_size`."""
     packer = msgpack.Packer(use_bin_type=True)
-    buf = bytearray(packer.pack([_SNAP_TAG, _SNAP_VERSION, index, len(items)]))
+    buf = bytearray(packer.pack([_SNAP_TAG, _SNAP_VERSION, index, count]))
     crc = 0
-    for key in sorted(items):
-        value, version = items[key]
-        kb = _key_bytes(key)
-        crc = _record_crc(crc, kb, value, version)
-        buf += packer.pack([kb, value, version])
-        while len(buf) >= chunk_size:
-            yield bytes(buf[:chunk_size])
-            del buf[:chunk_size]
-    buf += packer.pack([_SNAP_END, len(items), crc])
+    n = 0
+    for kb, value, version, revision in items:
+        crc = _record_crc(crc, kb, value, version, revision)
+        buf += packer.pack([kb, value, version, revision])
+        n += 1
+        if len(buf) >= chunk_size:
+            while len(buf) >= chunk_size:
+                yield bytes(buf[:chunk_size])
+                del buf[:chunk_size]
+    if n != count:
+        raise ValueError(f"the state changed while it was streamed ({n} records, expected {count})")
+    buf += packer.pack([_SNAP_END, count, crc])
     while buf:
         yield bytes(buf[:chunk_size])
         del buf[:chunk_size]
@@ -641,7 +841,7 @@ def _is_uint(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def _parse_header(obj: object) -> tuple[int, int]:
+def _parse_header(obj: object) -> tuple[int, int, int]:
     if (
         not isinstance(obj, list)
         or len(obj) != 4
@@ -650,60 +850,92 @@ def _parse_header(obj: object) -> tuple[int, int]:
         or not _is_uint(obj[3])
     ):
         raise ValueError("not an Aegis state-machine snapshot (bad header)")
-    if obj[1] != _SNAP_VERSION:
+    if obj[1] not in (1, _SNAP_VERSION):
         raise ValueError(f"unsupported snapshot format version {obj[1]!r}")
-    return obj[2], obj[3]
+    return obj[1], obj[2], obj[3]
 
 
-def _parse_snapshot(chunks: Iterable[bytes]) -> tuple[int, dict[str, tuple[bytes, int]]]:
-    unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=True, max_buffer_size=1 << 30)
-    header: tuple[int, int] | None = None
-    trailer: list[Any] | None = None
-    data: dict[str, tuple[bytes, int]] = {}
-    crc = 0
-    try:
-        for chunk in chunks:
-            if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                raise ValueError(f"snapshot chunks must be bytes, got {type(chunk).__name__}")
-            unpacker.feed(chunk)
-            for obj in unpacker:
-                if trailer is not None:
-                    raise ValueError("data after the snapshot trailer")
-                if header is None:
-                    header = _parse_header(obj)
-                    continue
-                if isinstance(obj, list) and len(obj) == 3 and obj[0] == _SNAP_END:
-                    trailer = obj
-                    continue
-                if (
-                    not isinstance(obj, list)
-                    or len(obj) != 3
-                    or not isinstance(obj[0], bytes)
-                    or not isinstance(obj[1], bytes)
-                    or not _is_uint(obj[2])
-                    or obj[2] < 1
-                ):
-                    raise ValueError("malformed snapshot record")
-                kb, value, version = obj
-                key = _key_str(kb)
-                if key in data:
-                    raise ValueError(f"duplicate key {key!r} in snapshot")
-                data[key] = (value, version)
-                crc = _record_crc(crc, kb, value, version)
-    except ValueError as exc:
-        raise ValueError(f"corrupt snapshot: {exc}") from None
-    except Exception as exc:  # msgpack's own errors on garbage
-        raise ValueError(f"corrupt snapshot: {_describe(exc)}") from None
-    if header is None or trailer is None:
-        raise ValueError("corrupt snapshot: truncated stream")
-    if unpacker.read_bytes(1 << 30):
-        raise ValueError("corrupt snapshot: trailing bytes after the trailer")
-    index, count = header
-    if trailer[1] != count or len(data) != count:
-        raise ValueError(f"corrupt snapshot: header says {count} keys, found {len(data)}")
-    if trailer[2] != crc:
-        raise ValueError("corrupt snapshot: checksum mismatch")
-    return index, data
+class SnapshotParser:
+    """Validates a snapshot stream while yielding its records.
+
+    `index` and `count` are read from the header at construction (ValueError if it is bad).
+    `records()` yields ``(key, value, version, revision)`` in stream order and raises
+    ValueError — after the last record, if need be — when anything is wrong: a consumer
+    that writes records as they come must undo its work on that error (a transaction
+    aborted, a dict discarded). Version 1 streams (no revision) read with revision 0.
+    """
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=True, max_buffer_size=1 << 30)
+        self._pending: list[Any] = []
+        header = self._next()
+        if header is None:
+            raise ValueError("corrupt snapshot: truncated stream")
+        try:
+            self.version, self.index, self.count = _parse_header(header)
+        except ValueError as exc:
+            raise ValueError(f"corrupt snapshot: {exc}") from None
+
+    def _next(self) -> Any:
+        try:
+            while True:
+                for obj in self._unpacker:
+                    return obj
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    return None
+                if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                    raise ValueError(f"snapshot chunks must be bytes, got {type(chunk).__name__}")
+                self._unpacker.feed(chunk)
+        except ValueError as exc:
+            raise ValueError(f"corrupt snapshot: {exc}") from None
+        except Exception as exc:  # msgpack's own errors on garbage
+            raise ValueError(f"corrupt snapshot: {_describe(exc)}") from None
+
+    def records(self) -> Iterator[tuple[bytes, bytes, int, int]]:
+        v2 = self.version == _SNAP_VERSION
+        width = 4 if v2 else 3
+        crc = 0
+        n = 0
+        prev: bytes | None = None
+        seen: set[bytes] | None = None if v2 else set()
+        while True:
+            obj = self._next()
+            if obj is None:
+                raise ValueError("corrupt snapshot: truncated stream")
+            if isinstance(obj, list) and len(obj) == 3 and obj[0] == _SNAP_END:
+                trailer = obj
+                break
+            if (
+                not isinstance(obj, list)
+                or len(obj) != width
+                or not isinstance(obj[0], bytes)
+                or not isinstance(obj[1], bytes)
+                or not _is_uint(obj[2])
+                or obj[2] < 1
+                or (v2 and not _is_uint(obj[3]))
+            ):
+                raise ValueError("corrupt snapshot: malformed snapshot record")
+            kb = obj[0]
+            if seen is None:
+                if prev is not None and kb <= prev:
+                    raise ValueError(f"corrupt snapshot: key {kb!r} is out of order or duplicate")
+                prev = kb
+            else:
+                if kb in seen:
+                    raise ValueError(f"corrupt snapshot: duplicate key {kb!r} in snapshot")
+                seen.add(kb)
+            rev = obj[3] if v2 else 0
+            crc = _record_crc(crc, kb, obj[1], obj[2], rev if v2 else None)
+            n += 1
+            yield kb, obj[1], obj[2], rev
+        if self._next() is not None or self._unpacker.read_bytes(1 << 30) or next(self._chunks, None):
+            raise ValueError("corrupt snapshot: trailing bytes after the trailer")
+        if trailer[1] != self.count or n != self.count:
+            raise ValueError(f"corrupt snapshot: header says {self.count} keys, found {n}")
+        if trailer[2] != crc:
+            raise ValueError("corrupt snapshot: checksum mismatch")
 
 
 def read_snapshot_header(prefix: bytes) -> tuple[int, int]:
@@ -716,7 +948,7 @@ def read_snapshot_header(prefix: bytes) -> tuple[int, int]:
         raise ValueError("snapshot header is incomplete") from None
     except Exception as exc:
         raise ValueError(f"corrupt snapshot header: {_describe(exc)}") from None
-    return _parse_header(obj)
+    return _parse_header(obj)[1:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -750,7 +982,7 @@ class Snapshot:
         return hashlib.sha256(self.data).hexdigest()
 
     def serialize(self) -> bytes:
-        return msgpack.packb([_FILE_TAG, _SNAP_VERSION, self.index, self.term, self.data], use_bin_type=True)  # type: ignore[no-any-return]
+        return msgpack.packb([_FILE_TAG, _FILE_VERSION, self.index, self.term, self.data], use_bin_type=True)  # type: ignore[no-any-return]
 
     @classmethod
     def deserialize(cls, raw: bytes) -> Snapshot:
@@ -762,7 +994,7 @@ class Snapshot:
             not isinstance(obj, list)
             or len(obj) != 5
             or obj[0] != _FILE_TAG
-            or obj[1] != _SNAP_VERSION
+            or obj[1] != _FILE_VERSION
             or not _is_uint(obj[2])
             or not _is_uint(obj[3])
             or not isinstance(obj[4], bytes)

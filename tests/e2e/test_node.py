@@ -132,10 +132,12 @@ def test_follower_down_catches_up_by_snapshot(tmp_path: Path) -> None:
         lagger = next(n for n in c.nodes if n != leader)
         c.kill(lagger)
         cl = c.nodes[leader].client()
-        pipe = cl.pipeline(transaction=False)
-        for i in range(400):
-            pipe.set(f"s{i}", f"{i}")
-        pipe.execute()
+        # Pipelined writes share log entries; a pipeline per 4 keys makes ~100 entries.
+        for lo in range(0, 400, 4):
+            pipe = cl.pipeline(transaction=False)
+            for i in range(lo, lo + 4):
+                pipe.set(f"s{i}", f"{i}")
+            pipe.execute()
         # The leader compacts in the background of its Raft loop, right after applying.
         wait_until(lambda: int(c.info(leader)["snapshot_index"]) > 0 and int(c.info(leader)["first_log_index"]) > 2,
                    10, what="the leader to compact its log")
@@ -519,7 +521,8 @@ def test_snapshot_save_status_restore_brings_a_cluster_back(cluster: LocalCluste
 
 def test_frequent_snapshots_under_load_keep_the_leader_and_the_data(tmp_path: Path) -> None:
     """Snapshots are written in the background: compaction races appends, nobody loses a lease."""
-    c = LocalCluster(tmp_path, snapshot_threshold=200)
+    # A pipeline's writes share a log entry or a few: 60 pipelines make 60+ entries.
+    c = LocalCluster(tmp_path, snapshot_threshold=8)
     try:
         c.start()
         leader = c.leader()
@@ -527,10 +530,11 @@ def test_frequent_snapshots_under_load_keep_the_leader_and_the_data(tmp_path: Pa
         cl = c.nodes[leader].client()
         value = "x" * 1024
         for batch in range(15):
-            pipe = cl.pipeline(transaction=False)
-            for i in range(200):
-                pipe.set(f"k{batch}-{i}", f"{value}{batch}-{i}")
-            assert all(pipe.execute())
+            for part in range(4):
+                pipe = cl.pipeline(transaction=False)
+                for i in range(part * 50, part * 50 + 50):
+                    pipe.set(f"k{batch}-{i}", f"{value}{batch}-{i}")
+                assert all(pipe.execute())
         info = c.info(leader)
         assert info["term"] == term and info["role"] == "leader"
         wait_until(lambda: int(c.info(leader)["snapshots_taken"]) >= 5, 10, what="several snapshots")
