@@ -36,6 +36,7 @@ import itertools
 import logging
 import os
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -89,6 +90,7 @@ class ServerConfig:
     limits: C.CommandLimits = C.DEFAULT_LIMITS
     max_batch: int = 4096
     max_entry_bytes: int = 1 << 20  # a batch of writes becomes entries of at most this size (one if bigger)
+    state_flush_s: float = 1.0  # an idle node writes its applied state after this long
     inbox_depth: int = 100_000  # events queued for the Raft task before clients get -TRYAGAIN
     join: bool = False  # start as a new member of a running cluster (see `aegis serve --join`)
 
@@ -126,6 +128,8 @@ class Node:
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Any, ...]](cfg.inbox_depth)
         self._pending: dict[int, tuple[int, list[_Waiter]]] = {}  # log index -> (term, its commands' waiters)
         self._unsynced_hs: HardState | None = None  # a commit-only hard state not yet written
+        self._last_flush = time.monotonic()
+        self._flush_waiters: list[_Waiter] = []
         self._reads: dict[int, _Waiter] = {}
         self._read_ctx = itertools.count(1)
         self._apply_waiters: list[tuple[int, _Waiter]] = []
@@ -170,9 +174,10 @@ class Node:
             else:
                 initial = Membership.of(sorted(set(cfg.peers) | {cfg.node_id}), addresses=addrs)
             self.store.write_batch(membership=initial)
-        reader = self.store.open_snapshot()
-        if reader is not None:
-            self.sm.restore_chunks(reader)
+        # The state lives in LMDB: nothing to load, whatever its size. Entries after the
+        # stored applied index are applied again as the log's commit index is relearned.
+        self.kv = self.store.state()
+        self.sm = StateMachine(backend=self.kv)
         for stale in self._backup_dir().glob("*") if self._backup_dir().is_dir() else []:
             stale.unlink(missing_ok=True)  # backups of a previous run were never released
         rcfg = RaftConfig(
@@ -181,7 +186,7 @@ class Node:
             heartbeat_interval=cfg.heartbeat_ticks,
             snapshot_threshold=cfg.snapshot_threshold,
         )
-        self.raft = RaftNode(cfg.node_id, rcfg, self.store)
+        self.raft = RaftNode(cfg.node_id, rcfg, self.store, applied=self.kv.applied())
         local = NodeInfo(NodeId(cfg.node_id), cfg.host, self.port or 1)
         hb = cfg.tick_ms * cfg.heartbeat_ticks / 1000
         ccfg = (ClusterConfig(cfg.cluster).with_heartbeat_interval(max(hb, 0.01))
@@ -262,6 +267,13 @@ class Node:
                 self._propose(proposals)
             while raft.has_ready():
                 await self._process_ready(raft.ready())
+            if self._flush_waiters or (self.kv.pending() and time.monotonic() - self._last_flush >= self.cfg.state_flush_s):
+                # Idle: the applied state goes to disk on its own after a while (and at
+                # once for a backup that needs a durable snapshot point).
+                await self._persist_state_only()
+                waiters, self._flush_waiters = self._flush_waiters, []
+                for w in waiters:
+                    w.set(None)
 
     def _handle_event(self, ev: tuple[Any, ...], proposals: list[tuple[bytes, _Waiter]]) -> None:
         kind = ev[0]
@@ -307,6 +319,8 @@ class Node:
             raft.report_snapshot(ev[1], ev[2])
         elif kind == "snapshot_done":
             self._snapshot_done(ev[1], ev[2])
+        elif kind == "flush":
+            self._flush_waiters.append(ev[1])
         elif kind == "snapshot_in":
             self._incoming_snapshot = ev[2]
             raft.step(ev[1])
@@ -341,10 +355,22 @@ class Node:
         raft = self.raft
         if rd.send_before_persist:
             self._send_messages(rd.messages)
-        if rd.must_sync() or rd.membership is not None:
+        if rd.must_sync() or rd.membership is not None or self.kv.wants_flush():
             hs = rd.hard_state if rd.hard_state is not None else self._unsynced_hs
             self._unsynced_hs = None
-            await trio.to_thread.run_sync(self._persist, rd, hs)
+            # The applied state rides along with the log write (no fsync of its own); a
+            # snapshot install replaces it instead.
+            flush = self.kv.take_flush() if rd.snapshot is None else None
+            try:
+                await trio.to_thread.run_sync(self._persist, rd, hs, flush)
+            except BaseException:
+                self.kv.flush_done(False)
+                raise
+            self.kv.flush_done(True)
+            if flush is not None:
+                self._last_flush = time.monotonic()
+            if rd.snapshot is not None:
+                self.sm.reset(int(rd.snapshot.meta.index))
         elif rd.hard_state is not None:
             # Only the commit index moved: it can be relearned from the leader, so it waits
             # for the next write instead of costing an fsync of its own.
@@ -365,28 +391,44 @@ class Node:
         if raft.should_snapshot() and not self._snapshotting:
             self._start_snapshot()
 
-    def _persist(self, rd: Ready, hard_state: HardState | None) -> None:
-        """Runs in a worker thread: everything of one Ready in one durable transaction."""
+    def _persist(self, rd: Ready, hard_state: HardState | None,
+                 flush: tuple[dict[bytes, Any], int] | None = None) -> None:
+        """Runs in a worker thread: everything of one Ready in one durable transaction
+        (store I/O only: nothing here touches trio objects or the state machine)."""
         if rd.snapshot is not None:
             self._install_snapshot(rd)
-        if rd.truncate_from is not None or rd.entries or hard_state is not None or rd.membership is not None:
+        if (rd.truncate_from is not None or rd.entries or hard_state is not None or rd.membership is not None
+                or flush is not None):
             self.store.write_batch(
                 truncate_from=rd.truncate_from,
                 entries=rd.entries,
                 hard_state=hard_state,
                 membership=rd.membership,
+                kv=flush,
             )
+
+    async def _persist_state_only(self) -> None:
+        """Write the applied state (and a commit-only hard state) when no Ready did."""
+        flush = self.kv.take_flush()
+        hs, self._unsynced_hs = self._unsynced_hs, None
+        self._last_flush = time.monotonic()
+        if flush is None and hs is None:
+            return
+        try:
+            await trio.to_thread.run_sync(partial(self.store.write_batch, hard_state=hs, kv=flush))
+        except BaseException:
+            self.kv.flush_done(False)
+            raise
+        self.kv.flush_done(True)
 
     def _install_snapshot(self, rd: Ready) -> None:
         assert rd.snapshot is not None
         path = self._incoming_snapshot
         if path is None:
             raise RuntimeError("a snapshot was accepted but no snapshot file was received")
-        self.store.install_snapshot_file(path, membership=rd.snapshot.meta.membership)
-        reader = self.store.open_snapshot()
-        new = StateMachine()
-        new.restore_chunks(reader)
-        self.sm = new
+        meta = rd.snapshot.meta
+        keys = self.store.install_state_file(path, meta, membership=meta.membership)
+        log.info("node %s installed a snapshot at index %d (%d keys)", self.id, meta.index, keys)
         self._incoming_snapshot = None
         try:
             path.unlink()
@@ -422,7 +464,7 @@ class Node:
                     for w in waiters[len(results):]:
                         w.fail("ERR the command's log entry could not be applied")
         if rd.committed_entries and self._apply_waiters:
-            applied = sm.last_applied
+            applied = self.sm.last_applied
             keep = []
             for idx, w in self._apply_waiters:
                 if idx <= applied:
@@ -444,45 +486,45 @@ class Node:
                 self._reads.clear()
 
     def _start_snapshot(self) -> None:
-        """Snapshot the state machine at the applied index, written in the background.
-
-        The state is copied now, in the Raft task, so it matches the index; serialising,
-        compressing and the LMDB commit (which compacts the log) run in a worker thread
-        while the node keeps serving and heartbeating. The core learns of the compaction
-        only once it is durable (the "compacted" event)."""
+        """Compact the log: the state database is the snapshot, so this only deletes log
+        entries the stored state has durably applied, keeping a margin for slow followers.
+        The delete runs in a worker thread; the core hears of it once it is durable."""
         assert self._nursery is not None
         raft = self.raft
-        idx = LogIndex(self.sm.last_applied)
-        meta = raft.snapshot_meta_for(idx)
-        chunks = self.sm.snapshot_chunks()  # copies the state now, serialises lazily
+        margin = max(0, min(self.cfg.snapshot_threshold // 4, 1000))
+        target = self.kv.durable_applied - margin
+        if target <= raft.log.snapshot_meta().index:
+            return
+        meta = raft.snapshot_meta_for(LogIndex(target))
         self._snapshotting = True
-
-        def write() -> bool:
-            from storage import SnapshotError
-
-            writer = self.store.begin_snapshot(meta)
-            try:
-                for chunk in chunks:
-                    writer.write(chunk)
-                writer.commit()
-                return True
-            except SnapshotError as exc:  # a newer snapshot arrived from the leader meanwhile
-                log.info("node %s dropped its snapshot at %d: %s", self.id, idx, exc)
-                writer.cancel()
-                return False
-            except BaseException:
-                writer.cancel()
-                raise
 
         async def run() -> None:
             done = False
             try:
-                done = await trio.to_thread.run_sync(write)
+                await trio.to_thread.run_sync(self.store.compact, meta)
+                done = True
             finally:
                 if not self._submit(("snapshot_done", meta, done)):
                     await self._inbox_send.send(("snapshot_done", meta, done))  # must not be lost
 
         self._nursery.start_soon(run)
+
+    async def _export_state(self, path: Path) -> tuple[Any, int]:
+        """Write the stored state, one consistent read, as a snapshot file; returns its
+        `SnapshotInfo` and the number of keys. The read begins here, on the Raft thread, so its index can be named
+        with its term and membership."""
+        from storage import write_snapshot_file
+
+        from .state import stream_snapshot
+
+        export = self.kv.open_export()
+        try:
+            meta = self.raft.snapshot_meta_for(LogIndex(export.index))
+            chunks = stream_snapshot(export.records(), export.index, export.count)
+            info = await trio.to_thread.run_sync(write_snapshot_file, path, meta, chunks)
+            return info, export.count
+        finally:
+            export.close()
 
     def _snapshot_done(self, meta: SnapshotMeta, ok: bool) -> None:
         self._snapshotting = False
@@ -518,7 +560,7 @@ class Node:
         tmp = Path(self.cfg.data_dir) / f"outgoing-{pid}.snap"
         ok = False
         try:
-            info = await trio.to_thread.run_sync(self.store.export_snapshot, tmp)
+            info, _ = await self._export_state(tmp)
             if info.index != msg.snapshot.index:
                 msg = InstallSnapshotRequest(term=msg.term, leader_id=msg.leader_id, snapshot=info.meta,
                                              receiver=msg.receiver)
@@ -874,22 +916,23 @@ class Node:
                 return _const(OVERLOADED)
 
             async def create() -> bytes:
-                from storage import write_snapshot_file
-
                 # A linearizable point: everything acknowledged before now is included.
                 if not await self._wait(w) or w.error is not None:
                     self._reads.pop(w.ctx, None)
                     return encode_error(w.error or "TIMEOUT no quorum confirmed the snapshot point in time")
                 if not await self._wait_applied(int(w.value)):
                     return encode_error("TIMEOUT this node did not catch up in time")
-                index = LogIndex(self.sm.last_applied)
-                meta = self.raft.snapshot_meta_for(index)
-                keys = len(self.sm)
-                chunks = self.sm.snapshot_chunks()  # the state as of now, serialised lazily
+                # The snapshot point must be on disk: flush the applied state first.
+                fw = _Waiter()
+                if not self._submit(("flush", fw)):
+                    return OVERLOADED
+                if not await self._wait(fw):
+                    return encode_error("TIMEOUT the state was not written in time")
                 sid = next(self._backup_ids)
                 path = self._backup_dir() / f"backup-{sid}.aegis-snapshot"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                info = await trio.to_thread.run_sync(write_snapshot_file, path, meta, chunks)
+                info, keys = await self._export_state(path)
+                index = info.index
                 self._backups[sid] = path
                 log.info("backup %d at index %d (%d keys, %d bytes)", sid, index, keys, path.stat().st_size)
                 return encode([sid, int(info.index), int(info.term), keys, path.stat().st_size,

@@ -670,6 +670,11 @@ class StateMachine:
         it = iter(out)
         return [next(it) if e.index > before else [] for e in entries]
 
+    def reset(self, index: int) -> None:
+        """The backend's contents were replaced underneath (a snapshot installed into the
+        node's store): the state is now as of `index`."""
+        self._done(index)
+
     def _done(self, index: int) -> None:
         self._last_applied = index
         self._digest = None

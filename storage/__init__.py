@@ -38,6 +38,7 @@ from .errors import (
     StorageError,
     WrongNodeError,
 )
+from .kv import KVExport, LmdbKV
 from .lmdb_store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbStore
 from .snapshot import (
     SnapshotFileReader,
@@ -67,6 +68,8 @@ __all__ = [
     "SnapshotError",
     "SnapshotSupersededError",
     "LmdbStore",
+    "LmdbKV",
+    "KVExport",
     "DEFAULT_MAP_SIZE",
     "DEFAULT_MAX_MAP_SIZE",
     "SnapshotInfo",

@@ -29,6 +29,7 @@ import errno
 import fcntl
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -74,6 +75,8 @@ class Env:
         self.log_db = env.open_db(b"log")
         self.meta_db = env.open_db(b"meta")
         self.snap_db = env.open_db(b"snap")
+        self.kv_db = env.open_db(b"kv")
+        self._pins = 0  # long read transactions (snapshot exports) that a map resize must wait for
         self.lock = threading.Lock()
         self.write_lock = threading.Lock()
         self.failed: StorageError | None = None
@@ -110,7 +113,7 @@ class Env:
                 str(directory),
                 map_size=max(map_size, 1 << 20),
                 subdir=True,
-                max_dbs=4,
+                max_dbs=8,
                 sync=sync,
                 metasync=sync,
                 readahead=False,
@@ -192,17 +195,33 @@ class Env:
                 pass
             raise
 
-    def _grow(self) -> None:
+    def pin(self) -> None:
+        """A long read transaction begins (outside `lock`): map resizes wait until `unpin`."""
         with self.lock:
-            current = self.env.info()["map_size"]
-            if current >= self.max_map_size:
-                self.failed = DiskFullError(
-                    f"data directory {self.directory} is full: the LMDB map reached its limit of "
-                    f"{self.max_map_size} bytes (max_map_size); the write was not done and no more "
-                    f"writes are accepted until the store is reopened with a larger limit"
-                )
-                raise type(self.failed)(str(self.failed))
-            self.env.set_mapsize(min(current * 2, self.max_map_size))
+            self._pins += 1
+
+    def unpin(self) -> None:
+        with self.lock:
+            self._pins -= 1
+
+    def _grow(self) -> None:
+        while True:
+            with self.lock:
+                if self._pins == 0:
+                    self._grow_locked()
+                    return
+            time.sleep(0.001)  # an export holds a read transaction; LMDB cannot remap under it
+
+    def _grow_locked(self) -> None:
+        current = self.env.info()["map_size"]
+        if current >= self.max_map_size:
+            self.failed = DiskFullError(
+                f"data directory {self.directory} is full: the LMDB map reached its limit of "
+                f"{self.max_map_size} bytes (max_map_size); the write was not done and no more "
+                f"writes are accepted until the store is reopened with a larger limit"
+            )
+            raise type(self.failed)(str(self.failed))
+        self.env.set_mapsize(min(current * 2, self.max_map_size))
 
     def _fail(self, e: lmdb.Error) -> StorageError:
         if is_disk_full(e):
