@@ -36,7 +36,6 @@ import itertools
 import logging
 import os
 import time
-from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -90,7 +89,8 @@ class ServerConfig:
     limits: C.CommandLimits = C.DEFAULT_LIMITS
     max_batch: int = 4096
     max_entry_bytes: int = 1 << 20  # a batch of writes becomes entries of at most this size (one if bigger)
-    state_flush_s: float = 1.0  # an idle node writes its applied state after this long
+    state_flush_s: float = 0.5  # applied state is written to disk at least this often
+    state_flush_keys: int = 50_000  # ... or once this many keys changed
     inbox_depth: int = 100_000  # events queued for the Raft task before clients get -TRYAGAIN
     join: bool = False  # start as a new member of a running cluster (see `aegis serve --join`)
 
@@ -130,6 +130,7 @@ class Node:
         self._unsynced_hs: HardState | None = None  # a commit-only hard state not yet written
         self._last_flush = time.monotonic()
         self._flush_waiters: list[_Waiter] = []
+        self._flush_done_event = trio.Event()
         self._reads: dict[int, _Waiter] = {}
         self._read_ctx = itertools.count(1)
         self._apply_waiters: list[tuple[int, _Waiter]] = []
@@ -267,13 +268,9 @@ class Node:
                 self._propose(proposals)
             while raft.has_ready():
                 await self._process_ready(raft.ready())
-            if self._flush_waiters or (self.kv.pending() and time.monotonic() - self._last_flush >= self.cfg.state_flush_s):
-                # Idle: the applied state goes to disk on its own after a while (and at
-                # once for a backup that needs a durable snapshot point).
-                await self._persist_state_only()
-                waiters, self._flush_waiters = self._flush_waiters, []
-                for w in waiters:
-                    w.set(None)
+            self._maybe_flush_state()
+            if raft.should_snapshot() and not self._snapshotting:
+                self._start_snapshot()
 
     def _handle_event(self, ev: tuple[Any, ...], proposals: list[tuple[bytes, _Waiter]]) -> None:
         kind = ev[0]
@@ -355,20 +352,12 @@ class Node:
         raft = self.raft
         if rd.send_before_persist:
             self._send_messages(rd.messages)
-        if rd.must_sync() or rd.membership is not None or self.kv.wants_flush():
+        if rd.must_sync() or rd.membership is not None:
             hs = rd.hard_state if rd.hard_state is not None else self._unsynced_hs
             self._unsynced_hs = None
-            # The applied state rides along with the log write (no fsync of its own); a
-            # snapshot install replaces it instead.
-            flush = self.kv.take_flush() if rd.snapshot is None else None
-            try:
-                await trio.to_thread.run_sync(self._persist, rd, hs, flush)
-            except BaseException:
-                self.kv.flush_done(False)
-                raise
-            self.kv.flush_done(True)
-            if flush is not None:
-                self._last_flush = time.monotonic()
+            if rd.snapshot is not None:
+                await self._state_flush_idle()  # an install replaces the state: no flush may race it
+            await trio.to_thread.run_sync(self._persist, rd, hs)
             if rd.snapshot is not None:
                 self.sm.reset(int(rd.snapshot.meta.index))
         elif rd.hard_state is not None:
@@ -391,35 +380,59 @@ class Node:
         if raft.should_snapshot() and not self._snapshotting:
             self._start_snapshot()
 
-    def _persist(self, rd: Ready, hard_state: HardState | None,
-                 flush: tuple[dict[bytes, Any], int] | None = None) -> None:
+    def _persist(self, rd: Ready, hard_state: HardState | None) -> None:
         """Runs in a worker thread: everything of one Ready in one durable transaction
         (store I/O only: nothing here touches trio objects or the state machine)."""
         if rd.snapshot is not None:
             self._install_snapshot(rd)
-        if (rd.truncate_from is not None or rd.entries or hard_state is not None or rd.membership is not None
-                or flush is not None):
+        if rd.truncate_from is not None or rd.entries or hard_state is not None or rd.membership is not None:
             self.store.write_batch(
                 truncate_from=rd.truncate_from,
                 entries=rd.entries,
                 hard_state=hard_state,
                 membership=rd.membership,
-                kv=flush,
             )
 
-    async def _persist_state_only(self) -> None:
-        """Write the applied state (and a commit-only hard state) when no Ready did."""
-        flush = self.kv.take_flush()
-        hs, self._unsynced_hs = self._unsynced_hs, None
-        self._last_flush = time.monotonic()
-        if flush is None and hs is None:
+    def _maybe_flush_state(self) -> None:
+        """Write the applied state in the background (its own LMDB environment, its own
+        fsync) when enough has piled up, after a while, or when a backup needs it."""
+        kv = self.kv
+        if kv.flushing or self._nursery is None:
             return
-        try:
-            await trio.to_thread.run_sync(partial(self.store.write_batch, hard_state=hs, kv=flush))
-        except BaseException:
-            self.kv.flush_done(False)
-            raise
-        self.kv.flush_done(True)
+        due = kv.overlay_keys() >= self.cfg.state_flush_keys or self._flush_waiters or (
+            kv.pending() and time.monotonic() - self._last_flush >= self.cfg.state_flush_s)
+        if not due:
+            return
+        flush = kv.take_flush()
+        waiters, self._flush_waiters = self._flush_waiters, []
+        self._last_flush = time.monotonic()
+        if flush is None:
+            for w in waiters:
+                w.set(None)
+            return
+        self._flush_done_event = trio.Event()
+
+        async def run() -> None:
+            ok = False
+            try:
+                await trio.to_thread.run_sync(kv.write_flush, *flush)
+                ok = True
+            finally:
+                kv.flush_done(ok)
+                self._flush_done_event.set()
+                for w in waiters:
+                    if ok:
+                        w.set(None)
+                    else:
+                        w.fail("ERR writing the state failed")
+                if ok and self.raft.should_snapshot() and not self._snapshotting:
+                    self._submit(("tick",))  # let the loop consider compacting now
+
+        self._nursery.start_soon(run)
+
+    async def _state_flush_idle(self) -> None:
+        if self.kv.flushing:
+            await self._flush_done_event.wait()
 
     def _install_snapshot(self, rd: Ready) -> None:
         assert rd.snapshot is not None

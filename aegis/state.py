@@ -409,8 +409,8 @@ class KVBackend(Protocol):
     the index applied so far. `DictBackend` is the in-memory twin (simulator, seed API);
     `storage.LmdbKV` keeps the same records in the node's LMDB environment.
 
-    `transact(body, applied)` runs `body(view)` in one transaction that also records
-    `applied`, and returns body's result. A backend may run `body` again from the start
+    `transact(body, applied, term)` runs `body(view)` in one transaction that also records
+    `applied` (and the term of that entry), and returns body's result. A backend may run `body` again from the start
     (LMDB grows its map and retries), so `body` must not change anything but the view.
     """
 
@@ -424,7 +424,7 @@ class KVBackend(Protocol):
         """A consistent snapshot as of the call, in key order: (key, value, version, revision)."""
         ...
 
-    def transact(self, body: Callable[[KVView], _T], applied: int) -> _T: ...
+    def transact(self, body: Callable[[KVView], _T], applied: int, term: int = 0) -> _T: ...
 
     def replace(self, records: Iterable[tuple[bytes, bytes, int, int]], applied: int) -> None:
         """Replace everything with `records` (a snapshot). If iterating raises, nothing changes."""
@@ -460,7 +460,7 @@ class DictBackend:
         snap = [(k, *data[k]) for k in sorted(data)]  # captured now
         return iter(snap)  # type: ignore[arg-type]
 
-    def transact(self, body: Callable[[KVView], _T], applied: int) -> _T:
+    def transact(self, body: Callable[[KVView], _T], applied: int, term: int = 0) -> _T:
         out = body(self)
         self._applied = applied
         return out
@@ -663,7 +663,7 @@ class StateMachine:
         def body(view: KVView) -> list[list[CommandResult]]:
             return [self._execute_entry(view, e) for e in todo]
 
-        out = self._kv.transact(body, last)
+        out = self._kv.transact(body, last, int(todo[-1].term))
         self._done(last)
         if len(todo) == len(entries):
             return out

@@ -75,7 +75,7 @@ class Env:
         self.log_db = env.open_db(b"log")
         self.meta_db = env.open_db(b"meta")
         self.snap_db = env.open_db(b"snap")
-        self.kv_db = env.open_db(b"kv")
+        self.kv_db = env.open_db(b"kv")  # used in the state environment (storage.kv)
         self._pins = 0  # long read transactions (snapshot exports) that a map resize must wait for
         self.lock = threading.Lock()
         self.write_lock = threading.Lock()

@@ -1,21 +1,27 @@
-"""`LmdbKV`: the node's key-value state in its LMDB environment (an `aegis.state.KVBackend`).
+"""`LmdbKV`: the node's key-value state in LMDB (an `aegis.state.KVBackend`).
 
 Theory of operation
 -------------------
-The state lives in the ``kv`` database of the node's one LMDB environment: key -> record,
-ordered by key bytes, so ranges and snapshots walk the B-tree. A record is
-``crc32 (4) | version (8) | revision (8) | value``; the CRC covers the key and the rest, and
-a record that fails it is `CorruptionError`, never served. ``meta``'s ``applied`` key holds
-the index the stored state has applied, written in the same transaction as the records.
+The state lives in its own LMDB environment, ``state/`` inside the node's data directory,
+beside the log's: key -> record in the ``kv`` database, ordered by key bytes, so ranges and
+snapshots walk the B-tree. A record is ``crc32 (4) | version (8) | revision (8) | value``;
+the CRC covers the key and the rest, and a record that fails it is `CorruptionError`,
+never served. ``meta`` holds ``applied`` (index and term of the last entry the stored state
+has applied, written in the same transaction as the records) and, after a snapshot install,
+``base`` (the installed snapshot's index, term and membership).
 
-Applying needs no transaction of its own. Committed entries are applied on the event loop
-into an in-memory overlay (`_live`: key -> record, or None for a deletion), which reads
-consult first. The overlay rides to disk inside the next durable write of the log
-(`take_flush` hands it to `LmdbStore.write_batch`, `flush_done` retires it), so applying costs
-dict operations and no fsync: the log is the durable record, and on restart the entries after
-the stored ``applied`` index are applied again (etcd's backend buffer, hashicorp's FSM).
-Under load every Ready writes entries, so the overlay stays small; when idle the driver
-flushes it after a while (`wants_flush`).
+Why a second environment: LMDB has one writer per environment. Writing a batch of random
+keys into a large B-tree dirties a page per key, so a state write is much bigger than a log
+append; in the log's environment it would hold up the next log fsync, which every write
+waits for. Here the two write paths run side by side, each with its own fsync.
+
+Applying needs no transaction at all. Committed entries are applied on the event loop into
+an in-memory overlay (`_live`: key -> record, or None for a deletion), which reads consult
+first. Now and then (`wants_flush`: enough keys, or enough time) the driver hands the
+overlay to a worker thread (`take_flush`, `write_flush`, `flush_done`), which writes it in
+one durable transaction while new applies go to a fresh overlay. The log is the durable
+record: on restart, the entries after the stored ``applied`` index are applied again
+(etcd's backend batches, hashicorp's FSM).
 
 Invariants:
 
@@ -45,15 +51,18 @@ from aegis.state import KVView, Record
 
 from .errors import CorruptionError
 
+from .env import Env
+
 if TYPE_CHECKING:
     from .lmdb_store import LmdbStore
 
-__all__ = ["LmdbKV", "KVExport", "K_APPLIED", "encode_record", "decode_record"]
+__all__ = ["LmdbKV", "KVExport", "K_APPLIED", "K_BASE", "STATE_DIR", "encode_record", "decode_record"]
 
 K_APPLIED = b"applied"
+K_BASE = b"base"
+STATE_DIR = "state"
 
 _HEAD = struct.Struct(">IQQ")
-_U64 = struct.Struct(">Q")
 _T = TypeVar("_T")
 _MISSING = object()
 
@@ -75,8 +84,8 @@ def decode_record(key: bytes, raw: bytes, path: str | None = None) -> Record:
 class LmdbKV:
     """The `KVBackend` of a node: LMDB records under an in-memory overlay of recent applies."""
 
-    def __init__(self, store: LmdbStore) -> None:
-        e = store._e
+    def __init__(self, store: LmdbStore, env: Env) -> None:
+        e = env
         self._store = store
         self._e = e
         self._env = e.env
@@ -91,9 +100,10 @@ class LmdbKV:
             with self._env.begin() as txn:
                 raw = txn.get(K_APPLIED, db=self._meta)
                 self._count = int(txn.stat(self._db)["entries"])
-        self._durable = _decode_applied(raw, self._path) if raw is not None else 0
+        self._durable, self._durable_term = _decode_applied(raw, self._path) if raw is not None else (0, 0)
         self._applied = self._durable
-        self._flushing_applied = 0
+        self._applied_term = self._durable_term
+        self._flushing_applied = (0, 0)
 
     # --- reads ------------------------------------------------------------------------------
     def get(self, key: bytes) -> Record | None:
@@ -134,9 +144,14 @@ class LmdbKV:
         return iter(out)  # type: ignore[arg-type]
 
     # --- applying ---------------------------------------------------------------------------
-    def transact(self, body: Callable[[KVView], _T], applied: int) -> _T:
+    @property
+    def durable_applied_term(self) -> int:
+        return self._durable_term
+
+    def transact(self, body: Callable[[KVView], _T], applied: int, term: int = 0) -> _T:
         out = body(self)
         self._applied = applied
+        self._applied_term = term
         return out
 
     def put(self, key: bytes, value: bytes, version: int, revision: int) -> None:
@@ -153,27 +168,51 @@ class LmdbKV:
 
     def replace(self, records: Iterable[tuple[bytes, bytes, int, int]], applied: int) -> None:
         """Replace the stored state with `records` (key order) in one transaction."""
-        self._store.replace_state(records, applied)
+        recs = list(records)
+        self.install(lambda: recs, applied, 0, None)
 
-    # --- flushing (the driver, on the event loop) -------------------------------------------
-    def wants_flush(self, max_keys: int = 10_000) -> bool:
-        """Whether the overlay is big enough to write even without entries to persist."""
-        return len(self._live) >= max_keys
+    # --- flushing (the driver: take/done on the event loop, the write in a worker) ----------
+    def overlay_keys(self) -> int:
+        return len(self._live)
 
     def pending(self) -> bool:
+        """Whether there is applied state that is not on disk yet."""
         return bool(self._live) or self._applied > self._durable
 
-    def take_flush(self) -> tuple[dict[bytes, Record | None], int] | None:
-        """Hand the overlay to a write (`LmdbStore.write_batch(kv=...)`); None if nothing
-        changed since the last flush. Call `flush_done` after the write committed."""
+    @property
+    def flushing(self) -> bool:
+        return self._flushing is not None
+
+    def take_flush(self) -> tuple[dict[bytes, Record | None], int, int] | None:
+        """Hand the overlay over for `write_flush` (in a worker thread); None if nothing
+        changed since the last flush. Call `flush_done` when the write is over."""
         if self._flushing is not None:
             raise RuntimeError("a state flush is already in flight")
         if not self._live and self._applied == self._durable:
             return None
         items, self._live = self._live, {}
         self._flushing = items
-        self._flushing_applied = self._applied
-        return items, self._applied
+        self._flushing_applied = (self._applied, self._applied_term)
+        return items, self._applied, self._applied_term
+
+    def write_flush(self, items: dict[bytes, Record | None], applied: int, term: int) -> None:
+        """Write an overlay and the applied index it reaches in ONE durable transaction."""
+        db, meta = self._db, self._meta
+
+        def body(txn: lmdb.Transaction[bytes]) -> None:
+            puts = []
+            for k, rec in items.items():
+                if rec is None:
+                    txn.delete(k, db=db)
+                else:
+                    puts.append((k, encode_record(k, *rec)))
+            if puts:
+                puts.sort()
+                txn.cursor(db).putmulti(puts)
+            txn.put(K_APPLIED, encode_applied(applied, term), db=meta)
+
+        with self._e.write_lock:
+            self._e.commit(body)
 
     def flush_done(self, ok: bool = True) -> None:
         items = self._flushing
@@ -181,18 +220,62 @@ class LmdbKV:
         if items is None:
             return
         if ok:
-            self._durable = max(self._durable, self._flushing_applied)
+            if self._flushing_applied[0] > self._durable:
+                self._durable, self._durable_term = self._flushing_applied
         else:  # the write failed: what it carried is still only in memory
             items.update(self._live)
             self._live = items
 
-    def _installed(self, applied: int, count: int) -> None:
-        """Called by the store right after a snapshot install committed (under its lock)."""
+    def _installed(self, applied: int, term: int, count: int) -> None:
+        """Called right after a snapshot install committed (under the environment's lock)."""
         self._live = {}
         self._flushing = None
         self._applied = self._durable = applied
+        self._applied_term = self._durable_term = term
         self._count = count
         self._gen += 1
+
+    def install(
+        self,
+        records: Callable[[], Iterable[tuple[bytes, bytes, int, int]]],
+        applied: int,
+        term: int,
+        base: bytes | None,
+    ) -> int:
+        """Replace everything with `records` (key order) at `applied` in ONE durable
+        transaction (with `base`, the encoded snapshot meta it came from). If the records
+        raise (a corrupt stream), nothing changes. Returns the number of keys."""
+        db, meta = self._db, self._meta
+        count = 0
+
+        def body(txn: lmdb.Transaction[bytes]) -> None:
+            nonlocal count
+            count = 0
+            txn.drop(db, delete=False)
+
+            def encoded() -> Iterator[tuple[bytes, bytes]]:
+                nonlocal count
+                for k, v, ver, rev in records():
+                    count += 1
+                    yield k, encode_record(k, v, ver, rev)
+
+            txn.cursor(db).putmulti(encoded(), append=True)
+            txn.put(K_APPLIED, encode_applied(applied, term), db=meta)
+            if base is not None:
+                txn.put(K_BASE, base, db=meta)
+
+        with self._e.write_lock:
+            self._e.commit(body, lambda: self._installed(applied, term, count), destructive=True)
+        return count
+
+    def stored_base(self) -> bytes | None:
+        """The encoded snapshot meta of the last install (None if there was none)."""
+        with self._lock:
+            with self._env.begin(db=self._meta) as txn:
+                return txn.get(K_BASE)
+
+    def close(self) -> None:
+        self._e.close()
 
     # --- exports ----------------------------------------------------------------------------
     def open_export(self) -> KVExport:
@@ -215,7 +298,7 @@ class KVExport:
         except BaseException:
             kv._e.unpin()
             raise
-        self.index = _decode_applied(raw, kv._path) if raw is not None else 0
+        self.index, self.term = _decode_applied(raw, kv._path) if raw is not None else (0, 0)
         self._closed = False
 
     def records(self) -> Iterator[tuple[bytes, bytes, int, int]]:
@@ -241,12 +324,16 @@ class KVExport:
         self.close()
 
 
-def _decode_applied(raw: bytes, path: str | None) -> int:
-    if len(raw) != 12 or struct.unpack_from(">I", raw, 0)[0] != zlib.crc32(raw[4:]):
+_APPLIED = struct.Struct(">QQ")
+
+
+def _decode_applied(raw: bytes, path: str | None) -> tuple[int, int]:
+    if len(raw) != 20 or struct.unpack_from(">I", raw, 0)[0] != zlib.crc32(raw[4:]):
         raise CorruptionError("the stored applied index is corrupt", path=path)
-    return int(_U64.unpack_from(raw, 4)[0])
+    index, term = _APPLIED.unpack_from(raw, 4)
+    return int(index), int(term)
 
 
-def encode_applied(index: int) -> bytes:
-    body = _U64.pack(index)
+def encode_applied(index: int, term: int = 0) -> bytes:
+    body = _APPLIED.pack(index, term)
     return struct.pack(">I", zlib.crc32(body)) + body

@@ -61,10 +61,10 @@ from aegis.log import (
 from . import meta as m
 from .codec import Codec, default_codec
 from .env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Body, Env
-from aegis.state import Record, SnapshotParser
+from aegis.state import SnapshotParser
 
 from .errors import CorruptionError, SnapshotError, StorageError, WrongNodeError
-from .kv import K_APPLIED, LmdbKV, encode_applied, encode_record
+from .kv import STATE_DIR, LmdbKV
 from .snapshot import (
     CHUNK_SIZE,
     DEFAULT_SNAPSHOT_LEVEL,
@@ -327,6 +327,8 @@ class LmdbStore:
 
     def close(self) -> None:
         """Flush (if the unsafe sync=False was used), close, release the directory. Idempotent."""
+        if self._kv is not None:
+            self._kv.close()
         self._e.close()
 
     @property
@@ -477,14 +479,11 @@ class LmdbStore:
         entries: Sequence[LogEntry] = (),
         hard_state: HardState | None = None,
         membership: Membership | None = None,
-        kv: tuple[dict[bytes, Record | None], int] | None = None,
     ) -> None:
         """Truncate, append, set hard state and membership in ONE durable transaction.
 
         This is what the driver calls once per Ready: the entries and the term/vote that
-        depend on each other become durable together, with one fsync. `kv` is the state's
-        overlay to write along (`LmdbKV.take_flush`): records (None deletes) and the applied
-        index they bring the stored state to.
+        depend on each other become durable together, with one fsync.
         """
         entries = list(entries)
         with self._write_lock:
@@ -508,7 +507,7 @@ class LmdbStore:
                         raise LogInvariantError(f"appended entries are not contiguous at index {e.index}")
                 if first <= kept_last:
                     cut = first
-            if cut is None and not entries and hard_state is None and membership is None and kv is None:
+            if cut is None and not entries and hard_state is None and membership is None:
                 return
             key = _U64.pack
             items = list(zip([key(e.index) for e in entries], self.codec.pack_entries(entries)))
@@ -522,8 +521,6 @@ class LmdbStore:
                     txn.put(m.K_HARD_STATE, m.encode_hard_state(hard_state), db=self._meta_db)
                 if membership is not None:
                     txn.put(m.K_MEMBERSHIP, m.encode_membership(membership), db=self._meta_db)
-                if kv is not None:
-                    self._write_kv(txn, *kv)
 
             def apply() -> None:
                 if cut is not None:
@@ -539,32 +536,30 @@ class LmdbStore:
 
             self._commit(body, apply, destructive=cut is not None)
 
-    def _write_kv(self, txn: lmdb.Transaction[bytes], items: dict[bytes, Record | None], applied: int) -> None:
-        db = self._e.kv_db
-        puts = []
-        for k, rec in items.items():
-            if rec is None:
-                txn.delete(k, db=db)
-            else:
-                puts.append((k, encode_record(k, *rec)))
-        if puts:
-            txn.cursor(db).putmulti(puts)
-        txn.put(K_APPLIED, encode_applied(applied), db=self._meta_db)
-
     # ------------------------------------------------------------------------------------------
-    # the key-value state (storage.kv)
+    # the key-value state (storage.kv, in its own environment under state/)
     # ------------------------------------------------------------------------------------------
     def state(self) -> LmdbKV:
-        """The node's key-value state in this environment (one per store).
+        """The node's key-value state (one per store), opened on first use.
 
-        A data directory whose state was kept as a stored snapshot (written by
-        ``aegis snapshot restore``, or by an older version) has it moved into the state
-        database here, once."""
-        if self._kv is None:
-            kv = LmdbKV(self)
-            self._kv = kv
-            info = self._snap_info
-            if info is not None and kv.durable_applied < info.index:
+        Opening checks the state against the log: a snapshot install writes the state first
+        and then compacts the log, so a crash between the two leaves a state ahead of the
+        log; the log is then compacted to the installed snapshot here. A data directory
+        whose state was kept as a stored snapshot (written by ``aegis snapshot restore``)
+        has it moved into the state database, once."""
+        if self._kv is not None:
+            return self._kv
+        env = Env.open(self.directory / STATE_DIR, sync=self.sync_writes)
+        try:
+            kv = LmdbKV(self, env)
+            self._repair_after_install(kv)
+        except BaseException:
+            env.close()
+            raise
+        self._kv = kv
+        info = self._snap_info
+        if info is not None:
+            if kv.durable_applied < info.index:
                 reader = SnapshotReader(self, info)
 
                 def records() -> Iterator[tuple[bytes, bytes, int, int]]:
@@ -575,80 +570,60 @@ class LmdbStore:
                         )
                     return parser.records()
 
-                self.replace_state(records, info.index, drop_snapshot=True)
-        return self._kv
+                kv.install(records, int(info.index), int(info.term), m.encode_snapshot_meta(info.meta))
+            self._drop_stored_snapshot()
+        return kv
 
-    def replace_state(
-        self,
-        records: Callable[[], Iterable[tuple[bytes, bytes, int, int]]] | Iterable[tuple[bytes, bytes, int, int]],
-        applied: int,
-        *,
-        compact_to: SnapshotMeta | None = None,
-        membership: Membership | None = None,
-        drop_snapshot: bool = False,
-    ) -> int:
-        """Replace the whole state with `records` (in key order) at index `applied`, in ONE
-        durable transaction; with `compact_to`, also make it the log's snapshot point (the
-        log after it is kept if the entry there has its term, dropped otherwise). If the
-        records raise (a corrupt stream), nothing changes. Returns the number of keys.
+    def _repair_after_install(self, kv: LmdbKV) -> None:
+        applied, term = kv.durable_applied, kv.durable_applied_term
+        if applied == 0 or applied <= self._base.index:
+            return
+        if applied <= self._last and self.term(LogIndex(applied)) == term:
+            return
+        raw = kv.stored_base()
+        base = m.decode_snapshot_meta(raw, kv._path) if raw is not None else None
+        if base is None or base.index != applied or base.term != term:
+            raise CorruptionError(
+                f"the state has applied index {applied} (term {term}) but the log ends at {self._last}"
+                " and no snapshot install explains it",
+                path=self._path,
+            )
+        with self._write_lock:
+            body, apply = self._compaction(base)
 
-        `records` may be a function returning a fresh iterable, which lets a transaction
-        that must be run again (the map grew) read its input again."""
-        materialized: list[tuple[bytes, bytes, int, int]] | None = None
-        if not callable(records):
-            materialized = list(records)
-        kv = self.state() if self._kv is None and not drop_snapshot else self._kv
-        count = 0
+            def with_membership(txn: lmdb.Transaction[bytes]) -> None:
+                body(txn)
+                txn.put(m.K_MEMBERSHIP, m.encode_membership(base.membership), db=self._meta_db)
+
+            def apply_all() -> None:
+                apply()
+                self._membership = base.membership
+
+            self._commit(with_membership, apply_all, destructive=True)
+
+    def _drop_stored_snapshot(self) -> None:
+        info = self._snap_info
+        if info is None:
+            return
         with self._write_lock:
             self._check_writable()
-            compaction = self._compaction(compact_to) if compact_to is not None and compact_to.index > self._base.index else None
-            old = self._snap_info if drop_snapshot or compact_to is not None else None
-            db = self._e.kv_db
 
             def body(txn: lmdb.Transaction[bytes]) -> None:
-                nonlocal count
-                count = 0
-                txn.drop(db, delete=False)
-                src = materialized if materialized is not None else records()  # type: ignore[operator]
-
-                def encoded() -> Iterator[tuple[bytes, bytes]]:
-                    nonlocal count
-                    for k, v, ver, rev in src:
-                        count += 1
-                        yield k, encode_record(k, v, ver, rev)
-
-                cur = txn.cursor(db)
-                cur.putmulti(encoded(), append=True)
-                txn.put(K_APPLIED, encode_applied(applied), db=self._meta_db)
-                if compaction is not None:
-                    compaction[0](txn)
-                if old is not None:
-                    txn.delete(m.K_SNAPSHOT, db=self._meta_db)
-                    self._delete_chunks(txn, old.snapshot_id)
-                if membership is not None:
-                    txn.put(m.K_MEMBERSHIP, m.encode_membership(membership), db=self._meta_db)
+                txn.delete(m.K_SNAPSHOT, db=self._meta_db)
+                self._delete_chunks(txn, info.snapshot_id)
 
             def apply() -> None:
-                if compaction is not None:
-                    compaction[1]()
-                if old is not None:
-                    self._snap_info = None
-                if membership is not None:
-                    self._membership = membership
-                if self._kv is not None:
-                    self._kv._installed(applied, count)
+                self._snap_info = None
 
-            # A migration at open (drop_snapshot) has no readers yet and reads the stored
-            # snapshot's chunks as it goes, which takes the read lock: not destructive.
-            self._commit(body, apply, destructive=not drop_snapshot)
-        del kv
-        return count
+            self._commit(body, apply, destructive=True)
 
     def install_state_file(
         self, path: str | os.PathLike[str], meta: SnapshotMeta, *, membership: Membership | None = None
     ) -> int:
         """Install a snapshot file (a leader's InstallSnapshot, verified beforehand) as the
-        state, compacting the log to it. Returns the number of keys."""
+        state, then compact the log to it (keeping the log after it if the entry there has
+        its term, dropping it otherwise). Returns the number of keys. A corrupt file raises
+        and changes nothing."""
 
         def records() -> Iterator[tuple[bytes, bytes, int, int]]:
             with read_snapshot_file(path) as f:
@@ -659,7 +634,26 @@ class LmdbStore:
                     raise SnapshotError(f"snapshot stream holds index {parser.index}, expected {meta.index}")
                 yield from parser.records()
 
-        return self.replace_state(records, int(meta.index), compact_to=meta, membership=membership)
+        kv = self.state()
+        count = kv.install(records, int(meta.index), int(meta.term), m.encode_snapshot_meta(meta))
+        with self._write_lock:
+            self._check_writable()
+            compaction = self._compaction(meta) if meta.index > self._base.index else None
+
+            def body(txn: lmdb.Transaction[bytes]) -> None:
+                if compaction is not None:
+                    compaction[0](txn)
+                if membership is not None:
+                    txn.put(m.K_MEMBERSHIP, m.encode_membership(membership), db=self._meta_db)
+
+            def apply() -> None:
+                if compaction is not None:
+                    compaction[1]()
+                if membership is not None:
+                    self._membership = membership
+
+            self._commit(body, apply, destructive=True)
+        return count
 
     def compact(self, meta: SnapshotMeta) -> None:
         """Drop entries <= meta.index and make meta the snapshot point (as MemoryLogStore).
