@@ -147,6 +147,10 @@ class ReadRequest:
     def command(self) -> Command:
         return Command.get(self.key)
 
+    @property
+    def key_bytes(self) -> bytes:
+        return self.key.encode("utf-8", "surrogateescape")
+
 
 @dataclass(frozen=True, slots=True)
 class ExistsRequest:

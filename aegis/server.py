@@ -63,7 +63,16 @@ from .peers import (
     safe_send,
     send_snapshot_file,
 )
-from .transport import ClientRequest, ClientResponse, Handshake, decode
+from .transport import (
+    MAX_BATCH_COMMANDS,
+    MAX_FRAME_SIZE,
+    ClientBatchRequest,
+    ClientBatchResponse,
+    ClientRequest,
+    ClientResponse,
+    Handshake,
+    decode,
+)
 
 log = logging.getLogger("aegis.server")
 
@@ -135,6 +144,9 @@ class Node:
         self._read_ctx = itertools.count(1)
         self._apply_waiters: list[tuple[int, _Waiter]] = []
         self._forwarded: dict[int, _Waiter] = {}
+        self._fwd_batches: dict[int, list[_Waiter]] = {}  # forwarded batch id -> its commands' waiters
+        self._fwd_buf: list[tuple[list[bytes], _Waiter]] = []
+        self._fwd_scheduled = False
         self._forward_ids = itertools.count(1)
         self._backups: dict[int, Path] = {}
         self._backup_ids = itertools.count(1)
@@ -636,7 +648,16 @@ class Node:
                 if kind != FRAME_MSG:
                     raise ValueError(f"unexpected frame kind {kind!r}")
                 msg = decode(body, unpack_payload)
-                if isinstance(msg, ClientRequest):
+                if isinstance(msg, ClientBatchRequest):
+                    self._serve_forwarded_batch(pid, msg)
+                elif isinstance(msg, ClientBatchResponse):
+                    waiters = self._fwd_batches.pop(msg.request_id, None)
+                    if waiters is not None:
+                        for w, reply in zip(waiters, msg.replies):
+                            w.set(reply)
+                        for w in waiters[len(msg.replies):]:
+                            w.fail("ERR the leader sent too few replies")
+                elif isinstance(msg, ClientRequest):
                     self._serve_forwarded(pid, msg)
                 elif isinstance(msg, ClientResponse):
                     w = self._forwarded.pop(msg.request_id, None)
@@ -693,27 +714,74 @@ class Node:
         assert self._nursery is not None
         self._nursery.start_soon(finish)
 
+    def _serve_forwarded_batch(self, pid: str, req: ClientBatchRequest) -> None:
+        """A follower's forwarded commands: start them all now, in order; one reply frame."""
+        ops = [self._prepare(C.parse_command(list(argv), self.cfg.limits), forwarded=True) for argv in req.commands]
+
+        async def finish() -> None:
+            replies = [await op() for op in ops]
+            self._send_peer(pid, FRAME_MSG, ClientBatchResponse(request_id=req.request_id, replies=tuple(replies)))
+
+        assert self._nursery is not None
+        self._nursery.start_soon(finish)
+
     def _forward(self, argv: list[bytes]) -> Callable[[], Awaitable[bytes]]:
+        """Send a command to the leader. Commands forwarded in one turn of the event loop,
+        from any number of connections, travel as one `ClientBatchRequest`."""
         leader = self.raft.leader_id
         if leader is None or leader == self.id:
             return _const(encode_error("NOLEADER no leader is known; try again shortly"))
-        rid = next(self._forward_ids)
         w = _Waiter()
-        self._forwarded[rid] = w
-        if not self._send_peer(leader, FRAME_MSG, ClientRequest(request_id=rid, argv=tuple(argv))):
-            self._forwarded.pop(rid, None)
-            return _const(encode_error(f"TRYAGAIN cannot reach the leader {leader}; nothing was sent"))
+        self._fwd_buf.append((argv, w))
+        if not self._fwd_scheduled:
+            self._fwd_scheduled = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._send_forwards)
         self.stats["forwarded"] += 1
 
         async def result() -> bytes:
-            with trio.move_on_after(self.cfg.request_timeout):
-                await w.event.wait()
-            self._forwarded.pop(rid, None)
             if not w.event.is_set():
+                with trio.move_on_after(self.cfg.request_timeout):
+                    await w.event.wait()
+            if not w.event.is_set():
+                self._fwd_batches.pop(w.ctx, None)
                 return encode_error(f"TIMEOUT no answer from the leader {leader}; the outcome is unknown")
+            if w.error is not None:
+                return encode_error(w.error)
             return bytes(w.value) if isinstance(w.value, (bytes, bytearray)) else encode(w.value)
 
         return result
+
+    async def _send_forwards(self) -> None:
+        self._fwd_scheduled = False
+        buf, self._fwd_buf = self._fwd_buf, []
+        if not buf:
+            return
+        leader = self.raft.leader_id
+        if leader is None or leader == self.id:
+            for _, w in buf:
+                w.fail("TRYAGAIN the leader changed before the command was forwarded; nothing was sent")
+            return
+        parts: list[list[tuple[list[bytes], _Waiter]]] = [[]]
+        size = 0
+        for item in buf:  # frames stay well under the frame limit
+            n = sum(len(a) for a in item[0]) + 16
+            if parts[-1] and (len(parts[-1]) >= MAX_BATCH_COMMANDS or size + n > MAX_FRAME_SIZE // 4):
+                parts.append([])
+                size = 0
+            parts[-1].append(item)
+            size += n
+        for part in parts:
+            rid = next(self._forward_ids)
+            waiters = [w for _, w in part]
+            for w in waiters:
+                w.ctx = rid
+            self._fwd_batches[rid] = waiters
+            msg = ClientBatchRequest(request_id=rid, commands=tuple(tuple(a) for a, _ in part))
+            if not self._send_peer(leader, FRAME_MSG, msg):
+                self._fwd_batches.pop(rid, None)
+                for w in waiters:
+                    w.fail(f"TRYAGAIN cannot reach the leader {leader}; nothing was sent")
 
     # ------------------------------------------------------------------ clients
     async def _handle_client(self, stream: trio.SocketStream, first: bytes) -> None:
@@ -847,8 +915,7 @@ class Node:
                 if not await self._wait_applied(int(w.value)):
                     return encode_error("TIMEOUT this node did not catch up in time")
                 if isinstance(req, C.ReadRequest):
-                    r = self.sm.get(req.key)
-                    return encode_bulk(r.value if isinstance(r.value, bytes) else None, resp3=resp3)
+                    return encode_bulk(self.sm.get_value(req.key_bytes), resp3=resp3)
                 return encode_integer(sum(1 for k in req.keys if k in self.sm))
 
             return read_result

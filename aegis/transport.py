@@ -60,6 +60,8 @@ __all__ = [
     "Message",
     "ClientRequest",
     "ClientResponse",
+    "ClientBatchRequest",
+    "ClientBatchResponse",
     "Handshake",
     "Reply",
     "WireMessage",
@@ -99,6 +101,8 @@ class MessageType(enum.IntEnum):
     CLIENT_REQUEST = 10
     CLIENT_RESPONSE = 11
     HANDSHAKE = 12
+    CLIENT_BATCH_REQUEST = 13
+    CLIENT_BATCH_RESPONSE = 14
 
     @classmethod
     def of(cls, msg: WireMessage) -> MessageType:
@@ -169,6 +173,42 @@ class ClientResponse:
         return msg
 
 
+#: The most commands one forwarded batch may carry.
+MAX_BATCH_COMMANDS: Final = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class ClientBatchRequest:
+    """Client commands forwarded together (a follower's writes of one turn), to be started
+    in order; answered by one `ClientBatchResponse`."""
+
+    request_id: int
+    commands: tuple[tuple[bytes, ...], ...]
+
+    def __post_init__(self) -> None:
+        if not _is_uint(self.request_id):
+            raise ValueError("request_id must be a non-negative int")
+        if not isinstance(self.commands, tuple) or not self.commands or len(self.commands) > MAX_BATCH_COMMANDS:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH_COMMANDS} commands")
+        for argv in self.commands:
+            if not isinstance(argv, tuple) or not argv or not all(isinstance(a, bytes) for a in argv):
+                raise TypeError("each command must be a non-empty tuple of bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientBatchResponse:
+    """The replies to a `ClientBatchRequest`, one per command, each already RESP-encoded."""
+
+    request_id: int
+    replies: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if not _is_uint(self.request_id):
+            raise ValueError("request_id must be a non-negative int")
+        if not isinstance(self.replies, tuple) or not all(isinstance(r, bytes) for r in self.replies):
+            raise TypeError("replies must be a tuple of bytes")
+
+
 @dataclass(frozen=True, slots=True)
 class Handshake:
     """The first frame on a peer connection: who is calling, in which cluster. Identity is
@@ -190,7 +230,7 @@ class Handshake:
             raise TypeError("auth must be bytes")
 
 
-WireMessage: TypeAlias = RaftMessage | ClientRequest | ClientResponse | Handshake
+WireMessage: TypeAlias = RaftMessage | ClientRequest | ClientResponse | ClientBatchRequest | ClientBatchResponse | Handshake
 
 _RAFT_TYPES: Final[tuple[type, ...]] = (
     VoteRequest,
@@ -313,6 +353,8 @@ _TYPE_OF.update(
     {
         ClientRequest: MessageType.CLIENT_REQUEST,
         ClientResponse: MessageType.CLIENT_RESPONSE,
+        ClientBatchRequest: MessageType.CLIENT_BATCH_REQUEST,
+        ClientBatchResponse: MessageType.CLIENT_BATCH_RESPONSE,
         Handshake: MessageType.HANDSHAKE,
     }
 )
@@ -376,6 +418,10 @@ def encode(msg: WireMessage, pack_payload: PayloadPacker | None = None) -> bytes
         return _pack([int(MessageType.CLIENT_REQUEST), msg.request_id, list(msg.argv)])
     if isinstance(msg, ClientResponse):
         return _pack([int(MessageType.CLIENT_RESPONSE), msg.request_id, msg.value, msg.error])
+    if isinstance(msg, ClientBatchRequest):
+        return _pack([int(MessageType.CLIENT_BATCH_REQUEST), msg.request_id, [list(c) for c in msg.commands]])
+    if isinstance(msg, ClientBatchResponse):
+        return _pack([int(MessageType.CLIENT_BATCH_RESPONSE), msg.request_id, list(msg.replies)])
     if isinstance(msg, Handshake):
         return _pack([int(MessageType.HANDSHAKE), msg.node_id, msg.cluster, msg.protocol_version, msg.auth])
     schema = _SCHEMAS.get(type(msg))
@@ -443,6 +489,10 @@ def decode(data: bytes, unpack_payload: PayloadUnpacker | None = None) -> WireMe
         return _decode_client_response(obj)
     if code == MessageType.HANDSHAKE:
         return _decode_handshake(obj)
+    if code == MessageType.CLIENT_BATCH_REQUEST:
+        return _decode_client_batch(obj)
+    if code == MessageType.CLIENT_BATCH_RESPONSE:
+        return _decode_client_batch_response(obj)
     cls, fields = _BY_CODE[code]
     name = cls.__name__
     if len(obj) != len(fields) + 1:
@@ -568,6 +618,30 @@ def _decode_client_response(obj: list[object]) -> ClientResponse:
         return ClientResponse(rid, value, error)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise CodecError(f"invalid ClientResponse: {exc}") from None
+
+
+def _decode_client_batch(obj: list[object]) -> ClientBatchRequest:
+    _need(len(obj) == 3, "ClientBatchRequest (want 2 fields)")
+    rid, cmds = obj[1], obj[2]
+    _need(_is_uint(rid), "ClientBatchRequest.request_id")
+    _need(isinstance(cmds, list) and all(isinstance(c, list) for c in cmds), "ClientBatchRequest.commands")
+    assert isinstance(rid, int) and isinstance(cmds, list)
+    try:
+        return ClientBatchRequest(rid, tuple(tuple(c) for c in cmds))
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"invalid ClientBatchRequest: {exc}") from None
+
+
+def _decode_client_batch_response(obj: list[object]) -> ClientBatchResponse:
+    _need(len(obj) == 3, "ClientBatchResponse (want 2 fields)")
+    rid, replies = obj[1], obj[2]
+    _need(_is_uint(rid), "ClientBatchResponse.request_id")
+    _need(isinstance(replies, list), "ClientBatchResponse.replies")
+    assert isinstance(rid, int) and isinstance(replies, list)
+    try:
+        return ClientBatchResponse(rid, tuple(replies))
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"invalid ClientBatchResponse: {exc}") from None
 
 
 def _decode_handshake(obj: list[object]) -> Handshake:

@@ -76,6 +76,7 @@ class Env:
         self.meta_db = env.open_db(b"meta")
         self.snap_db = env.open_db(b"snap")
         self.kv_db = env.open_db(b"kv")  # used in the state environment (storage.kv)
+        self.before_remap: list[Callable[[], None]] = []  # called under `lock` before a map resize
         self._pins = 0  # long read transactions (snapshot exports) that a map resize must wait for
         self.lock = threading.Lock()
         self.write_lock = threading.Lock()
@@ -221,6 +222,8 @@ class Env:
                 f"writes are accepted until the store is reopened with a larger limit"
             )
             raise type(self.failed)(str(self.failed))
+        for hook in self.before_remap:
+            hook()
         self.env.set_mapsize(min(current * 2, self.max_map_size))
 
     def _fail(self, e: lmdb.Error) -> StorageError:

@@ -104,6 +104,20 @@ class LmdbKV:
         self._applied = self._durable
         self._applied_term = self._durable_term
         self._flushing_applied = (0, 0)
+        # One read transaction serves the disk reads between two flushes (the overlays hold
+        # anything newer); it is dropped when a flush lands, at an install and before the
+        # map is resized. Guarded by the environment's lock.
+        self._rtxn: lmdb.Transaction[bytes] | None = None
+        e.before_remap.append(self._drop_reader)
+
+    def _drop_reader(self) -> None:
+        """Caller holds the environment's lock."""
+        txn, self._rtxn = self._rtxn, None
+        if txn is not None:
+            try:
+                txn.abort()
+            except lmdb.Error:
+                pass
 
     # --- reads ------------------------------------------------------------------------------
     def get(self, key: bytes) -> Record | None:
@@ -115,8 +129,10 @@ class LmdbKV:
             if rec is not _MISSING:
                 return rec  # type: ignore[return-value]
             with self._lock:
-                with self._env.begin(db=self._db) as txn:
-                    raw = txn.get(key)
+                txn = self._rtxn
+                if txn is None:
+                    txn = self._rtxn = self._env.begin(db=self._db)
+                raw = txn.get(key)
             if gen == self._gen:
                 return decode_record(key, raw, self._path) if raw is not None else None
 
@@ -219,6 +235,8 @@ class LmdbKV:
         self._flushing = None
         if items is None:
             return
+        with self._lock:
+            self._drop_reader()  # the next read sees what the flush wrote
         if ok:
             if self._flushing_applied[0] > self._durable:
                 self._durable, self._durable_term = self._flushing_applied
@@ -228,6 +246,7 @@ class LmdbKV:
 
     def _installed(self, applied: int, term: int, count: int) -> None:
         """Called right after a snapshot install committed (under the environment's lock)."""
+        self._drop_reader()
         self._live = {}
         self._flushing = None
         self._applied = self._durable = applied
@@ -275,6 +294,8 @@ class LmdbKV:
                 return txn.get(K_BASE)
 
     def close(self) -> None:
+        with self._lock:
+            self._drop_reader()
         self._e.close()
 
     # --- exports ----------------------------------------------------------------------------
