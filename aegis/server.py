@@ -147,6 +147,8 @@ class Node:
         self._fwd_batches: dict[int, list[_Waiter]] = {}  # forwarded batch id -> its commands' waiters
         self._fwd_buf: list[tuple[list[bytes], _Waiter]] = []
         self._fwd_scheduled = False
+        self._client_ops: list[tuple[bytes | None, _Waiter]] = []  # see _client_op
+        self._wake_pending = False
         self._forward_ids = itertools.count(1)
         self._backups: dict[int, Path] = {}
         self._backup_ids = itertools.count(1)
@@ -276,6 +278,14 @@ class Node:
                 except trio.WouldBlock:
                     break
                 self._handle_event(ev, proposals)
+            if self._client_ops:
+                ops, self._client_ops = self._client_ops, []
+                self._wake_pending = False
+                for payload, w in ops:
+                    if payload is None:
+                        self._start_read(w)
+                    else:
+                        proposals.append((payload, w))
             if proposals:
                 self._propose(proposals)
             while raft.has_ready():
@@ -295,15 +305,10 @@ class Node:
             except Exception:
                 log.exception("step failed on %r", ev[1])
                 raise
-        elif kind == "propose":
-            proposals.append((ev[1], ev[2]))
+        elif kind == "wake":
+            pass  # client operations are waiting in _client_ops
         elif kind == "read":
-            ctx = next(self._read_ctx)
-            ev[1].ctx = ctx
-            if raft.read_index(ctx):
-                self._reads[ctx] = ev[1]
-            else:
-                ev[1].fail("NOLEADER no leader is known; try again shortly")
+            self._start_read(ev[1])
         elif kind == "conf":
             waiter: _Waiter = ev[2]
             try:
@@ -333,6 +338,26 @@ class Node:
         elif kind == "snapshot_in":
             self._incoming_snapshot = ev[2]
             raft.step(ev[1])
+
+    def _start_read(self, w: _Waiter) -> None:
+        ctx = next(self._read_ctx)
+        w.ctx = ctx
+        if self.raft.read_index(ctx):
+            self._reads[ctx] = w
+        else:
+            w.fail("NOLEADER no leader is known; try again shortly")
+
+    def _client_op(self, payload: bytes | None, w: _Waiter) -> bool:
+        """Queue a client's write (its encoded command) or read (None) for the Raft task:
+        one list shared by every connection, one wake-up per turn, not an event per command.
+        False when the node is overloaded."""
+        if len(self._client_ops) >= self.cfg.inbox_depth:
+            return False
+        self._client_ops.append((payload, w))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._submit(("wake",))  # if the inbox is full the loop is busy and drains anyway
+        return True
 
     def _propose(self, proposals: list[tuple[bytes, _Waiter]]) -> None:
         """The writes that reached the Raft task in one turn become as few log entries as
@@ -888,7 +913,7 @@ class Node:
             if not raft.is_leader():
                 return self._to_leader(argv, forwarded)
             w = _Waiter()
-            if not self._submit(("propose", req.command.encode(), w)):
+            if not self._client_op(req.command.encode(), w):
                 return _const(OVERLOADED)
             command = req.command
 
@@ -903,7 +928,7 @@ class Node:
         if isinstance(req, (C.ReadRequest, C.ExistsRequest)):
             self.stats["total_reads"] += 1
             w = _Waiter()
-            if not self._submit(("read", w)):
+            if not self._client_op(None, w):
                 return _const(OVERLOADED)
 
             async def read_result() -> bytes:

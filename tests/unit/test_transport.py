@@ -26,6 +26,8 @@ from aegis.messages import (
 )
 from aegis.transport import (
     MAX_FRAME_SIZE,
+    ClientBatchRequest,
+    ClientBatchResponse,
     ClientRequest,
     ClientResponse,
     FrameDecoder,
@@ -89,6 +91,8 @@ EXAMPLES: list[Any] = [
     ClientResponse(7, b"v"),
     ClientResponse(8, [1, None, b"x", "OK", [b"nested", -5]]),
     ClientResponse(9, None, "NOLEADER no leader is known"),
+    ClientBatchRequest(10, ((b"SET", b"k", b"v"), (b"DEL", b"a", b"b"))),
+    ClientBatchResponse(10, (b"+OK\r\n", b":2\r\n")),
     Handshake("n1", "aegis"),
     Handshake("n2", "prod", 3, b"token"),
 ]
@@ -99,7 +103,7 @@ EXAMPLES: list[Any] = [
 
 def test_every_message_class_has_a_type() -> None:
     assert {MessageType.of(m) for m in EXAMPLES} == set(MessageType)
-    assert len(MessageType) == 12
+    assert len(MessageType) == 14
     with pytest.raises(CodecError):
         MessageType.of("nope")  # type: ignore[arg-type]
 
@@ -695,3 +699,12 @@ def test_same_seed_same_run() -> None:
 @given(st.integers(0, 2**32))
 def test_determinism_for_any_seed(seed: int) -> None:
     assert run_chaos(seed) == run_chaos(seed)
+
+
+@pytest.mark.parametrize("raw", [
+    [13, 1, []], [13, 1, [[]]], [13, 1, [["SET"]]], [13, -1, [[b"GET", b"k"]]], [13, 1, "x"],
+    [14, 1, [b"ok", 5]], [14, 1, b"x"], [13, 1], [14, 1, [], 2],
+])
+def test_bad_client_batches_are_codec_errors(raw: list[Any]) -> None:
+    with pytest.raises(CodecError):
+        decode(packb(raw))
