@@ -688,9 +688,9 @@ class Node:
                 elif isinstance(msg, ClientRequest):
                     self._serve_forwarded(pid, msg)
                 elif isinstance(msg, ClientResponse):
-                    w = self._forwarded.pop(msg.request_id, None)
-                    if w is not None:
-                        w.set(msg.value)
+                    one = self._forwarded.pop(msg.request_id, None)
+                    if one is not None:
+                        one.set(msg.value)
                 elif isinstance(msg, Handshake):
                     raise ValueError("second handshake")
                 else:

@@ -33,8 +33,9 @@ again at 1. The revision is the log index of the entry that last wrote the key. 
   writes are buffered in a `StateView` and dropped when it fails).
 
 Snapshots are a msgpack stream: a header ``["aegis-sm", 2, applied_index, key_count]``, one
-``[key, value, version, revision]`` record per key in byte order of the keys (so equal states
-give equal bytes), and a trailer ``["end", key_count, crc32]``. Version 1 streams (records
+``[key, value, version, revision]`` record per key in the backend's storage order (byte
+order of the keys; the LMDB backend puts keys over 510 bytes last), so equal states give
+equal bytes, and a trailer ``["end", key_count, crc32]``. Version 1 streams (records
 without the revision) are still read. `SnapshotParser` validates while it streams; a
 backend's `replace` undoes everything if the stream turns out bad, so garbage never
 half-replaces a state. `Snapshot` wraps the same stream with the index and term it covers.
@@ -458,7 +459,7 @@ class DictBackend:
     def items(self) -> Iterator[tuple[bytes, bytes, int, int]]:
         data = self._data
         snap = [(k, *data[k]) for k in sorted(data)]  # captured now
-        return iter(snap)  # type: ignore[arg-type]
+        return iter(snap)
 
     def transact(self, body: Callable[[KVView], _T], applied: int, term: int = 0) -> _T:
         out = body(self)
@@ -466,7 +467,13 @@ class DictBackend:
         return out
 
     def replace(self, records: Iterable[tuple[bytes, bytes, int, int]], applied: int) -> None:
-        new = {k: (v, ver, rev) for k, v, ver, rev in records}
+        new: dict[bytes, Record] = {}
+        n = 0
+        for k, v, ver, rev in records:
+            new[k] = (v, ver, rev)
+            n += 1
+        if len(new) != n:
+            raise ValueError(f"corrupt snapshot: {n - len(new)} duplicate keys")
         self._data = new
         self._applied = applied
 
@@ -609,7 +616,7 @@ class StateMachine:
         of insertion order or `last_applied`. Replicas that applied the same entries agree."""
         if self._digest is None:
             h = hashlib.sha256()
-            for kb, value, version, _rev in self._kv.items():
+            for kb, value, version, _rev in sorted(self._kv.items()):
                 h.update(len(kb).to_bytes(4, "big") + kb)
                 h.update(len(value).to_bytes(8, "big") + value)
                 h.update(version.to_bytes(8, "big"))
@@ -864,7 +871,8 @@ class SnapshotParser:
     """Validates a snapshot stream while yielding its records.
 
     `index` and `count` are read from the header at construction (ValueError if it is bad).
-    `records()` yields ``(key, value, version, revision)`` in stream order and raises
+    `records()` yields ``(key, value, version, revision)`` in stream order (a consumer
+    detects a key named twice: the backends do) and raises
     ValueError — after the last record, if need be — when anything is wrong: a consumer
     that writes records as they come must undo its work on that error (a transaction
     aborted, a dict discarded). Version 1 streams (no revision) read with revision 0.
@@ -883,28 +891,29 @@ class SnapshotParser:
             raise ValueError(f"corrupt snapshot: {exc}") from None
 
     def _next(self) -> Any:
-        try:
-            while True:
+        while True:
+            try:
                 for obj in self._unpacker:
                     return obj
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    return None
-                if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                    raise ValueError(f"snapshot chunks must be bytes, got {type(chunk).__name__}")
+            except ValueError as exc:
+                raise ValueError(f"corrupt snapshot: {exc}") from None
+            except Exception as exc:  # msgpack's own errors on garbage
+                raise ValueError(f"corrupt snapshot: {_describe(exc)}") from None
+            chunk = next(self._chunks, None)  # a source's own errors (a corrupt file) pass through
+            if chunk is None:
+                return None
+            if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                raise ValueError(f"snapshot chunks must be bytes, got {type(chunk).__name__}")
+            try:
                 self._unpacker.feed(chunk)
-        except ValueError as exc:
-            raise ValueError(f"corrupt snapshot: {exc}") from None
-        except Exception as exc:  # msgpack's own errors on garbage
-            raise ValueError(f"corrupt snapshot: {_describe(exc)}") from None
+            except Exception as exc:
+                raise ValueError(f"corrupt snapshot: {_describe(exc)}") from None
 
     def records(self) -> Iterator[tuple[bytes, bytes, int, int]]:
         v2 = self.version == _SNAP_VERSION
         width = 4 if v2 else 3
         crc = 0
         n = 0
-        prev: bytes | None = None
-        seen: set[bytes] | None = None if v2 else set()
         while True:
             obj = self._next()
             if obj is None:
@@ -923,14 +932,6 @@ class SnapshotParser:
             ):
                 raise ValueError("corrupt snapshot: malformed snapshot record")
             kb = obj[0]
-            if seen is None:
-                if prev is not None and kb <= prev:
-                    raise ValueError(f"corrupt snapshot: key {kb!r} is out of order or duplicate")
-                prev = kb
-            else:
-                if kb in seen:
-                    raise ValueError(f"corrupt snapshot: duplicate key {kb!r} in snapshot")
-                seen.add(kb)
             rev = obj[3] if v2 else 0
             crc = _record_crc(crc, kb, obj[1], obj[2], rev if v2 else None)
             n += 1

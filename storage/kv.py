@@ -35,11 +35,13 @@ Invariants:
   removes one.
 
 Exports (`open_export`) are one consistent read transaction of the stored state at the
-stored ``applied`` index, streamed in key order; the map is not resized while one is open.
+stored ``applied`` index, streamed in storage order (keys up to 510 bytes in byte order,
+then longer keys); the map is not resized while one is open.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import threading
 import zlib
@@ -67,8 +69,26 @@ _T = TypeVar("_T")
 _MISSING = object()
 
 
+#: LMDB keys are 1 to 511 bytes. A stored key is one tag byte and then the client's key
+#: itself (ordered, the empty key included) when it fits, or its SHA-256 for longer keys, whose
+#: record then carries the whole key.
+MAX_INLINE_KEY = 510
+_SHORT, _LONG = b"\x00", b"\x01"
+_KLEN = struct.Struct(">I")
+
+
+def db_key(key: bytes) -> bytes:
+    """The LMDB key under which `key` is stored."""
+    if len(key) <= MAX_INLINE_KEY:
+        return _SHORT + key
+    return _LONG + hashlib.sha256(key).digest()
+
+
 def encode_record(key: bytes, value: bytes, version: int, revision: int) -> bytes:
-    body = _HEAD.pack(0, version, revision)[4:] + value
+    body = _HEAD.pack(0, version, revision)[4:]
+    if len(key) > MAX_INLINE_KEY:
+        body += _KLEN.pack(len(key)) + key
+    body += value
     return struct.pack(">I", zlib.crc32(body, zlib.crc32(key))) + body
 
 
@@ -78,7 +98,29 @@ def decode_record(key: bytes, raw: bytes, path: str | None = None) -> Record:
     crc, version, revision = _HEAD.unpack_from(raw, 0)
     if crc != zlib.crc32(memoryview(raw)[4:], zlib.crc32(key)):
         raise CorruptionError(f"checksum mismatch in the state record of key {key[:64]!r}", path=path)
-    return bytes(raw[_HEAD.size:]), version, revision
+    off = _HEAD.size
+    if len(key) > MAX_INLINE_KEY:
+        off += _KLEN.size + len(key)
+    return bytes(raw[off:]), version, revision
+
+
+def _stored_key(dbkey: bytes, raw: bytes, path: str | None) -> bytes:
+    """The client's key of a stored record (from the LMDB key, or the record of a long key)."""
+    if dbkey[:1] == _SHORT:
+        return dbkey[1:]
+    if len(raw) < _HEAD.size + _KLEN.size:
+        raise CorruptionError("state record of a long key is truncated", path=path)
+    (n,) = _KLEN.unpack_from(raw, _HEAD.size)
+    key = bytes(raw[_HEAD.size + _KLEN.size:_HEAD.size + _KLEN.size + n])
+    if len(key) != n or len(key) <= MAX_INLINE_KEY or _LONG + hashlib.sha256(key).digest() != dbkey:
+        raise CorruptionError("state record of a long key does not match its key", path=path)
+    return key
+
+
+def _decode_stored(dbkey: bytes, raw: bytes, path: str | None) -> tuple[bytes, bytes, int, int]:
+    key = _stored_key(dbkey, raw, path)
+    value, version, revision = decode_record(key, raw, path)
+    return key, value, version, revision
 
 
 class LmdbKV:
@@ -132,7 +174,7 @@ class LmdbKV:
                 txn = self._rtxn
                 if txn is None:
                     txn = self._rtxn = self._env.begin(db=self._db)
-                raw = txn.get(key)
+                raw = txn.get(db_key(key))
             if gen == self._gen:
                 return decode_record(key, raw, self._path) if raw is not None else None
 
@@ -153,11 +195,11 @@ class LmdbKV:
         overlay.update(self._live)
         with self._lock:
             with self._env.begin(db=self._db) as txn:
-                disk = [(bytes(k), decode_record(bytes(k), bytes(v), self._path)) for k, v in txn.cursor()]
-        merged: dict[bytes, Record | None] = dict(disk)
+                disk = [_decode_stored(bytes(k), bytes(v), self._path) for k, v in txn.cursor()]
+        merged: dict[bytes, Record | None] = {k: (v, ver, rev) for k, v, ver, rev in disk}
         merged.update(overlay)
         out = [(k, *rec) for k, rec in sorted(merged.items()) if rec is not None]
-        return iter(out)  # type: ignore[arg-type]
+        return iter(out)
 
     # --- applying ---------------------------------------------------------------------------
     @property
@@ -199,7 +241,7 @@ class LmdbKV:
     def flushing(self) -> bool:
         return self._flushing is not None
 
-    def take_flush(self) -> tuple[dict[bytes, Record | None], int, int] | None:
+    def take_flush(self) -> tuple[dict[bytes, Record | None], int, int, int] | None:
         """Hand the overlay over for `write_flush` (in a worker thread); None if nothing
         changed since the last flush. Call `flush_done` when the write is over."""
         if self._flushing is not None:
@@ -209,26 +251,31 @@ class LmdbKV:
         items, self._live = self._live, {}
         self._flushing = items
         self._flushing_applied = (self._applied, self._applied_term)
-        return items, self._applied, self._applied_term
+        return items, self._applied, self._applied_term, self._gen
 
-    def write_flush(self, items: dict[bytes, Record | None], applied: int, term: int) -> None:
-        """Write an overlay and the applied index it reaches in ONE durable transaction."""
+    def write_flush(self, items: dict[bytes, Record | None], applied: int, term: int, gen: int = -1) -> bool:
+        """Write an overlay and the applied index it reaches in ONE durable transaction.
+        A flush taken before a snapshot install (`gen` is older) writes nothing: the install
+        replaced what it would change. Returns whether it wrote."""
         db, meta = self._db, self._meta
 
         def body(txn: lmdb.Transaction[bytes]) -> None:
             puts = []
             for k, rec in items.items():
                 if rec is None:
-                    txn.delete(k, db=db)
+                    txn.delete(db_key(k), db=db)
                 else:
-                    puts.append((k, encode_record(k, *rec)))
+                    puts.append((db_key(k), encode_record(k, *rec)))
             if puts:
                 puts.sort()
                 txn.cursor(db).putmulti(puts)
             txn.put(K_APPLIED, encode_applied(applied, term), db=meta)
 
         with self._e.write_lock:
+            if gen != -1 and gen != self._gen:
+                return False
             self._e.commit(body)
+        return True
 
     def flush_done(self, ok: bool = True) -> None:
         items = self._flushing
@@ -276,9 +323,12 @@ class LmdbKV:
                 nonlocal count
                 for k, v, ver, rev in records():
                     count += 1
-                    yield k, encode_record(k, v, ver, rev)
+                    yield db_key(k), encode_record(k, v, ver, rev)
 
-            txn.cursor(db).putmulti(encoded(), append=True)
+            consumed, added = txn.cursor(db).putmulti(encoded(), overwrite=False)
+            if added != consumed:
+                raise CorruptionError(f"the snapshot names a key twice ({consumed - added} duplicates)",
+                                      path=self._path)
             txn.put(K_APPLIED, encode_applied(applied, term), db=meta)
             if base is not None:
                 txn.put(K_BASE, base, db=meta)
@@ -325,9 +375,7 @@ class KVExport:
     def records(self) -> Iterator[tuple[bytes, bytes, int, int]]:
         path = self._kv._path
         for k, v in self._txn.cursor(db=self._kv._db):
-            key = bytes(k)
-            value, version, revision = decode_record(key, bytes(v), path)
-            yield key, value, version, revision
+            yield _decode_stored(bytes(k), bytes(v), path)
 
     def close(self) -> None:
         if not self._closed:

@@ -147,6 +147,8 @@ class LmdbStore:
         self._cache_lo = 1
         self._cache_bytes = 0
         self._kv: LmdbKV | None = None
+        self._map_size = DEFAULT_MAP_SIZE
+        self._max_map_size = env.max_map_size
 
     @classmethod
     def open(
@@ -183,6 +185,7 @@ class LmdbStore:
                 snapshot_level=snapshot_level,
                 snapshot_chunk_size=snapshot_chunk_size,
             )
+            store._map_size = map_size
             store._load(node_id, cluster)
         except BaseException:
             env.close()
@@ -549,7 +552,8 @@ class LmdbStore:
         has it moved into the state database, once."""
         if self._kv is not None:
             return self._kv
-        env = Env.open(self.directory / STATE_DIR, sync=self.sync_writes)
+        env = Env.open(self.directory / STATE_DIR, sync=self.sync_writes, map_size=self._map_size,
+                       max_map_size=self._max_map_size)
         try:
             kv = LmdbKV(self, env)
             self._repair_after_install(kv)

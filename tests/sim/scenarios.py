@@ -25,7 +25,8 @@ SCENARIOS: dict[str, Callable[[int], Simulation]] = {
         seed,
         n=3,
         faults=FaultRates(drop=0.05, duplicate=0.02, max_delay=4, partition_every=12, crash_every=25,
-                          restart_after=(5, 30), propose_rate=0.9, snapshot_threshold=1000, read_rate=0.0),
+                          restart_after=(5, 30), propose_rate=0.9, snapshot_threshold=1000, read_rate=0.0,
+                          batch_rate=0.0),
     ),
     # churn with many linearizable reads on every node: crashes and restarts in one term
     # put delayed ReadIndex answers in front of new incarnations
@@ -33,7 +34,8 @@ SCENARIOS: dict[str, Callable[[int], Simulation]] = {
         seed,
         n=3,
         faults=FaultRates(drop=0.05, duplicate=0.02, max_delay=4, partition_every=12, crash_every=25,
-                          restart_after=(5, 30), propose_rate=0.5, snapshot_threshold=200, read_rate=0.6),
+                          restart_after=(5, 30), propose_rate=0.5, snapshot_threshold=200, read_rate=0.6,
+                          batch_rate=0.0),
     ),
     # learners, promotions, removals and re-adds while faults happen
     "members": lambda seed: Simulation(seed, n=3, learners=2, faults=FaultRates(membership_changes=True)),

@@ -22,7 +22,7 @@ from typing import Callable
 from aegis.log import LogEntry, LogIndex, MemoryLogStore, Membership
 from aegis.messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest
 from aegis.raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Role
-from aegis.state import Command, StateMachine
+from aegis.state import Command, StateMachine, encode_batch
 from aegis.transport import InMemoryTransport
 
 
@@ -42,6 +42,7 @@ class FaultRates:
     snapshot_threshold: int = 40
     membership_changes: bool = False
     read_rate: float = 0.2  # linearizable reads per tick, on random live nodes
+    batch_rate: float = 0.25  # share of proposals that are a BATCH entry of 2-4 commands
 
 
 @dataclass
@@ -222,6 +223,26 @@ class Simulation:
         node = node or self.leader()
         if node is None or node.raft is None:
             return False
+        if self.faults.batch_rate and self.rng.random() < self.faults.batch_rate:
+            # A batch of commands in one entry, as the node proposes a turn's writes.
+            payloads = [self._command().encode() for _ in range(self.rng.randrange(2, 5))]
+            data = encode_batch(payloads)
+            try:
+                idx = node.raft.propose_commands(payloads)
+            except (NotLeaderError, ProposalDroppedError):
+                return False
+        else:
+            data = self._command().encode()
+            try:
+                idx = node.raft.propose(data)
+            except (NotLeaderError, ProposalDroppedError):
+                return False
+        self.proposed += 1
+        self.pending[node.id].append((idx, node.raft.term, data))
+        self._drain(node)
+        return True
+
+    def _command(self) -> Command:
         self.client_seq += 1
         key = f"k{self.rng.randrange(8)}"
         r = self.rng.random()
@@ -233,15 +254,7 @@ class Simulation:
             cmd = Command.delete(key)
         else:
             cmd = Command.compare_and_swap(key, f"v{self.client_seq - 1}".encode(), f"v{self.client_seq}".encode())
-        data = cmd.encode()
-        try:
-            idx = node.raft.propose(data)
-        except (NotLeaderError, ProposalDroppedError):
-            return False
-        self.proposed += 1
-        self.pending[node.id].append((idx, node.raft.term, data))
-        self._drain(node)
-        return True
+        return cmd
 
     def change_membership(self) -> None:
         node = self.leader()

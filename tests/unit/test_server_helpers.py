@@ -53,6 +53,11 @@ async def test_a_full_raft_inbox_answers_tryagain_and_changes_nothing(tmp_path: 
         assert node.raft.is_leader()
         assert node._submit(("tick",)) and node._submit(("tick",))
         assert not node._submit(("tick",))  # full: dropped, not raised
+        # Client reads and writes wait in their own bounded list; fill it too.
+        from aegis.server import _Waiter
+
+        assert node._client_op(b"x", _Waiter()) and node._client_op(None, _Waiter())
+        assert not node._client_op(None, _Waiter())
         for argv in ([b"SET", b"k", b"v"], [b"GET", b"k"], [b"MEMBER", b"ADD", b"n2", b"127.0.0.1:1"]):
             reply = await node._prepare(C.parse_command(argv), argv=argv)()
             assert reply == OVERLOADED
