@@ -1120,6 +1120,8 @@ class Node:
             "learners": ",".join(sorted(m.learners)),
             "cluster_state": self.cluster_state().label,
             "keys": len(self.sm),
+            "state_durable_index": self.kv.durable_applied,  # applied state on disk (the log replays the rest)
+            "state_pending_keys": self.kv.overlay_keys(),
             "connected_clients": self._clients,
             "tcp_port": self.port,
             "data_dir": os.path.abspath(self.cfg.data_dir),
