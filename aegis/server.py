@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import msgpack
 import trio
 
 from . import commands as C
@@ -47,7 +48,7 @@ from .cluster import Cluster, ClusterConfig, ClusterState
 from .log import EntryType, HardState, LogIndex, Membership, SnapshotMeta
 from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
 from .node import NodeId, NodeInfo, NodeStatus
-from .protocol import RespParser, encode, encode_bulk, encode_error, encode_integer, encode_simple
+from .protocol import OK, RespParser, encode, encode_bulk, encode_error, encode_integer, encode_simple
 from .raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Ready, Role
 from .state import StateMachine
 from .peers import (
@@ -203,6 +204,9 @@ class Node:
             election_timeout_max=cfg.election_ticks[1],
             heartbeat_interval=cfg.heartbeat_ticks,
             snapshot_threshold=cfg.snapshot_threshold,
+            # Committed entries handed out per Ready: what one apply decodes at once, and so
+            # the node's memory high-water mark while it catches up.
+            max_committed_bytes_per_ready=2 << 20,
         )
         self.raft = RaftNode(cfg.node_id, rcfg, self.store, applied=self.kv.applied())
         local = NodeInfo(NodeId(cfg.node_id), cfg.host, self.port or 1)
@@ -836,6 +840,16 @@ class Node:
                         close = True
                         break
                     self.stats["total_commands"] += 1
+                    fast = self._fast_path(cmd, state) if len(cmd) in (2, 3) else None
+                    if fast is not None:
+                        kind, op = fast
+                        if last_kind and kind != last_kind and ops:
+                            for o in ops:
+                                out += await o()
+                            ops = []
+                        last_kind = kind
+                        ops.append(op)
+                        continue
                     req = C.parse_command(cmd, self.cfg.limits)
                     if not state["authed"] and not C.allowed_before_auth(cmd[0]):
                         ops.append(_const(encode_error(C.ERR_NOAUTH)))
@@ -873,6 +887,53 @@ class Node:
             return
         finally:
             self._clients -= 1
+
+    def _fast_path(self, cmd: list[bytes], state: dict[str, bool]) -> tuple[str, Callable[[], Awaitable[bytes]]] | None:
+        """Plain SET k v and GET k, the bulk of any load, without building a Request and a
+        Command: the same checks, the same log payload (`Command.set(k, v).encode()`), the
+        same replies. Anything else (options, limits exceeded, no leader, no AUTH yet) takes
+        the general path."""
+        name = cmd[0]
+        limits = self.cfg.limits
+        if not state["authed"] or self.raft.leader_id is None or len(cmd[1]) > limits.max_key_len:
+            return None
+        if len(cmd) == 3 and (name == b"SET" or name == b"set") and len(cmd[2]) <= limits.max_value_len:
+            self.stats["total_writes"] += 1
+            if not self.raft.is_leader():
+                return "w", self._to_leader(cmd, False)
+            w = _Waiter()
+            if not self._client_op(b"\x93\x01" + _pack(cmd[1]) + _pack(cmd[2]), w):
+                return "w", _const(OVERLOADED)
+
+            async def set_result() -> bytes:
+                if not await self._wait(w):
+                    return encode_error("TIMEOUT the write was not committed in time; the outcome is unknown")
+                if w.error is not None:
+                    return encode_error(w.error)
+                r = w.value
+                return OK if r.success else encode_error(f"ERR {r.error}")
+
+            return "w", set_result
+        if len(cmd) == 2 and (name == b"GET" or name == b"get"):
+            self.stats["total_reads"] += 1
+            key = cmd[1]
+            resp3 = state["resp3"]
+            w = _Waiter()
+            if not self._client_op(None, w):
+                return "r", _const(OVERLOADED)
+
+            async def get_result() -> bytes:
+                if not await self._wait(w):
+                    self._reads.pop(w.ctx, None)
+                    return encode_error("TIMEOUT no quorum confirmed the read in time")
+                if w.error is not None:
+                    return encode_error(w.error)
+                if not await self._wait_applied(int(w.value)):
+                    return encode_error("TIMEOUT this node did not catch up in time")
+                return encode_bulk(self.sm.get_value(key), resp3=resp3)
+
+            return "r", get_result
+        return None
 
     def _auth(self, req: C.AuthRequest, state: dict[str, bool]) -> bytes:
         if not self.cfg.token:
@@ -1227,6 +1288,9 @@ def _pack_payload(e: Any) -> bytes:
     from storage import pack_payload
 
     return pack_payload(e)
+
+
+_pack = msgpack.Packer(use_bin_type=True).pack  # the fast path's SET payload: [1, key, value]
 
 
 def _const(data: bytes) -> Callable[[], Awaitable[bytes]]:

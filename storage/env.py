@@ -93,6 +93,7 @@ class Env:
         map_size: int = DEFAULT_MAP_SIZE,
         max_map_size: int = DEFAULT_MAX_MAP_SIZE,
         create: bool = True,
+        writemap: bool = False,
     ) -> Env:
         directory = Path(path)
         if not directory.is_dir():
@@ -118,6 +119,7 @@ class Env:
                 sync=sync,
                 metasync=sync,
                 readahead=False,
+                writemap=writemap,
                 max_spare_txns=2,
                 lock=True,
             )

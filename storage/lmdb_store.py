@@ -552,8 +552,10 @@ class LmdbStore:
         has it moved into the state database, once."""
         if self._kv is not None:
             return self._kv
+        # WRITEMAP: a big flush dirties pages of the map (page cache) instead of malloc'd
+        # copies, so a node's anonymous memory does not grow with the size of a flush.
         env = Env.open(self.directory / STATE_DIR, sync=self.sync_writes, map_size=self._map_size,
-                       max_map_size=self._max_map_size)
+                       max_map_size=self._max_map_size, writemap=True)
         try:
             kv = LmdbKV(self, env)
             self._repair_after_install(kv)
