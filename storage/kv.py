@@ -137,6 +137,7 @@ class LmdbKV:
         self._path = e.path
         self._live: dict[bytes, Record | None] = {}
         self._flushing: dict[bytes, Record | None] | None = None
+        self._cancelled = False  # an install dropped the flush in flight; its done is void
         self._gen = 0
         with self._lock:
             with self._env.begin() as txn:
@@ -244,7 +245,7 @@ class LmdbKV:
     def take_flush(self) -> tuple[dict[bytes, Record | None], int, int, int] | None:
         """Hand the overlay over for `write_flush` (in a worker thread); None if nothing
         changed since the last flush. Call `flush_done` when the write is over."""
-        if self._flushing is not None:
+        if self._flushing is not None or self._cancelled:
             raise RuntimeError("a state flush is already in flight")
         if not self._live and self._applied == self._durable:
             return None
@@ -278,6 +279,9 @@ class LmdbKV:
         return True
 
     def flush_done(self, ok: bool = True) -> None:
+        if self._cancelled:  # the flush this ends was dropped by an install
+            self._cancelled = False
+            return
         items = self._flushing
         self._flushing = None
         if items is None:
@@ -295,6 +299,7 @@ class LmdbKV:
         """Called right after a snapshot install committed (under the environment's lock)."""
         self._drop_reader()
         self._live = {}
+        self._cancelled = self._flushing is not None
         self._flushing = None
         self._applied = self._durable = applied
         self._applied_term = self._durable_term = term
