@@ -923,13 +923,9 @@ class Node:
                 return "r", _const(OVERLOADED)
 
             async def get_result() -> bytes:
-                if not await self._wait(w):
-                    self._reads.pop(w.ctx, None)
-                    return encode_error("TIMEOUT no quorum confirmed the read in time")
-                if w.error is not None:
-                    return encode_error(w.error)
-                if not await self._wait_applied(int(w.value)):
-                    return encode_error("TIMEOUT this node did not catch up in time")
+                refused = await self._read_point(w)
+                if refused is not None:
+                    return refused
                 return encode_bulk(self.sm.get_value(key), resp3=resp3)
 
             return "r", get_result
@@ -996,13 +992,9 @@ class Node:
                 return _const(OVERLOADED)
 
             async def read_result() -> bytes:
-                if not await self._wait(w):
-                    self._reads.pop(w.ctx, None)
-                    return encode_error("TIMEOUT no quorum confirmed the read in time")
-                if w.error is not None:
-                    return encode_error(w.error)
-                if not await self._wait_applied(int(w.value)):
-                    return encode_error("TIMEOUT this node did not catch up in time")
+                refused = await self._read_point(w)
+                if refused is not None:
+                    return refused
                 if isinstance(req, C.ReadRequest):
                     return encode_bulk(self.sm.get_value(req.key_bytes), resp3=resp3)
                 return encode_integer(sum(1 for k in req.keys if k in self.sm))
@@ -1134,6 +1126,18 @@ class Node:
             return True
         except trio.WouldBlock:
             return False
+
+    async def _read_point(self, w: _Waiter) -> bytes | None:
+        """Wait until a linearizable read may be served (its ReadIndex confirmed and applied
+        here); the error reply if it may not, None when it may."""
+        if not await self._wait(w):
+            self._reads.pop(w.ctx, None)
+            return encode_error("TIMEOUT no quorum confirmed the read in time")
+        if w.error is not None:
+            return encode_error(w.error)
+        if not await self._wait_applied(int(w.value)):
+            return encode_error("TIMEOUT this node did not catch up in time")
+        return None
 
     async def _wait(self, w: _Waiter) -> bool:
         if w.event.is_set():  # common in a pipeline: the whole batch committed together
