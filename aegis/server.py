@@ -140,6 +140,7 @@ class Node:
         self._unsynced_hs: HardState | None = None  # a commit-only hard state not yet written
         self._last_flush = time.monotonic()
         self._flush_waiters: list[_Waiter] = []
+        self._since_compaction = 0  # commands applied since the last compaction began
         self._flush_done_event = trio.Event()
         self._reads: dict[int, _Waiter] = {}
         self._read_ctx = itertools.count(1)
@@ -298,7 +299,7 @@ class Node:
             while raft.has_ready():
                 await self._process_ready(raft.ready())
             self._maybe_flush_state()
-            if raft.should_snapshot() and not self._snapshotting:
+            if self._should_compact() and not self._snapshotting:
                 self._start_snapshot()
 
     def _handle_event(self, ev: tuple[Any, ...], proposals: list[tuple[bytes, _Waiter]]) -> None:
@@ -421,7 +422,7 @@ class Node:
         raft.advance(rd)
         if rd.soft_state is not None or rd.membership is not None:
             self._on_membership_or_leader_change(rd)
-        if raft.should_snapshot() and not self._snapshotting:
+        if self._should_compact() and not self._snapshotting:
             self._start_snapshot()
 
     def _persist(self, rd: Ready, hard_state: HardState | None) -> None:
@@ -469,7 +470,7 @@ class Node:
                         w.set(None)
                     else:
                         w.fail("ERR writing the state failed")
-                if ok and self.raft.should_snapshot() and not self._snapshotting:
+                if ok and self._should_compact() and not self._snapshotting:
                     self._submit(("tick",))  # let the loop consider compacting now
 
         self._nursery.start_soon(run)
@@ -503,6 +504,7 @@ class Node:
             return
         pending = self._pending
         all_results = self.sm.apply_entries(entries)
+        self._since_compaction += sum(len(r) for r in all_results)
         if pending:
             for e, results in zip(entries, all_results):
                 p = pending.pop(e.index, None)
@@ -542,18 +544,28 @@ class Node:
                     w.fail("TRYAGAIN leadership changed during the read; retry")
                 self._reads.clear()
 
+    def _should_compact(self) -> bool:
+        """`--snapshot-threshold` counts applied writes: an entry may carry hundreds (a
+        batch), so entries alone would let the log hold millions of writes."""
+        return self.raft.should_snapshot() or self._since_compaction >= self.cfg.snapshot_threshold
+
     def _start_snapshot(self) -> None:
         """Compact the log: the state database is the snapshot, so this only deletes log
         entries the stored state has durably applied, keeping a margin for slow followers.
         The delete runs in a worker thread; the core hears of it once it is durable."""
         assert self._nursery is not None
         raft = self.raft
-        margin = max(0, min(self.cfg.snapshot_threshold // 4, 1000))
-        target = self.kv.durable_applied - margin
+        base = raft.log.snapshot_meta().index
+        durable = self.kv.durable_applied
+        # Entries kept for slow followers: up to 1000, never more than half of what could go
+        # (an entry may hold hundreds of writes).
+        margin = max(0, min(self.cfg.snapshot_threshold // 4, 1000, (durable - base) // 2))
+        target = durable - margin
         if target <= raft.log.snapshot_meta().index:
             return
         meta = raft.snapshot_meta_for(LogIndex(target))
         self._snapshotting = True
+        self._since_compaction = 0
 
         async def run() -> None:
             done = False

@@ -521,8 +521,9 @@ def test_snapshot_save_status_restore_brings_a_cluster_back(cluster: LocalCluste
 
 def test_frequent_snapshots_under_load_keep_the_leader_and_the_data(tmp_path: Path) -> None:
     """Snapshots are written in the background: compaction races appends, nobody loses a lease."""
-    # A pipeline's writes share a log entry or a few: 60 pipelines make 60+ entries.
-    c = LocalCluster(tmp_path, snapshot_threshold=8)
+    # A pipeline's writes share a log entry or a few: 60 pipelines make 60+ entries, and the
+    # threshold counts writes: 3000 of them make about six compactions.
+    c = LocalCluster(tmp_path, snapshot_threshold=500)
     try:
         c.start()
         leader = c.leader()
