@@ -145,12 +145,10 @@ class Node:
         self._reads: dict[int, _Waiter] = {}
         self._read_ctx = itertools.count(1)
         self._apply_waiters: list[tuple[int, _Waiter]] = []
-        self._forwarded: dict[int, _Waiter] = {}
         self._fwd_batches: dict[int, list[_Waiter]] = {}  # forwarded batch id -> its commands' waiters
         self._fwd_buf: list[tuple[list[bytes], _Waiter]] = []
         self._fwd_scheduled = False
         self._client_ops: list[tuple[bytes | None, _Waiter]] = []  # see _client_op
-        self._wake_pending = False
         self._forward_ids = itertools.count(1)
         self._backups: dict[int, Path] = {}
         self._backup_ids = itertools.count(1)
@@ -288,7 +286,6 @@ class Node:
                 self._handle_event(ev, proposals)
             if self._client_ops:
                 ops, self._client_ops = self._client_ops, []
-                self._wake_pending = False
                 for payload, w in ops:
                     if payload is None:
                         self._start_read(w)
@@ -361,10 +358,9 @@ class Node:
         False when the node is overloaded."""
         if len(self._client_ops) >= self.cfg.inbox_depth:
             return False
-        self._client_ops.append((payload, w))
-        if not self._wake_pending:
-            self._wake_pending = True
+        if not self._client_ops:  # the first since the loop drained the list: wake it
             self._submit(("wake",))  # if the inbox is full the loop is busy and drains anyway
+        self._client_ops.append((payload, w))
         return True
 
     def _propose(self, proposals: list[tuple[bytes, _Waiter]]) -> None:
@@ -701,12 +697,10 @@ class Node:
                             w.set(reply)
                         for w in waiters[len(msg.replies):]:
                             w.fail("ERR the leader sent too few replies")
-                elif isinstance(msg, ClientRequest):
+                elif isinstance(msg, ClientRequest):  # a single forwarded command (older peers)
                     self._serve_forwarded(pid, msg)
                 elif isinstance(msg, ClientResponse):
-                    one = self._forwarded.pop(msg.request_id, None)
-                    if one is not None:
-                        one.set(msg.value)
+                    raise ValueError("unexpected ClientResponse (this node forwards in batches)")
                 elif isinstance(msg, Handshake):
                     raise ValueError("second handshake")
                 else:

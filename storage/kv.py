@@ -45,7 +45,7 @@ import hashlib
 import struct
 import threading
 import zlib
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import lmdb
 
@@ -54,9 +54,6 @@ from aegis.state import KVView, Record
 from .errors import CorruptionError
 
 from .env import Env
-
-if TYPE_CHECKING:
-    from .lmdb_store import LmdbStore
 
 __all__ = ["LmdbKV", "KVExport", "K_APPLIED", "K_BASE", "STATE_DIR", "encode_record", "decode_record"]
 
@@ -126,9 +123,8 @@ def _decode_stored(dbkey: bytes, raw: bytes, path: str | None) -> tuple[bytes, b
 class LmdbKV:
     """The `KVBackend` of a node: LMDB records under an in-memory overlay of recent applies."""
 
-    def __init__(self, store: LmdbStore, env: Env) -> None:
+    def __init__(self, env: Env) -> None:
         e = env
-        self._store = store
         self._e = e
         self._env = e.env
         self._db = e.kv_db

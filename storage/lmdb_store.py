@@ -557,7 +557,7 @@ class LmdbStore:
         env = Env.open(self.directory / STATE_DIR, sync=self.sync_writes, map_size=self._map_size,
                        max_map_size=self._max_map_size, writemap=True)
         try:
-            kv = LmdbKV(self, env)
+            kv = LmdbKV(env)
             self._repair_after_install(kv)
         except BaseException:
             env.close()
