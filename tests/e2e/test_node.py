@@ -631,3 +631,28 @@ def test_state_written_lazily_survives_kill9_and_restart_serves_at_once(cluster:
         assert [cc.get(f"s{i:05d}") for i in (0, 2500, 4999)] == [b"v0", b"v2500", b"v4999"]
         assert cc.get("s00007") is None
         wait_until(lambda: int(cluster.info(nid)["keys"]) == 4999, 10, what=f"{nid} to count its keys")
+
+
+def test_compaction_counts_writes_not_only_entries(tmp_path: Path) -> None:
+    """One pipeline of 2000 writes is a handful of entries; --snapshot-threshold 500 counts
+    the writes, so the log is still compacted once the state is on disk."""
+    c = LocalCluster(tmp_path, snapshot_threshold=500)
+    try:
+        c.start()
+        leader = c.leader()
+        cl = c.nodes[leader].client()
+        pipe = cl.pipeline(transaction=False)
+        for i in range(2000):
+            pipe.set(f"w{i}", "v")
+        assert all(pipe.execute())
+        assert int(c.info(leader)["last_log_index"]) < 100  # batched: far fewer entries than writes
+        wait_until(lambda: int(c.info(leader)["state_durable_index"]) == int(c.info(leader)["applied_index"]),
+                   10, what="the state to reach the disk")
+        cl.set("nudge", "1")  # compaction is considered as writes are applied
+        wait_until(lambda: int(c.info(leader)["snapshot_index"]) > 0, 10, what="a compaction")
+        assert int(c.info(leader)["state_pending_keys"]) >= 0 and int(c.info(leader)["keys"]) == 2001
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
