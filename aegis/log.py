@@ -487,7 +487,35 @@ class ReplicatedLog:
         self.commit_index = LogIndex(max(self.commit_index, meta.index))
 
     def compact(self, meta: SnapshotMeta) -> None:
-        """Called once the driver compacted the stable store up to meta.index."""
+        """Discard the entries up to meta.index, through the store (the seed's API): after
+        it, `first_index()` is ``meta.index + 1`` and `snapshot_meta()` is `meta`.
+
+        Only committed entries the store already holds can go (a snapshot of uncommitted or
+        unpersisted entries would be a lie), and `meta.term` must be the entry's term;
+        anything else is a LogInvariantError and changes nothing. Compacting to an index
+        the snapshot already covers does nothing. A driver that writes its store itself
+        (off the core's thread, as the node does) compacts the store and calls `compacted`.
+        """
+        if meta.index <= self.snapshot_meta().index:
+            return
+        if self.pending_snapshot is not None:
+            raise LogInvariantError("cannot compact while a received snapshot waits to be installed")
+        if meta.index > self.commit_index:
+            raise LogInvariantError(f"cannot compact to {meta.index}: only {self.commit_index} is committed")
+        if meta.index >= self.unstable_offset:
+            raise LogInvariantError(
+                f"cannot compact to {meta.index}: the store holds entries up to {self.unstable_offset - 1} only"
+            )
+        if self.term_at(meta.index) != meta.term:
+            raise LogInvariantError(
+                f"cannot compact to {meta.index} with term {meta.term}: the entry's term is {self.term_at(meta.index)}"
+            )
+        self.store.compact(meta)
+        self.compacted(meta)
+
+    def compacted(self, meta: SnapshotMeta) -> None:
+        """The driver compacted the stable store up to meta.index: what it covers counts as
+        applied (the snapshot holds it)."""
         self.last_applied = LogIndex(max(self.last_applied, meta.index))
 
     # --- driver hand-off ---------------------------------------------------------------------

@@ -8,6 +8,12 @@ Outputs: a `Ready` batch (hard state, truncate point, entries, snapshot to insta
 messages, committed entries, read states, soft state). The driver persists what `Ready`
 asks, sends the messages, applies the committed entries, then calls `advance(ready)`.
 
+The seed's conveniences sit on top and change nothing for such a driver:
+`start_election()` returns the vote request (its copies still go out through `ready()`),
+`handle_vote_response()` says whether that vote won, and `take_messages()`/
+`apply_committed()` run the same Ready cycle against the node's own store and state
+machine, for a caller with no driver of its own. A driver uses one or the other, not both.
+
 Invariants this module keeps (dissertation section in brackets):
 
 * `step` checks the term first, then dispatches on the message class to the current
@@ -34,7 +40,8 @@ from __future__ import annotations
 import enum
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any, Iterable, Sequence
 
 from .errors import AegisError
@@ -125,31 +132,139 @@ class Role(enum.Enum):
     LEADER = "leader"
 
 
-@dataclass(frozen=True, slots=True)
+#: How long one tick lasts unless a config says otherwise: the node's default (`aegis serve`).
+DEFAULT_TICK = timedelta(milliseconds=50)
+
+
+def _ticks(value: int | timedelta, tick: timedelta, what: str) -> int:
+    """A tick count given as ticks or as a duration (a whole number of ticks)."""
+    if isinstance(value, timedelta):
+        if value % tick:
+            raise ValueError(
+                f"{what} ({value.total_seconds() * 1000:g} ms) is not a whole number of ticks "
+                f"(one tick is {tick.total_seconds() * 1000:g} ms)"
+            )
+        return value // tick
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} must be a number of ticks (int) or a timedelta, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class RaftConfig:
-    """Tunables. Times are in ticks; the driver decides how long a tick is."""
+    """Tunables: election timeout, heartbeat interval, snapshot threshold, flow control.
 
-    election_timeout_min: int = 10
-    election_timeout_max: int = 20
-    heartbeat_interval: int = 2
-    snapshot_threshold: int = 10_000
-    max_entries_per_message: int = 4096
-    max_bytes_per_message: int = 1 << 20
-    max_inflight: int = 64
-    max_committed_bytes_per_ready: int = 16 << 20
-    pre_vote: bool = True
-    check_quorum: bool = True
-    seed: int | None = None
+    The core counts time in ticks (the driver decides how long one is: `tick`). Timeouts may
+    be given either way: ``RaftConfig(election_timeout_min=10, heartbeat_interval=2)`` in
+    ticks, or ``RaftConfig(election_timeout=timedelta(milliseconds=500),
+    heartbeat_interval=timedelta(milliseconds=100), tick=timedelta(milliseconds=50))`` as
+    durations, which are converted to ticks when the config is built (a duration must be a
+    whole number of ticks). `election_timeout` is the low end of the randomized range; the
+    high end is twice that (the dissertation's [T, 2T], §9.3) unless `election_timeout_max`
+    says otherwise. Stored fields are always ticks.
+    """
 
-    def __post_init__(self) -> None:
-        if self.heartbeat_interval < 1:
+    election_timeout_min: int
+    election_timeout_max: int
+    heartbeat_interval: int
+    snapshot_threshold: int
+    max_entries_per_message: int
+    max_bytes_per_message: int
+    max_inflight: int
+    max_committed_bytes_per_ready: int
+    pre_vote: bool
+    check_quorum: bool
+    seed: int | None
+    tick: timedelta
+
+    def __init__(
+        self,
+        election_timeout_min: int | timedelta | None = None,
+        election_timeout_max: int | timedelta | None = None,
+        heartbeat_interval: int | timedelta = 2,
+        snapshot_threshold: int = 10_000,
+        max_entries_per_message: int = 4096,
+        max_bytes_per_message: int = 1 << 20,
+        max_inflight: int = 64,
+        max_committed_bytes_per_ready: int = 16 << 20,
+        pre_vote: bool = True,
+        check_quorum: bool = True,
+        seed: int | None = None,
+        tick: timedelta = DEFAULT_TICK,
+        *,
+        election_timeout: int | timedelta | None = None,
+    ) -> None:
+        if not isinstance(tick, timedelta) or tick <= timedelta(0):
+            raise ValueError(f"tick must be a positive timedelta, got {tick!r}")
+        if election_timeout is not None:
+            if election_timeout_min is not None:
+                raise ValueError("give election_timeout or election_timeout_min, not both")
+            election_timeout_min = election_timeout
+        lo = 10 if election_timeout_min is None else _ticks(election_timeout_min, tick, "election_timeout_min")
+        if election_timeout_max is not None:
+            hi = _ticks(election_timeout_max, tick, "election_timeout_max")
+        else:
+            hi = 20 if election_timeout_min is None else 2 * lo
+        hb = _ticks(heartbeat_interval, tick, "heartbeat_interval")
+        for name, value in (
+            ("snapshot_threshold", snapshot_threshold),
+            ("max_entries_per_message", max_entries_per_message),
+            ("max_bytes_per_message", max_bytes_per_message),
+            ("max_inflight", max_inflight),
+            ("max_committed_bytes_per_ready", max_committed_bytes_per_ready),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        for name, flag in (("pre_vote", pre_vote), ("check_quorum", check_quorum)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        if hb < 1:
             raise ValueError("heartbeat_interval must be >= 1 tick")
-        if self.election_timeout_min <= self.heartbeat_interval:
+        if lo <= hb:
             raise ValueError("election_timeout_min must exceed heartbeat_interval")
-        if self.election_timeout_max <= self.election_timeout_min:
+        if hi <= lo:
             raise ValueError("election_timeout_max must exceed election_timeout_min")
-        if self.max_inflight < 1 or self.max_entries_per_message < 1:
+        if max_inflight < 1 or max_entries_per_message < 1:
             raise ValueError("max_inflight and max_entries_per_message must be >= 1")
+        if snapshot_threshold < 1 or max_bytes_per_message < 1 or max_committed_bytes_per_ready < 1:
+            raise ValueError("snapshot_threshold and the byte limits must be >= 1")
+        values: dict[str, object] = {
+            "election_timeout_min": lo,
+            "election_timeout_max": hi,
+            "heartbeat_interval": hb,
+            "snapshot_threshold": snapshot_threshold,
+            "max_entries_per_message": max_entries_per_message,
+            "max_bytes_per_message": max_bytes_per_message,
+            "max_inflight": max_inflight,
+            "max_committed_bytes_per_ready": max_committed_bytes_per_ready,
+            "pre_vote": pre_vote,
+            "check_quorum": check_quorum,
+            "seed": seed,
+            "tick": tick,
+        }
+        for name, setting in values.items():
+            object.__setattr__(self, name, setting)
+
+    # --- the same settings as durations ------------------------------------------------------
+    def duration(self, ticks: int) -> timedelta:
+        """How long `ticks` ticks last."""
+        return self.tick * ticks
+
+    @property
+    def election_timeout(self) -> timedelta:
+        """The low end of the randomized election timeout, as a duration."""
+        return self.duration(self.election_timeout_min)
+
+    @property
+    def election_timeout_range(self) -> tuple[timedelta, timedelta]:
+        return self.duration(self.election_timeout_min), self.duration(self.election_timeout_max)
+
+    @property
+    def heartbeat_period(self) -> timedelta:
+        """`heartbeat_interval` as a duration."""
+        return self.duration(self.heartbeat_interval)
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,9 +516,11 @@ class RaftNode:
         self._prev_soft = SoftState(None, Role.FOLLOWER)
         self._ready_outstanding = False
         self._ready_state: tuple[HardState, SoftState, Membership] = (hs, self._prev_soft, self.membership)
-        self._outbox: list[RaftMessage] = []
-        # Convenience layer (the seed's API): an optional state machine the node applies to.
+        # Convenience layer (the seed's API): an optional state machine the node applies to,
+        # and what its own cycle produced and has not handed out yet.
         self.state_machine = state_machine
+        self._outbox: list[RaftMessage] = []
+        self._results: list[Any] = []
 
     # ------------------------------------------------------------------ properties
     @property
@@ -651,41 +768,45 @@ class RaftNode:
         return active >= self.quorum()
 
     # ------------------------------------------------------------------ elections
-    def start_election(self) -> None:
-        """Start a real election now at term+1 (the seed's API; skips PreVote)."""
+    def start_election(self) -> VoteRequest:
+        """Start a real election now at term+1 (the seed's API; skips PreVote).
+
+        Returns the vote request (its `receiver` blank: the same request goes to every
+        voter). A cluster of one wins at once. With the seed's in-memory cycle, the
+        per-peer copies are in `take_messages()` at once; a driver gets them from `ready()`.
+        """
         if not self._promotable():
             raise ConfigChangeError(f"{self.id} is not a voter and cannot stand for election")
-        self.campaign(pre_vote=False)
+        return self.campaign(pre_vote=False)
 
-    def campaign(self, *, pre_vote: bool, transfer: bool = False) -> None:
+    def campaign(self, *, pre_vote: bool, transfer: bool = False) -> VoteRequest:
+        """Stand for election (a pre-vote round first if `pre_vote`); returns the request
+        sent to each voter (receiver blank), or, when this node won at once, the one it
+        would have sent."""
         if pre_vote:
             self._become_pre_candidate()
             term = Term(self.term + 1)
         else:
             self._become_candidate()
             term = self.term
+        request = VoteRequest(
+            term=term,
+            candidate_id=self.id,
+            last_log_index=self.log.last_index(),
+            last_log_term=self.log.last_term(),
+            pre_vote=pre_vote,
+            transfer=transfer,
+        )
         self.votes[self.id] = True
         if self._tally() >= self.quorum():
             if pre_vote:
-                self.campaign(pre_vote=False, transfer=transfer)
-            else:
-                self._become_leader()
-            return
-        last_index, last_term = self.log.last_index(), self.log.last_term()
+                return self.campaign(pre_vote=False, transfer=transfer)
+            self._become_leader()
+            return request
         for peer in sorted(self.membership.voters):
-            if peer == self.id:
-                continue
-            self._send(
-                VoteRequest(
-                    term=term,
-                    candidate_id=self.id,
-                    last_log_index=last_index,
-                    last_log_term=last_term,
-                    pre_vote=pre_vote,
-                    transfer=transfer,
-                    receiver=peer,
-                )
-            )
+            if peer != self.id:
+                self._send(replace(request, receiver=peer))
+        return request
 
     def _tally(self) -> int:
         return sum(1 for nid, granted in self.votes.items() if granted and nid in self.membership.voters)
@@ -693,9 +814,13 @@ class RaftNode:
     def _rejections(self) -> int:
         return sum(1 for nid, granted in self.votes.items() if not granted and nid in self.membership.voters)
 
-    def handle_vote_response(self, resp: VoteResponse) -> None:
-        """The seed's API: feed a vote response (same as `step`)."""
+    def handle_vote_response(self, resp: VoteResponse) -> bool:
+        """The seed's API: feed a vote response (as `step` does). Returns whether this
+        response made the node leader: true once, on the winning vote; false for a
+        rejection, a late vote, or a vote that leaves the election undecided."""
+        was_leader = self.role == Role.LEADER
         self.step(resp)
+        return not was_leader and self.role == Role.LEADER
 
     # ------------------------------------------------------------------ step
     def step(self, m: RaftMessage) -> None:
@@ -1335,7 +1460,7 @@ class RaftNode:
 
     def compacted(self, meta: SnapshotMeta) -> None:
         """The driver compacted its store up to meta.index (after taking a snapshot)."""
-        self.log.compact(meta)
+        self.log.compacted(meta)
         if self._configs[0][0] < meta.index:
             keep = [(i, m) for i, m in self._configs if i > meta.index]
             self._configs = [(meta.index, meta.membership)] + keep
@@ -1344,33 +1469,40 @@ class RaftNode:
         return self.log.last_applied - self.log.snapshot_meta().index >= self.config.snapshot_threshold
 
     # ------------------------------------------------------------------ seed convenience
-    def apply_committed(self) -> list[Any]:
-        """Run one in-memory driver cycle (the seed's API): persist to the node's own store,
-        apply committed entries to `state_machine`, and return their results.
-
-        A production driver uses `ready()`/`advance()` directly (see aegis.server)."""
+    # The seed's API drives the node itself: `apply_committed()` and `take_messages()` run
+    # the Ready cycle against the node's own store and `state_machine`, exactly as a driver
+    # must (persist, then hand out messages, then apply, then advance). Whichever of the two
+    # runs the cycle, messages wait for `take_messages()` and results for `apply_committed()`.
+    # A production driver uses `ready()`/`advance()` instead and never calls these.
+    def _run_own_cycle(self) -> None:
         if self.state_machine is None:
             from .state import StateMachine
 
             self.state_machine = StateMachine()
-        results: list[Any] = []
-        for _ in range(3):
-            if not self.has_ready():
-                break
+        sm = self.state_machine
+        while self.has_ready():
             rd = self.ready()
             rd.persist_to(self.log.store)
             if rd.snapshot is not None and rd.snapshot.data:
-                self.state_machine.restore_chunks([rd.snapshot.data])
+                sm.restore_chunks([rd.snapshot.data], expect_index=rd.snapshot.meta.index)
             self._outbox.extend(rd.messages)
-            for rs in self.state_machine.apply_entries(rd.committed_entries):
-                results.extend(rs)
+            for rs in sm.apply_entries(rd.committed_entries):
+                self._results.extend(rs)
             self.advance(rd)
-        return results
+
+    def apply_committed(self) -> list[Any]:
+        """Run the in-memory cycle (the seed's API): persist to the node's own store, apply
+        committed entries to `state_machine`, and return every result not returned yet."""
+        self._run_own_cycle()
+        out, self._results = self._results, []
+        return out
 
     def take_messages(self) -> list[RaftMessage]:
-        """Messages produced by `apply_committed()` cycles (seed convenience)."""
-        out = list(self._outbox)
-        self._outbox.clear()
+        """Run the in-memory cycle, then hand out every message waiting to be sent: right
+        after `start_election()`, the vote request for each peer (its term and vote are in
+        the store by then: persist before send)."""
+        self._run_own_cycle()
+        out, self._outbox = self._outbox, []
         return out
 
     def __repr__(self) -> str:

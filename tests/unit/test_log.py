@@ -555,13 +555,66 @@ def test_snapshot_installed_for_another_snapshot_keeps_the_pending_one() -> None
     assert log.pending_snapshot is not None and log.pending_snapshot.index == 5
 
 
-def test_compact_raises_last_applied() -> None:
+def test_compacted_after_the_driver_compacted_raises_last_applied() -> None:
     log = ReplicatedLog(stored(1, 1, 1, commit=3))
     meta = SnapshotMeta(LogIndex(2), Term(1))
     log.store.compact(meta)
-    log.compact(meta)
+    log.compacted(meta)
     assert log.last_applied == 2 and log.first_index() == 3
     assert [e.index for e in log.next_committed()] == [3]
+
+
+def test_compacted_writes_nothing_to_the_store() -> None:
+    """The node compacts its LMDB store in a worker thread, then tells the core: the core
+    must not write the store itself on that path."""
+    log = ReplicatedLog(stored(1, 1, 1, commit=3))
+    log.compacted(SnapshotMeta(LogIndex(2), Term(1)))
+    assert log.store.first_index() == 1 and log.store.snapshot().index == 0
+
+
+def test_compact_discards_the_entries_through_the_store() -> None:
+    log = ReplicatedLog(stored(1, 1, 2, 2, commit=3, membership=Membership.of(["a"])))
+    meta = SnapshotMeta(LogIndex(3), Term(2), Membership.of(["a"]))
+    log.compact(meta)
+    assert (log.first_index(), log.last_index()) == (4, 4)
+    assert log.snapshot_meta() == meta and log.store.snapshot() == meta
+    assert log.last_applied == 3 and log.term_at(LogIndex(3)) == 2
+    with pytest.raises(CompactedError):
+        log.slice(LogIndex(3), LogIndex(4))
+    with pytest.raises(CompactedError):
+        log.store.entries(LogIndex(1), LogIndex(2))
+    assert terms_of(log.slice(LogIndex(4), LogIndex(5))) == [2]
+    log.compact(SnapshotMeta(LogIndex(2), Term(1)))  # already covered: nothing happens
+    assert log.first_index() == 4 and log.snapshot_meta() == meta
+
+
+@pytest.mark.parametrize(
+    "index,term,why",
+    [(5, 3, "only 4 is committed"), (6, 3, "only 4 is committed"), (2, 2, "the entry's term is 1")],
+)
+def test_compact_refuses_what_it_cannot_vouch_for(index: int, term: int, why: str) -> None:
+    log = ReplicatedLog(stored(1, 1, 2, 2, commit=4))
+    log.append(ents(3, start=5))
+    with pytest.raises(LogInvariantError, match=why):
+        log.compact(SnapshotMeta(LogIndex(index), Term(term)))
+    assert log.first_index() == 1 and log.store.snapshot().index == 0
+
+
+def test_compact_waits_for_a_received_snapshot() -> None:
+    log = ReplicatedLog(stored(1, 1, commit=2))
+    log.restore(SnapshotMeta(LogIndex(5), Term(2)))
+    with pytest.raises(LogInvariantError, match="received snapshot"):
+        log.compact(SnapshotMeta(LogIndex(6), Term(2)))
+
+
+def test_compact_refuses_unpersisted_entries() -> None:
+    log = ReplicatedLog(stored(1, commit=1))
+    log.append(ents(1, start=2))
+    log.commit(LogIndex(2))
+    with pytest.raises(LogInvariantError, match="store holds entries up to 1"):
+        log.compact(SnapshotMeta(LogIndex(2), Term(1)))
+    log.compact(SnapshotMeta(LogIndex(1), Term(1)))
+    assert log.first_index() == 2 and log.last_index() == 2
 
 
 # --- a model check ------------------------------------------------------------------------------

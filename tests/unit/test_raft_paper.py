@@ -6,6 +6,8 @@ Consensus Algorithm") unless they say "diss." (Ongaro's dissertation).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from aegis.log import EntryType, HardState, LogEntry, LogIndex, LogInvariantError, Membership, MemoryLogStore, Term
@@ -21,7 +23,7 @@ from aegis.messages import (
     VoteRequest,
     VoteResponse,
 )
-from aegis.raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftNode, Role
+from aegis.raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Role
 
 from .raft_net import Net, Peer, entries, make_config, store_with
 
@@ -656,3 +658,161 @@ def test_malformed_config_entry_changes_nothing() -> None:
     n.step(AppendEntriesRequest(term=1, leader_id="a", prev_log_index=1, prev_log_term=1, receiver="b",
                                 entries=(LogEntry(LogIndex(2), Term(1), EntryType.CONFIG_CHANGE, b"\xff garbage"),)))
     assert n.membership == before
+
+
+# ---------------------------------------------------------------- the seed's API on the core
+# Not claims of the paper: the convenience layer the seed promises (issue 9), and how it
+# stays out of the way of a driver that uses ready()/advance().
+def test_start_election_returns_the_vote_request() -> None:
+    n = node(store=store_with([1, 1], ABC, term=1), pre_vote=False)
+    request = n.start_election()
+    assert isinstance(request, VoteRequest)
+    assert (request.term, request.candidate_id, request.last_log_index, request.last_log_term) == (2, "a", 2, 1)
+    assert not request.pre_vote and request.receiver == ""
+
+
+def test_the_vote_requests_are_in_take_messages_at_once_and_durable_first() -> None:
+    n = node()
+    request = n.start_election()
+    assert n.has_ready()
+    copies = n.take_messages()
+    assert [m.receiver for m in copies] == ["b", "c"]
+    assert all(isinstance(m, VoteRequest) and m.term == request.term for m in copies)
+    assert n.log.store.initial_state()[0] == HardState(Term(1), "a", LogIndex(0))  # persisted before
+    assert not n.has_ready() and n.take_messages() == []
+
+
+def test_a_driver_still_gets_the_vote_requests_from_ready() -> None:
+    """The node (aegis.server) and the simulator never call take_messages(): for them
+    start_election()/campaign() only add a return value."""
+    n = node()
+    returned = n.campaign(pre_vote=False)
+    rd = n.ready()
+    assert [m.receiver for m in rd.messages] == ["b", "c"]
+    assert rd.hard_state == HardState(Term(1), "a", LogIndex(0))
+    assert all(m == VoteRequest(term=returned.term, candidate_id="a", last_log_index=LogIndex(0),
+                                last_log_term=Term(0), receiver=m.receiver) for m in rd.messages)
+    n.advance(rd)
+    assert n.take_messages() == []  # nothing left over for the seed's cycle
+
+
+def test_campaign_returns_the_pre_vote_request() -> None:
+    n = node()
+    request = n.campaign(pre_vote=True)
+    assert request.pre_vote and request.term == 1 and n.term == 0 and n.role == Role.PRE_CANDIDATE
+
+
+def test_a_cluster_of_one_wins_and_returns_its_request() -> None:
+    n = node(voters=["a"])
+    request = n.start_election()
+    assert n.is_leader() and request.term == 1 and n.take_messages() == []
+
+
+@pytest.mark.parametrize(
+    "size,votes,made_leader",
+    [
+        (2, [("b", True)], [True]),
+        (3, [("b", False), ("c", True)], [False, True]),
+        (5, [("b", True), ("c", True), ("d", True), ("e", False)], [False, True, False, False]),
+        (3, [("b", False), ("c", False)], [False, False]),
+    ],
+)
+def test_handle_vote_response_is_true_exactly_on_the_winning_vote(
+    size: int, votes: list[tuple[str, bool]], made_leader: list[bool]
+) -> None:
+    ids = [chr(ord("a") + i) for i in range(size)]
+    n = node(voters=ids, pre_vote=False)
+    n.start_election()
+    got = [n.handle_vote_response(VoteResponse(term=1, vote_granted=granted, voter_id=v, receiver="a"))
+           for v, granted in votes]
+    assert got == made_leader
+    assert n.is_leader() == any(made_leader)
+
+
+def test_a_vote_for_an_old_term_does_not_make_a_leader() -> None:
+    n = node(pre_vote=False)
+    n.start_election()
+    n.start_election()  # term 2
+    assert n.handle_vote_response(VoteResponse(term=1, vote_granted=True, voter_id="b", receiver="a")) is False
+    assert n.role == Role.CANDIDATE
+
+
+def test_take_messages_and_apply_committed_share_one_cycle() -> None:
+    """Whichever runs the node's own cycle, messages wait for take_messages() and results
+    for apply_committed(): none is lost, none is handed out twice."""
+    from aegis.state import Command
+
+    n = node(voters=["a"])
+    n.start_election()
+    index = n.propose(Command.set("k", b"v"))
+    assert n.take_messages() == []  # ran the cycle: persisted, committed, applied
+    [result] = n.apply_committed()
+    assert result.success and result.applied_index == index
+    assert n.apply_committed() == []
+    assert n.state_machine is not None and n.state_machine.get("k").value == b"v"
+
+
+# ---------------------------------------------------------------- RaftConfig: ticks and durations
+def test_config_in_ticks_is_unchanged() -> None:
+    cfg = RaftConfig()
+    assert (cfg.election_timeout_min, cfg.election_timeout_max, cfg.heartbeat_interval) == (10, 20, 2)
+    assert cfg.tick == timedelta(milliseconds=50)
+    cfg = RaftConfig(election_timeout_min=5, election_timeout_max=9, heartbeat_interval=1, seed=3)
+    assert (cfg.election_timeout_min, cfg.election_timeout_max, cfg.heartbeat_interval, cfg.seed) == (5, 9, 1, 3)
+
+
+def test_config_takes_durations_and_stores_ticks() -> None:
+    cfg = RaftConfig(election_timeout=timedelta(milliseconds=300), heartbeat_interval=timedelta(milliseconds=50),
+                     tick=timedelta(milliseconds=10))
+    assert (cfg.election_timeout_min, cfg.election_timeout_max, cfg.heartbeat_interval) == (30, 60, 5)
+    assert cfg.election_timeout == timedelta(milliseconds=300)
+    assert cfg.election_timeout_range == (timedelta(milliseconds=300), timedelta(milliseconds=600))
+    assert cfg.heartbeat_period == timedelta(milliseconds=50) and cfg.duration(7) == timedelta(milliseconds=70)
+    assert cfg == RaftConfig(election_timeout_min=30, election_timeout_max=60, heartbeat_interval=5,
+                             tick=timedelta(milliseconds=10))
+    both = RaftConfig(election_timeout_min=timedelta(seconds=1), election_timeout_max=timedelta(seconds=3))
+    assert (both.election_timeout_min, both.election_timeout_max) == (20, 60)
+    assert RaftConfig(election_timeout=8, heartbeat_interval=1).election_timeout_max == 16
+
+
+def test_a_duration_config_drives_the_core_in_ticks() -> None:
+    n = RaftNode("a", RaftConfig(election_timeout=timedelta(milliseconds=100), heartbeat_interval=timedelta(
+        milliseconds=20), tick=timedelta(milliseconds=10), seed=1, pre_vote=False),
+        MemoryLogStore(Membership.of(ABC)))
+    assert 10 <= n.randomized_timeout < 20
+    for _ in range(n.randomized_timeout):
+        n.tick()
+    assert n.role == Role.CANDIDATE
+
+
+def test_config_survives_replace() -> None:
+    import dataclasses
+
+    cfg = RaftConfig(election_timeout=timedelta(milliseconds=500), tick=timedelta(milliseconds=25))
+    again = dataclasses.replace(cfg, seed=9)
+    assert again.seed == 9 and again.tick == cfg.tick and again.election_timeout_min == 20
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "kw,error",
+    [
+        ({"election_timeout": timedelta(milliseconds=125)}, ValueError),  # not a whole number of 50 ms ticks
+        ({"heartbeat_interval": timedelta(milliseconds=20)}, ValueError),  # 0.4 ticks
+        ({"election_timeout": timedelta(seconds=1), "election_timeout_min": 10}, ValueError),
+        ({"tick": timedelta(0)}, ValueError),
+        ({"tick": 0.05}, ValueError),
+        ({"heartbeat_interval": 1.5}, TypeError),
+        ({"heartbeat_interval": True}, TypeError),
+        ({"election_timeout": timedelta(milliseconds=100)}, ValueError),  # 2 ticks: not above the heartbeat
+        ({"election_timeout_min": 10, "election_timeout_max": 10}, ValueError),
+        ({"pre_vote": 1}, TypeError),
+        ({"seed": "1"}, TypeError),
+        ({"max_inflight": 0}, ValueError),
+        ({"snapshot_threshold": 0}, ValueError),
+    ],
+)
+def test_config_rejects_bad_values(kw: dict[str, object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        RaftConfig(**kw)  # type: ignore[arg-type]
