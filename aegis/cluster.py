@@ -12,10 +12,11 @@ Failure detection is heartbeat-based and driven by an injected clock (default
 
 * `add_node` starts a node's silence timer (a grace period): it is STARTING until its first
   `heartbeat`, which makes it HEALTHY;
-* `check_failures` marks a HEALTHY node SUSPECT once it has been silent for longer than
-  `config.suspect_timeout` (about two heartbeat intervals), and any STARTING, HEALTHY or
-  SUSPECT node DOWN once silent for longer than `config.failure_timeout`; it returns the
-  changes it made, in node-id order;
+* `check_status_changes` marks a HEALTHY node SUSPECT once it has been silent for longer
+  than `config.suspect_timeout` (about two heartbeat intervals), and any STARTING, HEALTHY
+  or SUSPECT node DOWN once silent for longer than `config.failure_timeout`; it returns the
+  changes it made, in node-id order. `check_failures` runs the same detector and returns
+  just the nodes that failed (went DOWN), as the seed's API reads;
 * a heartbeat brings a SUSPECT or DOWN node straight back to HEALTHY;
 * LEAVING and LEFT are set by membership changes only, never by the detector;
 * the local node always counts as HEALTHY (it is, by definition, running).
@@ -53,6 +54,7 @@ __all__ = [
     "MembershipChange",
     "MembershipChangeType",
     "StatusChange",
+    "ClusterStateChange",
 ]
 
 
@@ -195,6 +197,14 @@ class StatusChange:
     old: NodeStatus
     new: NodeStatus
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStateChange:
+    """The cluster's state moved from `old` to `new` (e.g. HEALTHY to DEGRADED)."""
+
+    old: ClusterState
+    new: ClusterState
 
 
 class MembershipChangeType(enum.Enum):
@@ -399,7 +409,19 @@ class Cluster:
             raise KeyError(f"unknown node {nid!r}")
         self._live[nid].error = error
 
-    def check_failures(self) -> list[StatusChange]:
+    def check_failures(self) -> list[NodeId]:
+        """Apply the failure detector as of now; returns the nodes that failed (went DOWN)
+        at this check, in id order. (The seed's ``let failed = cluster.check_failures();``.)
+
+        Every transition it made, HEALTHY→SUSPECT included, is what
+        `check_status_changes` returns; the two run the same detector."""
+        return [ch.node_id for ch in self.check_status_changes() if ch.new is NodeStatus.DOWN]
+
+    def failed_nodes(self) -> list[NodeId]:
+        """Every node now DOWN, in id order (whenever it failed)."""
+        return [n.node_id for n in self.nodes() if n.status is NodeStatus.DOWN]
+
+    def check_status_changes(self) -> list[StatusChange]:
         """Apply the failure detector as of now; returns the changes made, in id order."""
         now = self._clock()
         suspect = self.config.suspect_timeout.total_seconds()

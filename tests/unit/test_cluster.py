@@ -269,11 +269,11 @@ def test_suspect_then_down_then_back() -> None:
     c.heartbeat("node3")
     assert c.check_failures() == []
     clock.advance(0.6)  # node2 silent for 2.1 s > 2 heartbeat intervals
-    assert c.check_failures() == [StatusChange(NodeId("node2"), NodeStatus.HEALTHY, NodeStatus.SUSPECT, 2.1)]
-    assert c.check_failures() == []  # reported once
+    assert c.check_status_changes() == [StatusChange(NodeId("node2"), NodeStatus.HEALTHY, NodeStatus.SUSPECT, 2.1)]
+    assert c.check_status_changes() == []  # reported once
     assert c.stats().suspect_nodes == 1 and c.state is ClusterState.DEGRADED
     clock.advance(3.0)  # node2 silent 5.1 s; node3 silent 3.6 s
-    changes = c.check_failures()
+    changes = c.check_status_changes()
     assert [(ch.node_id, ch.old, ch.new) for ch in changes] == [
         ("node2", NodeStatus.SUSPECT, NodeStatus.DOWN),
         ("node3", NodeStatus.HEALTHY, NodeStatus.SUSPECT),
@@ -286,11 +286,32 @@ def test_suspect_then_down_then_back() -> None:
     assert c.stats().has_quorum and c.state is ClusterState.DEGRADED
 
 
+def test_check_failures_returns_the_nodes_that_failed() -> None:
+    """The seed's `let failed = cluster.check_failures();`: the nodes that went DOWN."""
+    c, clock = make(3)
+    beat_all(c)
+    clock.advance(1.5)
+    c.heartbeat("node3")
+    clock.advance(0.6)  # node2 and node4 silent 2.1 s: SUSPECT, not failed
+    failed = c.check_failures()
+    assert failed == []
+    assert [n.status for n in c.nodes()] == [NodeStatus.HEALTHY, NodeStatus.SUSPECT, NodeStatus.HEALTHY,
+                                             NodeStatus.SUSPECT]
+    clock.advance(3.0)  # node2 and node4 silent 5.1 s: DOWN; node3 silent 3.6 s: SUSPECT
+    failed = c.check_failures()
+    assert failed == [NodeId("node2"), NodeId("node4")]
+    assert c.get_node("node3").status is NodeStatus.SUSPECT  # type: ignore[union-attr]
+    assert c.check_failures() == []  # each failure is reported once...
+    assert c.failed_nodes() == ["node2", "node4"]  # ...and the failed nodes stay listed
+    c.heartbeat("node2")
+    assert c.failed_nodes() == ["node4"]
+
+
 def test_a_long_silence_goes_straight_to_down() -> None:
     c, clock = make(1)
     c.heartbeat("node2")
     clock.advance(10)
-    assert [(ch.old, ch.new) for ch in c.check_failures()] == [(NodeStatus.HEALTHY, NodeStatus.DOWN)]
+    assert [(ch.old, ch.new) for ch in c.check_status_changes()] == [(NodeStatus.HEALTHY, NodeStatus.DOWN)]
 
 
 def test_a_node_never_heard_from_goes_down_after_the_failure_timeout() -> None:
@@ -298,7 +319,8 @@ def test_a_node_never_heard_from_goes_down_after_the_failure_timeout() -> None:
     clock.advance(4.9)
     assert c.check_failures() == []  # STARTING is not SUSPECT: it was never healthy
     clock.advance(0.2)
-    assert [(ch.old, ch.new) for ch in c.check_failures()] == [(NodeStatus.STARTING, NodeStatus.DOWN)]
+    assert c.check_failures() == ["node2"]
+    assert c.get_node("node2").status is NodeStatus.DOWN  # type: ignore[union-attr]
 
 
 def test_leaving_nodes_are_left_to_membership() -> None:
@@ -334,7 +356,7 @@ def test_custom_suspect_after() -> None:
     c, clock = make(1, ClusterConfig("c").with_suspect_after(timedelta(seconds=0.5)))
     c.heartbeat("node2")
     clock.advance(0.6)
-    assert [ch.new for ch in c.check_failures()] == [NodeStatus.SUSPECT]
+    assert [ch.new for ch in c.check_status_changes()] == [NodeStatus.SUSPECT]
 
 
 # --- state and stats ----------------------------------------------------------------------
@@ -432,7 +454,7 @@ def test_stats_are_consistent_under_any_schedule(ops: list[tuple[str, str, float
         elif op == "wait":
             clock.advance(dt)
         else:
-            for ch in c.check_failures():
+            for ch in c.check_status_changes():
                 assert ch.old is not ch.new and ch.new in (NodeStatus.SUSPECT, NodeStatus.DOWN)
         s = c.stats()
         assert s.total_nodes == 5
