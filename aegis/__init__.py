@@ -1,19 +1,25 @@
 """Aegis: a Raft-replicated, durable key-value server.
 
-``from aegis import *`` gives every type the seed names: node identity and health, the log,
-commands and the state machine, the Raft core and its messages, the cluster view, the
-transport's envelope and in-memory transport, the replication engine, and the errors.
+``from aegis import *`` gives every type the seed names (its ``use aegis_replication::*``):
+node identity and health, the log, commands and the state machine, the Raft core and its
+messages, the cluster view, the transport's envelope, payload and in-memory transport, the
+TCP ConnectionPool, the replication engine, and the errors.
 
-Importing ``aegis`` stays light: no trio, lmdb or socket. The trio client
+Importing ``aegis`` stays light: no trio, lmdb or socket. `ConnectionPool` is the one name
+that needs trio, so it is a lazy attribute: ``aegis.ConnectionPool`` (and the star import,
+which asks for every name) imports `aegis.peers` on first use. The trio client
 (`aegis.client`) and the server are imported on their own.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .cluster import (
     Cluster,
     ClusterConfig,
     ClusterState,
+    ClusterStateChange,
     ClusterStats,
     MembershipChange,
     MembershipChangeType,
@@ -75,9 +81,34 @@ from .raft import (
     SoftState,
 )
 from .state import Command, CommandResult, CommandType, Snapshot, StateMachine
-from .transport import ClientRequest, ClientResponse, InMemoryTransport, Message, MessageType, Transport
+from .transport import (
+    ClientRequest,
+    ClientResponse,
+    InMemoryTransport,
+    Message,
+    MessagePayload,
+    MessageType,
+    Transport,
+)
+
+if TYPE_CHECKING:
+    from .peers import ConnectionPool
 
 __version__ = "0.1.0"
+
+# Attributes imported on first use, each with the module that holds it (they need trio).
+_LAZY = {"ConnectionPool": ".peers"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
 __all__ = [
     "__version__",
@@ -133,9 +164,12 @@ __all__ = [
     "MembershipChange",
     "MembershipChangeType",
     "StatusChange",
-    # transport.py
+    "ClusterStateChange",
+    # transport.py and peers.py
     "MessageType",
     "Message",
+    "MessagePayload",
+    "ConnectionPool",
     "ClientRequest",
     "ClientResponse",
     "Transport",

@@ -1,11 +1,13 @@
-"""ReplicationEngine: the seed's convenience layer, one RaftNode with its own in-memory driver.
+"""ReplicationEngine: the seed's convenience layer: one RaftNode with its own in-memory
+driver, and the cluster view it keeps current. It coordinates Raft and the cluster.
 
 Theory of operation
 -------------------
-An engine owns three things: a `RaftNode` (the sans-IO core), a `StateMachine` it applies
-committed entries to, and a `LogStore` it persists into (a `MemoryLogStore` unless the
-caller passes one). Whenever the engine *drives* it runs the core's Ready cycle exactly as
-the simulator (tests/sim/simulator.py) and any production driver must:
+An engine owns four things: a `RaftNode` (the sans-IO core), a `StateMachine` it applies
+committed entries to, a `LogStore` it persists into (a `MemoryLogStore` unless the caller
+passes one), and a `Cluster` (the membership and health view). Whenever the engine *drives*
+it runs the core's Ready cycle exactly as the simulator (tests/sim/simulator.py) and any
+production driver must:
 
 1. persist: install an incoming snapshot, truncate, append entries, write the hard state
    and the membership — all before any message of the same Ready leaves (persist-before-send
@@ -22,9 +24,29 @@ Inputs that only change the core — `propose`, `set`, `delete`, `add_peer`,
 "fsync", one AppendEntries per follower). The engine drives on `tick()`, `step(message)`,
 `apply_committed()`, `take_messages()` and `flush()`.
 
-Everything the engine produces is handed out exactly once. `tick()` and `step()` return a
-`TickResult` holding every message, result, role change and read state not handed out yet;
-`take_messages()` hands out the waiting messages, `apply_committed()` the waiting results.
+The cluster view follows the traffic the engine steps, never a clock of its own:
+
+* a message from a peer is a heartbeat from it (a STARTING, SUSPECT or DOWN peer becomes
+  HEALTHY);
+* the view's time is ticks (``ticks × config.raft.tick``) and every `tick()` runs the failure
+  detector, so a peer that stays silent turns SUSPECT, then DOWN;
+* the leader this node follows is the view's leader and this node's role is its role there;
+  Raft's membership is the view's membership (peers added, removed, learners marked).
+
+A follower hears from the leader (and candidates) only, so its view of the other followers
+ages; the leader's view is the one that tracks everybody.
+
+What the engine produces is handed out once:
+
+* messages: by `take_messages()`, or in the `TickResult` of `tick()`/`step()`, whichever
+  comes first;
+* results: by `apply_committed()`, unless the caller drives with `tick()`/`step()` and
+  reads `TickResult.applied`: reading it claims those results, and `apply_committed()`
+  returns every result no `TickResult.applied` was read for. So the seed's example (step the
+  messages, then `results = engine.apply_committed()`) gets its results, and a driver that
+  reads `.applied` never sees one twice;
+* role changes, read states and cluster changes (status changes of peers, changes of the
+  cluster's state): in the next `TickResult`.
 
 The engine reads no clock and does no I/O: time is `tick()`, the network is whoever moves
 messages from `take_messages()`/`TickResult.messages` to another engine's `step()`.
@@ -32,11 +54,13 @@ messages from `take_messages()`/`TickResult.messages` to another engine's `step(
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Final
 
+from .cluster import Cluster, ClusterConfig, ClusterState, ClusterStateChange, StatusChange
 from .log import LogIndex, LogStore, Membership, MemoryLogStore, Term
-from .messages import InstallSnapshotRequest, RaftMessage
-from .node import NodeId, NodeInfo, NodeRole
+from .messages import InstallSnapshotRequest, RaftMessage, VoteRequest
+from .node import NodeId, NodeInfo, NodeRole, NodeStatus, parse_address
 from .raft import RaftConfig, RaftNode, ReadState, Ready, Role
 from .state import Command, CommandResult, StateMachine
 
@@ -45,63 +69,57 @@ __all__ = [
     "RoleChange",
     "TickResult",
     "ReplicationEngine",
+    "DEFAULT_CLUSTER_NAME",
 ]
+
+#: The cluster name when the config names none (the node's `--cluster` default too).
+DEFAULT_CLUSTER_NAME: Final = "aegis"
+#: The host shown for a peer added by id alone, whose address nobody told the engine.
+UNKNOWN_HOST: Final = "unknown"
+
+
+def _default_cluster() -> ClusterConfig:
+    return ClusterConfig(DEFAULT_CLUSTER_NAME)
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicationConfig:
-    """Replication tunables; times are in ticks (the driver decides how long a tick is).
+    """The seed's combined config: Raft's (`raft`: election timeout, heartbeat interval,
+    snapshot threshold, in ticks or durations) and the cluster view's (`cluster`: name,
+    replication factor, failure detection).
 
-    Validated when built (through the `RaftConfig` it maps to), so a bad config fails at
-    construction, not at the first election.
+    ``ReplicationConfig()`` is the defaults of both;
+    ``ReplicationConfig(RaftConfig(seed=1), ClusterConfig("prod"))`` or the `with_*`
+    builders set them. Validated when built: the cluster must not suspect a peer sooner than
+    Raft's heartbeats can reach it.
     """
 
-    election_timeout_min: int = 10
-    election_timeout_max: int = 20
-    heartbeat_interval: int = 2
-    #: Applied entries beyond the last snapshot after which the engine snapshots and compacts.
-    snapshot_threshold: int = 10_000
-    max_entries_per_message: int = 4096
-    max_bytes_per_message: int = 1 << 20
-    max_inflight: int = 64
-    pre_vote: bool = True
-    check_quorum: bool = True
-    #: Seed of the core's `random.Random` (election timeouts); None: seeded from the OS.
-    seed: int | None = None
+    raft: RaftConfig = field(default_factory=RaftConfig)
+    cluster: ClusterConfig = field(default_factory=_default_cluster)
 
     def __post_init__(self) -> None:
-        for name in (
-            "election_timeout_min",
-            "election_timeout_max",
-            "heartbeat_interval",
-            "snapshot_threshold",
-            "max_entries_per_message",
-            "max_bytes_per_message",
-            "max_inflight",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("pre_vote", "check_quorum"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise TypeError("seed must be an int or None")
-        self.to_raft_config()  # the core's own checks (timeout ordering)
+        if not isinstance(self.raft, RaftConfig):
+            raise TypeError(f"raft must be a RaftConfig, got {type(self.raft).__name__}")
+        if not isinstance(self.cluster, ClusterConfig):
+            raise TypeError(f"cluster must be a ClusterConfig, got {type(self.cluster).__name__}")
+        if self.cluster.suspect_timeout <= self.raft.heartbeat_period:
+            raise ValueError(
+                f"the cluster would suspect a peer after {self.cluster.suspect_timeout.total_seconds()}s, "
+                f"within Raft's heartbeat period ({self.raft.heartbeat_period.total_seconds()}s)"
+            )
+
+    def with_raft(self, raft: RaftConfig) -> ReplicationConfig:
+        return replace(self, raft=raft)
+
+    def with_cluster(self, cluster: ClusterConfig) -> ReplicationConfig:
+        return replace(self, cluster=cluster)
 
     def to_raft_config(self) -> RaftConfig:
-        return RaftConfig(
-            election_timeout_min=self.election_timeout_min,
-            election_timeout_max=self.election_timeout_max,
-            heartbeat_interval=self.heartbeat_interval,
-            snapshot_threshold=self.snapshot_threshold,
-            max_entries_per_message=self.max_entries_per_message,
-            max_bytes_per_message=self.max_bytes_per_message,
-            max_inflight=self.max_inflight,
-            pre_vote=self.pre_vote,
-            check_quorum=self.check_quorum,
-            seed=self.seed,
-        )
+        return self.raft
+
+    @property
+    def snapshot_threshold(self) -> int:
+        return self.raft.snapshot_threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,38 +131,91 @@ class RoleChange:
     term: Term
 
 
+class _Applied:
+    """The results one `TickResult` carries. Reading `TickResult.applied` claims them, so
+    `apply_committed()` does not hand them out again."""
+
+    __slots__ = ("results", "claimed")
+
+    def __init__(self, results: tuple[CommandResult, ...] = ()) -> None:
+        self.results = results
+        self.claimed = False
+
+    def claim(self) -> tuple[CommandResult, ...]:
+        self.claimed = True
+        return self.results
+
+
 @dataclass(frozen=True, slots=True)
 class TickResult:
-    """What one `tick()` or `step()` handed out (plus anything produced earlier and not yet
+    """What one `tick()` or `step()` produced (plus anything produced earlier and not yet
     handed out by `take_messages()`/`apply_committed()`).
 
     `messages` must be sent (they are already safe to send: their Ready was persisted);
-    `applied` holds the results of COMMAND entries in log order (`applied_index` says which);
-    `role_changes` the role transitions in order; `leader` the leader known at the end.
+    `applied` holds the results of COMMAND entries in log order (`applied_index` says which;
+    reading it claims them from `apply_committed()`); `role_changes` the role transitions in
+    order; `leader` the leader known at the end; `status_changes` the peers' health
+    transitions (`failed` and `suspected` pick out the peers that went DOWN and SUSPECT);
+    `state_changes` the changes of the cluster's state.
     """
 
     messages: tuple[RaftMessage, ...] = ()
-    applied: tuple[CommandResult, ...] = ()
     role_changes: tuple[RoleChange, ...] = ()
     leader: NodeId | None = None
     read_states: tuple[ReadState, ...] = ()
+    status_changes: tuple[StatusChange, ...] = ()
+    state_changes: tuple[ClusterStateChange, ...] = ()
+    _applied: _Applied = field(default_factory=_Applied, repr=False, compare=False)
+
+    @property
+    def applied(self) -> tuple[CommandResult, ...]:
+        return self._applied.claim()
+
+    @property
+    def failed(self) -> tuple[NodeId, ...]:
+        """Peers that went DOWN."""
+        return tuple(ch.node_id for ch in self.status_changes if ch.new is NodeStatus.DOWN)
+
+    @property
+    def suspected(self) -> tuple[NodeId, ...]:
+        """Peers that went SUSPECT."""
+        return tuple(ch.node_id for ch in self.status_changes if ch.new is NodeStatus.SUSPECT)
+
+    @property
+    def cluster_state(self) -> ClusterState | None:
+        """The cluster's state at the end, if it changed."""
+        return self.state_changes[-1].new if self.state_changes else None
 
     @property
     def is_empty(self) -> bool:
-        return not (self.messages or self.applied or self.role_changes or self.read_states)
+        return not (
+            self.messages or self._applied.results or self.role_changes or self.read_states
+            or self.status_changes or self.state_changes
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"TickResult(messages={self.messages!r}, applied={self._applied.results!r}, "
+            f"role_changes={self.role_changes!r}, leader={self.leader!r}, read_states={self.read_states!r}, "
+            f"status_changes={self.status_changes!r}, state_changes={self.state_changes!r})"
+        )
 
 
 class ReplicationEngine:
-    """A replicated key-value engine: `RaftNode` + `StateMachine` + an in-memory driver.
+    """A replicated key-value engine: `RaftNode` + `StateMachine` + `Cluster` + an in-memory
+    driver.
 
     >>> engine = ReplicationEngine(NodeInfo("node1", "127.0.0.1", 5000), ReplicationConfig())
-    >>> engine.start_election()
+    >>> engine.start_election().term
+    1
     >>> engine.set("key", b"value")
     2
     >>> [r.success for r in engine.apply_committed()]
     [True]
     >>> engine.get("key")
     b'value'
+    >>> engine.cluster.stats().leader
+    'node1'
     """
 
     def __init__(
@@ -173,13 +244,23 @@ class ReplicationEngine:
                     "restored from its snapshot, or the snapshot bytes"
                 )
             self.state_machine.restore_chunks([snapshot_data], expect_index=snap.index)
-        self.raft = RaftNode(local.node_id, config.to_raft_config(), self.store)
+        self.raft = RaftNode(local.node_id, config.raft, self.store)
         self._peers: dict[NodeId, NodeInfo | None] = {}
         self._outbox: list[RaftMessage] = []
         self._results: list[CommandResult] = []
+        self._unclaimed: list[_Applied] = []
         self._role_changes: list[RoleChange] = []
         self._read_states: list[ReadState] = []
         self._role = self._current_role()
+        # The cluster view's clock is the engine's ticks: no wall clock, replayable.
+        self._ticks = 0
+        self._tick_seconds = config.raft.tick.total_seconds()
+        self.cluster = Cluster(local, config.cluster, clock=self._now)
+        self._status_changes: list[StatusChange] = []
+        self._state_changes: list[ClusterStateChange] = []
+        self._synced_membership: Membership | None = None
+        self._sync_view()
+        self._cluster_state = self.cluster.stats().state
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -238,7 +319,9 @@ class ReplicationEngine:
 
     # ------------------------------------------------------------------ inputs (no driving)
     def add_peer(self, peer: NodeId | NodeInfo | str) -> None:
-        """Add a voter before the cluster has any log entry (the seed's bootstrap).
+        """Add a voter before the cluster has any log entry (the seed's bootstrap); it joins
+        the cluster view too, STARTING until first heard from (with host "unknown" and
+        port 0 when added by id alone).
 
         A running cluster changes membership through the log
         (`engine.raft.propose_config_change`)."""
@@ -248,14 +331,21 @@ class ReplicationEngine:
             nid, info = NodeId(str(peer)), None
         if nid == self.node_id:
             raise ValueError("a node cannot be its own peer")
+        known = self.cluster.get_node(nid)
+        if known is None and len(self.cluster.members()) >= self.config.cluster.max_nodes:
+            raise ValueError(f"cluster {self.config.cluster.name!r} is full ({self.config.cluster.max_nodes} nodes)")
         self.raft.add_peer(nid)
         if info is not None or nid not in self._peers:
             self._peers[nid] = info
+        if info is not None and known is not None:
+            self.cluster.update_node(replace(info, status=known.status, role=known.role))
+        self._note_cluster()
 
-    def start_election(self) -> None:
-        """Start a real election at term+1 now (skipping PreVote). A cluster of one wins at
-        once; otherwise the vote requests leave on the next drive."""
-        self.raft.start_election()
+    def start_election(self) -> VoteRequest:
+        """Start a real election at term+1 now (skipping PreVote) and return the vote
+        request. A cluster of one wins at once; otherwise the per-peer copies wait in
+        `take_messages()` (which persists the new term and vote before handing them out)."""
+        return self.raft.start_election()
 
     def propose(self, command: Command | bytes) -> LogIndex:
         """Append a command to the log (leader only). Returns its index; the result arrives
@@ -290,12 +380,21 @@ class ReplicationEngine:
 
     # ------------------------------------------------------------------ driving
     def tick(self) -> TickResult:
-        """One unit of time: election and heartbeat timers, then a drive."""
+        """One unit of time: election and heartbeat timers, the cluster's failure detector,
+        then a drive."""
+        self._ticks += 1
         self.raft.tick()
+        self._status_changes.extend(self.cluster.check_status_changes())
         return self._result()
 
     def step(self, message: RaftMessage) -> TickResult:
-        """Deliver a message from a peer, then drive."""
+        """Deliver a message from a peer (a heartbeat from it, for the cluster view), then
+        drive."""
+        sender = message.sender
+        if message.receiver in ("", self.node_id) and sender != self.node_id and sender in self.cluster:
+            change = self.cluster.heartbeat(sender)
+            if change is not None:
+                self._status_changes.append(change)
         self.raft.step(message)
         return self._result()
 
@@ -304,9 +403,14 @@ class ReplicationEngine:
         self._drive()
 
     def apply_committed(self) -> list[CommandResult]:
-        """Drive, then hand out every result not handed out yet (the seed's API)."""
+        """Drive, then hand out every result not handed out yet (the seed's API): those of
+        this drive, and those of earlier `tick()`/`step()` calls whose `TickResult.applied`
+        nobody read."""
         self._drive()
-        out, self._results = self._results, []
+        out = [r for box in self._unclaimed if not box.claimed for r in box.claim()]
+        self._unclaimed = []
+        out.extend(self._results)
+        self._results = []
         return out
 
     def take_messages(self) -> list[RaftMessage]:
@@ -321,17 +425,26 @@ class ReplicationEngine:
 
     def _result(self) -> TickResult:
         self._drive()
+        box = _Applied(tuple(self._results))
+        if self._unclaimed:
+            self._unclaimed = [b for b in self._unclaimed if not b.claimed]
+        if box.results:
+            self._unclaimed.append(box)
         result = TickResult(
             messages=tuple(self._outbox),
-            applied=tuple(self._results),
             role_changes=tuple(self._role_changes),
             leader=self.leader_id,
             read_states=tuple(self._read_states),
+            status_changes=tuple(self._status_changes),
+            state_changes=tuple(self._state_changes),
+            _applied=box,
         )
         self._outbox = []
         self._results = []
         self._role_changes = []
         self._read_states = []
+        self._status_changes = []
+        self._state_changes = []
         return result
 
     def _drive(self) -> None:
@@ -348,6 +461,7 @@ class ReplicationEngine:
             if raft.should_snapshot():
                 self._take_snapshot()
         self._note_role()
+        self._note_cluster()
 
     def _persist(self, rd: Ready) -> None:
         rd.persist_to(self.store)
@@ -376,6 +490,60 @@ class ReplicationEngine:
         if role is not self._role:
             self._role_changes.append(RoleChange(self._role, role, self.raft.term))
             self._role = role
+
+    # ------------------------------------------------------------------ the cluster view
+    def _now(self) -> float:
+        return self._ticks * self._tick_seconds
+
+    def _placeholder(self, nid: str, membership: Membership) -> NodeInfo:
+        addr = membership.address_of(nid)
+        if addr:
+            try:
+                host, port = parse_address(addr)
+                return NodeInfo(NodeId(nid), host, port)
+            except ValueError:
+                pass
+        return NodeInfo(NodeId(nid), UNKNOWN_HOST, 0)
+
+    def _sync_membership(self) -> None:
+        """Raft's membership is the view's: add, remove, mark learners."""
+        m = self.raft.membership
+        if m == self._synced_membership:
+            return
+        view = self.cluster
+        for nid in sorted(m.members):
+            role = NodeRole.LEARNER if nid in m.learners else NodeRole.FOLLOWER
+            node = view.get_node(nid)
+            if node is None or node.status is NodeStatus.LEFT:
+                base = self._peers.get(NodeId(nid)) or self._placeholder(nid, m)
+                try:
+                    view.add_node(base.with_role(role))
+                except ValueError:
+                    continue  # the view is full (config.cluster.max_nodes); Raft decides anyway
+            elif (role is NodeRole.LEARNER) != (node.role is NodeRole.LEARNER) and nid != self.node_id:
+                view.update_node(node.with_role(role))
+        for node in view.peers():
+            if node.node_id not in m.members:
+                view.remove_node(node.node_id)
+        self._synced_membership = m
+
+    def _sync_view(self) -> None:
+        """Bring the view in line with the core: membership, this node's role, the leader."""
+        self._sync_membership()
+        view = self.cluster
+        role = self._current_role()
+        if view.local.role is not role:
+            view.set_role(self.node_id, role)
+        leader = self.raft.leader_id
+        view.set_leader(leader if leader is not None and leader in view else None)
+
+    def _note_cluster(self) -> None:
+        """Sync the view and record a change of the cluster's state."""
+        self._sync_view()
+        state = self.cluster.stats().state
+        if state is not self._cluster_state:
+            self._state_changes.append(ClusterStateChange(self._cluster_state, state))
+            self._cluster_state = state
 
     def _take_snapshot(self) -> None:
         sm = self.state_machine

@@ -58,6 +58,7 @@ __all__ = [
     "CodecError",
     "MessageType",
     "Message",
+    "MessagePayload",
     "ClientRequest",
     "ClientResponse",
     "ClientBatchRequest",
@@ -89,6 +90,27 @@ _INT_MIN: Final = -(2**63)
 
 
 class MessageType(enum.IntEnum):
+    """Every kind of message, spelled as the seed spells them (the upper-case names are
+    aliases of the same members). The values are the codes that open each frame, except
+    `Heartbeat`: a heartbeat travels as an AppendEntries frame (with its `heartbeat` flag),
+    so it is a kind of message but never a frame code; `MessageType.of` tells it apart."""
+
+    VoteRequest = 1
+    VoteResponse = 2
+    AppendEntries = 3
+    AppendEntriesResponse = 4
+    InstallSnapshot = 5
+    InstallSnapshotResponse = 6
+    TimeoutNow = 7
+    ReadIndex = 8
+    ReadIndexResponse = 9
+    ClientRequest = 10
+    ClientResponse = 11
+    Handshake = 12
+    ClientBatchRequest = 13
+    ClientBatchResponse = 14
+    Heartbeat = 15
+
     VOTE_REQUEST = 1
     VOTE_RESPONSE = 2
     APPEND_ENTRIES_REQUEST = 3
@@ -103,13 +125,18 @@ class MessageType(enum.IntEnum):
     HANDSHAKE = 12
     CLIENT_BATCH_REQUEST = 13
     CLIENT_BATCH_RESPONSE = 14
+    HEARTBEAT = 15
 
     @classmethod
     def of(cls, msg: WireMessage) -> MessageType:
+        """The kind of `msg`; an AppendEntries with its `heartbeat` flag is a Heartbeat."""
         try:
-            return _TYPE_OF[type(msg)]
+            kind = _TYPE_OF[type(msg)]
         except KeyError:
             raise CodecError(f"not a wire message: {type(msg).__name__}") from None
+        if isinstance(msg, AppendEntriesRequest) and msg.heartbeat:
+            return MessageType.Heartbeat
+        return kind
 
 
 # --- non-Raft wire messages ---------------------------------------------------------------
@@ -231,6 +258,9 @@ class Handshake:
 
 
 WireMessage: TypeAlias = RaftMessage | ClientRequest | ClientResponse | ClientBatchRequest | ClientBatchResponse | Handshake
+#: The seed's name for what an envelope (`Message`) carries: any wire message.
+#: ``isinstance(x, MessagePayload)`` works.
+MessagePayload: TypeAlias = WireMessage
 
 _RAFT_TYPES: Final[tuple[type, ...]] = (
     VoteRequest,
@@ -273,7 +303,7 @@ class Message:
         if not isinstance(obj, list) or len(obj) != 4:
             raise CodecError("envelope must be a 4-element array")
         code, sender, receiver, payload = obj
-        _need(isinstance(code, int) and not isinstance(code, bool) and code in _BY_CODE_ALL, "envelope type")
+        _need(isinstance(code, int) and not isinstance(code, bool) and code in _ENVELOPE_CODES, "envelope type")
         _need(_is_id(sender) and _is_id(receiver), "envelope ends")
         _need(isinstance(payload, bytes), "envelope payload")
         return cls(MessageType(code), sender, receiver, payload)
@@ -358,7 +388,10 @@ _TYPE_OF.update(
         Handshake: MessageType.HANDSHAKE,
     }
 )
-_BY_CODE_ALL: Final[frozenset[int]] = frozenset(int(t) for t in MessageType)
+#: Codes a frame may open with (a Heartbeat is an AppendEntries frame: not among them).
+_BY_CODE_ALL: Final[frozenset[int]] = frozenset(int(t) for t in MessageType if t is not MessageType.Heartbeat)
+#: Types an envelope may name.
+_ENVELOPE_CODES: Final[frozenset[int]] = frozenset(int(t) for t in MessageType)
 
 
 def _is_uint(x: object) -> bool:

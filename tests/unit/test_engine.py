@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from typing import Iterable
 
 import pytest
 
-from aegis.engine import ReplicationConfig, ReplicationEngine, RoleChange, TickResult
+from aegis.cluster import ClusterConfig, ClusterState, ClusterStateChange, StatusChange
+from aegis.engine import DEFAULT_CLUSTER_NAME, ReplicationConfig, ReplicationEngine, RoleChange, TickResult
 from aegis.log import CompactedError, LogIndex, Membership, MemoryLogStore, Term
-from aegis.messages import AppendEntriesRequest, InstallSnapshotRequest, RaftMessage, VoteRequest
-from aegis.node import NodeId, NodeInfo, NodeRole
+from aegis.messages import (
+    AppendEntriesRequest,
+    ConfigChange,
+    ConfigChangeType,
+    InstallSnapshotRequest,
+    RaftMessage,
+    VoteRequest,
+    VoteResponse,
+)
+from aegis.node import NodeId, NodeInfo, NodeRole, NodeStatus
 from aegis.raft import ConfigChangeError, NotLeaderError, RaftConfig, Role
 from aegis.state import Command, CommandResult, StateMachine
 
@@ -20,7 +30,7 @@ def info(name: str, port: int = 7000) -> NodeInfo:
 
 
 def solo(**config: object) -> ReplicationEngine:
-    engine = ReplicationEngine(info("n1"), ReplicationConfig(seed=1, **config))  # type: ignore[arg-type]
+    engine = ReplicationEngine(info("n1"), ReplicationConfig(RaftConfig(seed=1, **config)))  # type: ignore[arg-type]
     engine.start_election()
     return engine
 
@@ -36,7 +46,7 @@ class Wire:
         names = list(names)
         self.engines: dict[str, ReplicationEngine] = {}
         for i, name in enumerate(names):
-            cfg = ReplicationConfig(seed=i + 1, **config)  # type: ignore[arg-type]
+            cfg = ReplicationConfig(RaftConfig(seed=i + 1, **config))  # type: ignore[arg-type]
             engine = ReplicationEngine(info(name, 7000 + i), cfg)
             for peer in names:
                 if peer != name:
@@ -46,6 +56,9 @@ class Wire:
         self.applied: dict[str, list[CommandResult]] = {n: [] for n in names}
         self.roles: dict[str, list[RoleChange]] = {n: [] for n in names}
         self.reads: dict[str, list[tuple[int, int]]] = {n: [] for n in names}
+        self.status: dict[str, list[tuple[int, StatusChange]]] = {n: [] for n in names}
+        self.states: dict[str, list[ClusterStateChange]] = {n: [] for n in names}
+        self.ticks = 0
         self.delivered: list[RaftMessage] = []
 
     def __getitem__(self, name: str) -> ReplicationEngine:
@@ -63,6 +76,8 @@ class Wire:
         self.applied[name].extend(result.applied)
         self.roles[name].extend(result.role_changes)
         self.reads[name].extend((r.ctx, r.index) for r in result.read_states)
+        self.status[name].extend((self.ticks, ch) for ch in result.status_changes)
+        self.states[name].extend(result.state_changes)
         return list(result.messages)
 
     def deliver(self, queue: list[RaftMessage] | None = None) -> None:
@@ -82,6 +97,7 @@ class Wire:
 
     def tick_all(self, n: int = 1) -> None:
         for _ in range(n):
+            self.ticks += 1
             queue: list[RaftMessage] = []
             for name, e in self.engines.items():
                 queue.extend(self._note(name, e.tick()))
@@ -100,54 +116,40 @@ class Wire:
 # --- ReplicationConfig ----------------------------------------------------------------------
 
 
-def test_config_defaults_map_onto_the_core_config() -> None:
+def test_config_combines_raft_and_cluster_defaults() -> None:
     cfg = ReplicationConfig()
-    raft = cfg.to_raft_config()
-    assert isinstance(raft, RaftConfig)
-    for f in dataclasses.fields(ReplicationConfig):
-        assert getattr(raft, f.name) == getattr(cfg, f.name), f.name
+    assert cfg.raft == RaftConfig() and cfg.to_raft_config() is cfg.raft
+    assert cfg.cluster == ClusterConfig(DEFAULT_CLUSTER_NAME)
+    assert cfg.snapshot_threshold == cfg.raft.snapshot_threshold
 
 
-def test_config_carries_every_field() -> None:
-    cfg = ReplicationConfig(
-        election_timeout_min=5, election_timeout_max=9, heartbeat_interval=1, snapshot_threshold=7,
-        max_entries_per_message=3, max_bytes_per_message=100, max_inflight=2, pre_vote=False,
-        check_quorum=False, seed=42,
-    )
-    raft = cfg.to_raft_config()
-    assert (raft.election_timeout_min, raft.election_timeout_max, raft.heartbeat_interval) == (5, 9, 1)
-    assert (raft.snapshot_threshold, raft.max_entries_per_message, raft.max_bytes_per_message) == (7, 3, 100)
-    assert (raft.max_inflight, raft.pre_vote, raft.check_quorum, raft.seed) == (2, False, False, 42)
+def test_config_carries_both_parts() -> None:
+    raft = RaftConfig(election_timeout_min=5, election_timeout_max=9, heartbeat_interval=1, snapshot_threshold=7,
+                      seed=42)
+    cluster = ClusterConfig("prod").with_replication_factor(5).with_failure_timeout(timedelta(seconds=3))
+    cfg = ReplicationConfig(raft, cluster)
+    assert (cfg.raft, cfg.cluster) == (raft, cluster)
+    assert ReplicationConfig().with_raft(raft).with_cluster(cluster) == cfg
+    e = ReplicationEngine(info("n1"), cfg)
+    assert e.raft.config is raft and e.cluster.config is cluster
 
 
 def test_config_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
-        ReplicationConfig().seed = 3  # type: ignore[misc]
+        ReplicationConfig().raft = RaftConfig()  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(
-    "kw",
-    [
-        {"heartbeat_interval": 0},
-        {"election_timeout_min": 2, "heartbeat_interval": 2},
-        {"election_timeout_min": 10, "election_timeout_max": 10},
-        {"snapshot_threshold": 0},
-        {"max_inflight": 0},
-        {"max_entries_per_message": -1},
-        {"max_bytes_per_message": 0},
-        {"max_inflight": True},
-        {"heartbeat_interval": 1.5},
-    ],
-)
-def test_config_rejects_bad_values(kw: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
-        ReplicationConfig(**kw)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("kw", [{"pre_vote": 1}, {"check_quorum": "yes"}, {"seed": "1"}, {"seed": True}])
+@pytest.mark.parametrize("kw", [{"raft": {"seed": 1}}, {"cluster": "prod"}])
 def test_config_rejects_bad_types(kw: dict[str, object]) -> None:
     with pytest.raises(TypeError):
         ReplicationConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_config_rejects_a_detector_faster_than_the_heartbeats() -> None:
+    slow = RaftConfig(heartbeat_interval=timedelta(seconds=1), election_timeout=timedelta(seconds=5))
+    with pytest.raises(ValueError, match="heartbeat"):
+        ReplicationConfig(slow, ClusterConfig("c").with_heartbeat_interval(0.4))
+    ReplicationConfig(slow, ClusterConfig("c").with_heartbeat_interval(0.6))  # suspects after 1.2 s
 
 
 # --- one engine -----------------------------------------------------------------------------
@@ -242,7 +244,7 @@ def test_local_must_be_a_node_info() -> None:
 
 
 def test_outbox_peeks_and_take_messages_drains() -> None:
-    e = ReplicationEngine(info("n1"), ReplicationConfig(seed=1))
+    e = ReplicationEngine(info("n1"), ReplicationConfig(RaftConfig(seed=1)))
     e.add_peer(NodeId("n2"))
     e.start_election()
     assert e.outbox() == ()  # start_election does not drive
@@ -254,7 +256,7 @@ def test_outbox_peeks_and_take_messages_drains() -> None:
 
 
 def test_tick_result_drains_what_take_messages_has_not() -> None:
-    e = ReplicationEngine(info("n1"), ReplicationConfig(seed=1))
+    e = ReplicationEngine(info("n1"), ReplicationConfig(RaftConfig(seed=1)))
     e.add_peer(NodeId("n2"))
     e.start_election()
     e.flush()
@@ -267,7 +269,7 @@ def test_tick_result_drains_what_take_messages_has_not() -> None:
 
 def test_vote_is_persisted_before_the_request_leaves() -> None:
     store = MemoryLogStore(Membership.of(["n1", "n2"]))
-    e = ReplicationEngine(info("n1"), ReplicationConfig(seed=1), store)
+    e = ReplicationEngine(info("n1"), ReplicationConfig(RaftConfig(seed=1)), store)
     e.start_election()
     [req] = e.take_messages()
     assert isinstance(req, VoteRequest) and req.term == 1
@@ -277,7 +279,7 @@ def test_vote_is_persisted_before_the_request_leaves() -> None:
 
 def test_membership_is_persisted() -> None:
     store = MemoryLogStore(Membership.of(["n1"]))
-    e = ReplicationEngine(info("n1"), ReplicationConfig(seed=1), store)
+    e = ReplicationEngine(info("n1"), ReplicationConfig(RaftConfig(seed=1)), store)
     e.add_peer(NodeId("n2"))
     e.flush()
     assert store.initial_state()[1].voters == {"n1", "n2"}
@@ -288,7 +290,7 @@ def test_restart_from_the_store_replays_the_log() -> None:
     e.set("k", b"v")
     e.set("j", b"w")
     e.apply_committed()
-    again = ReplicationEngine(info("n1"), ReplicationConfig(seed=1), e.store)
+    again = ReplicationEngine(info("n1"), ReplicationConfig(RaftConfig(seed=1)), e.store)
     assert again.term == 1 and again.commit_index == 3 and again.get("k") is None
     again.apply_committed()
     assert again.get("k") == b"v" and again.get("j") == b"w"
@@ -306,13 +308,13 @@ def test_snapshot_compacts_and_a_restart_needs_the_snapshot() -> None:
         e.store.entries(LogIndex(1), LogIndex(2))
     assert e.snapshot_data
     with pytest.raises(ValueError):
-        ReplicationEngine(info("n1"), ReplicationConfig(seed=1), e.store)
-    again = ReplicationEngine(info("n1"), ReplicationConfig(seed=1), e.store, snapshot_data=e.snapshot_data)
+        ReplicationEngine(info("n1"), ReplicationConfig(RaftConfig(seed=1)), e.store)
+    again = ReplicationEngine(info("n1"), ReplicationConfig(RaftConfig(seed=1)), e.store, snapshot_data=e.snapshot_data)
     again.apply_committed()
     assert [again.get(f"k{i}") for i in range(12)] == [str(i).encode() for i in range(12)]
     sm = StateMachine()
     sm.restore_chunks([e.snapshot_data])
-    third = ReplicationEngine(info("n1"), ReplicationConfig(seed=1), e.store, state_machine=sm)
+    third = ReplicationEngine(info("n1"), ReplicationConfig(RaftConfig(seed=1)), e.store, state_machine=sm)
     third.apply_committed()
     assert third.state_machine.digest() == e.state_machine.digest()
 
@@ -459,7 +461,7 @@ def test_read_index_across_engines() -> None:
 
 def test_learner_role() -> None:
     store = MemoryLogStore(Membership.of(["n1"], ["n2"]))
-    e = ReplicationEngine(info("n2"), ReplicationConfig(seed=1), store)
+    e = ReplicationEngine(info("n2"), ReplicationConfig(RaftConfig(seed=1)), store)
     assert e.role is NodeRole.LEARNER
 
 
@@ -477,3 +479,157 @@ def test_docstring_example_runs() -> None:
 
     failures, tried = doctest.testmod(aegis.engine)
     assert tried > 0 and failures == 0
+
+
+# --- the seed's API: the vote request, results, the cluster view (issue 9) ------------------
+
+
+def test_start_election_returns_the_vote_request_and_the_copies_wait_in_take_messages() -> None:
+    store = MemoryLogStore(Membership.of(["n1", "n2", "n3"]))
+    e = ReplicationEngine(info("n1"), ReplicationConfig(RaftConfig(seed=1)), store)
+    request = e.start_election()
+    assert isinstance(request, VoteRequest) and not request.pre_vote
+    assert (request.term, request.candidate_id, request.receiver) == (1, "n1", "")
+    copies = e.take_messages()
+    assert [(m.receiver, m.term) for m in copies] == [("n2", 1), ("n3", 1)]
+    assert all(dataclasses.replace(m, receiver="") == request for m in copies)
+    assert store.initial_state()[0].voted_for == "n1"  # persisted before they were handed out
+
+
+def test_a_cluster_of_one_returns_the_request_it_won_with() -> None:
+    e = ReplicationEngine(info("n1"))
+    request = e.start_election()
+    assert e.is_leader() and request.term == e.term == 1 and request.candidate_id == "n1"
+
+
+def test_results_of_steps_nobody_read_come_from_apply_committed() -> None:
+    """The seed's example: carry messages with step(), look only at .messages, then ask."""
+    a = ReplicationEngine(info("n1", 7001), ReplicationConfig(RaftConfig(seed=1)))
+    b = ReplicationEngine(info("n2", 7002), ReplicationConfig(RaftConfig(seed=2)))
+    a.add_peer(info("n2", 7002))
+    b.add_peer(info("n1", 7001))
+    engines = {"n1": a, "n2": b}
+
+    def carry() -> None:
+        queue = a.take_messages() + b.take_messages()
+        while queue:
+            m = queue.pop(0)
+            queue.extend(engines[m.receiver].step(m).messages)
+
+    a.start_election()
+    carry()
+    assert a.is_leader()
+    index = a.set("key1", b"value1")
+    a.delete("key2")
+    carry()  # the commit, and so the apply, happens inside a.step()
+    results = a.apply_committed()
+    assert [r.applied_index for r in results] == [index, index + 1] and all(r.success for r in results)
+    assert a.get("key1") == b"value1"
+    assert a.apply_committed() == []  # once
+    assert [r.applied_index for r in b.apply_committed()] == [index, index + 1]
+
+
+def test_reading_tick_result_applied_claims_the_results() -> None:
+    e = solo()
+    e.set("a", b"1")
+    first = e.tick()
+    e.set("b", b"2")
+    second = e.tick()
+    assert [r.applied_index for r in second.applied] == [3]
+    assert [r.applied_index for r in e.apply_committed()] == [2]  # first.applied was never read
+    assert [r.applied_index for r in first.applied] == [2]  # the record still says what it holds
+    assert e.apply_committed() == []
+    assert "applied=(" in repr(second) and not second.is_empty
+
+
+def test_the_cluster_view_follows_the_traffic() -> None:
+    w = Wire()
+    leader = w.elect("n1")
+    view = leader.cluster
+    assert view.config.name == DEFAULT_CLUSTER_NAME
+    assert [n.node_id for n in view.nodes()] == ["n1", "n2", "n3"]
+    assert view.get_node("n2") == info("n2", 7001).with_status(NodeStatus.HEALTHY)  # the info add_peer was given
+    stats = view.stats()
+    assert stats.leader == "n1" and stats.healthy_nodes == 3 and stats.has_quorum
+    assert stats.state is ClusterState.HEALTHY
+    assert view.local.role is NodeRole.LEADER
+    follower = w["n2"].cluster
+    assert follower.leader == "n1" and follower.get_node("n1").role is NodeRole.LEADER  # type: ignore[union-attr]
+    assert follower.local.role is NodeRole.FOLLOWER
+
+
+def test_tick_result_reports_peers_going_suspect_down_and_back() -> None:
+    w = Wire()
+    leader = w.elect("n1")
+    assert [(ch.node_id, ch.new) for _, ch in w.status["n1"]] == [("n2", NodeStatus.HEALTHY), ("n3", NodeStatus.HEALTHY)]
+    # Peers added before the election start unheard; then they answer, one by one.
+    assert [(ch.old, ch.new) for ch in w.states["n1"]] == [
+        (ClusterState.HEALTHY, ClusterState.INITIALIZING),
+        (ClusterState.INITIALIZING, ClusterState.DEGRADED),
+        (ClusterState.DEGRADED, ClusterState.HEALTHY),
+    ]
+    w.status["n1"].clear()
+    w.states["n1"].clear()
+    w.isolate("n3")
+    tick = leader.config.raft.tick.total_seconds()
+    suspect_after = leader.config.cluster.suspect_timeout.total_seconds() / tick  # in ticks
+    down_after = leader.config.cluster.failure_timeout.total_seconds() / tick
+    w.tick_all(int(down_after) + 5)
+    changes = [(at, ch.node_id, ch.old, ch.new) for at, ch in w.status["n1"]]
+    assert [c[1:] for c in changes] == [
+        ("n3", NodeStatus.HEALTHY, NodeStatus.SUSPECT),
+        ("n3", NodeStatus.SUSPECT, NodeStatus.DOWN),
+    ]
+    # Silent since the election (tick 0): SUSPECT once silent longer than suspect_timeout.
+    assert [at for at, *_ in changes] == [int(suspect_after) + 1, int(down_after) + 1]
+    assert [(ch.old, ch.new) for ch in w.states["n1"]] == [(ClusterState.HEALTHY, ClusterState.DEGRADED)]
+    assert leader.cluster.stats().down_nodes == 1 and leader.is_leader()
+    assert leader.cluster.failed_nodes() == ["n3"]
+    w.heal()
+    w.tick_all(3)
+    assert [(ch.node_id, ch.new) for _, ch in w.status["n1"][2:]] == [("n3", NodeStatus.HEALTHY)]
+    assert [ch.new for ch in w.states["n1"][1:]] == [ClusterState.HEALTHY]
+
+
+def test_tick_result_names_failed_and_suspected_peers() -> None:
+    e = ReplicationEngine(info("n1"), ReplicationConfig(RaftConfig(seed=1)))
+    e.add_peer(info("n2", 7002))
+    e.step(VoteResponse(term=Term(0), vote_granted=False, voter_id="n2", receiver="n1"))  # heard from n2
+    results = [e.tick() for _ in range(150)]  # 7.5 s of 50 ms ticks: n2 goes silent, then down
+    [suspect] = [r for r in results if r.suspected]
+    [failed] = [r for r in results if r.failed]
+    assert suspect.suspected == ("n2",) and suspect.failed == () and failed.failed == ("n2",)
+    assert suspect.cluster_state is ClusterState.NO_QUORUM
+
+
+def test_peers_start_unheard_and_a_peer_added_by_id_has_no_address() -> None:
+    e = ReplicationEngine(info("n1"))
+    e.add_peer(NodeId("n2"))
+    n2 = e.cluster.get_node("n2")
+    assert n2 is not None and (n2.address, n2.port, n2.status) == ("unknown", 0, NodeStatus.STARTING)
+    assert e.cluster.stats().state is ClusterState.INITIALIZING
+    e.add_peer(info("n2", 7002))  # the address, learned later, replaces the placeholder
+    assert e.cluster.get_node("n2") == info("n2", 7002)
+
+
+def test_membership_changes_reach_the_view() -> None:
+    w = Wire()
+    leader = w.elect("n1")
+    w.blocked.add(("n1", "n4"))  # n4 is not running; the view learns of it from the log
+    leader.raft.propose_config_change(ConfigChange(type=ConfigChangeType.ADD_LEARNER, node_id="n4",
+                                                   address="10.0.0.4:7004"))
+    w.deliver()
+    n4 = leader.cluster.get_node("n4")
+    assert n4 is not None and n4.role is NodeRole.LEARNER and n4.addr == "10.0.0.4:7004"
+    assert leader.cluster.stats().learners == 1
+    leader.raft.propose_config_change(ConfigChange(type=ConfigChangeType.REMOVE, node_id="n3"))
+    w.deliver()
+    assert "n3" not in leader.cluster and "n3" not in w["n2"].cluster
+
+
+def test_a_full_view_refuses_a_peer_before_raft_changes() -> None:
+    e = ReplicationEngine(info("n1"), ReplicationConfig(cluster=ClusterConfig("c", max_nodes=2, replication_factor=1)))
+    e.add_peer(NodeId("n2"))
+    with pytest.raises(ValueError, match="full"):
+        e.add_peer(NodeId("n3"))
+    assert e.membership.voters == {"n1", "n2"}
