@@ -26,6 +26,10 @@ Retrying is where a client can lose or double a write, so the rules are strict:
   On ``-NOLEADER`` the client also moves to the next seed (that node may be cut off).
 * Every call has one deadline (``timeout``) covering connecting, retries and back-offs.
   When it passes, the last error is raised (or `RequestTimeoutError`).
+* ``execute(..., pinned=True)`` is for a command that relies on what the server keeps for
+  one connection (a MULTI's queue, WATCHed keys): it goes on the current connection or not
+  at all. No connecting, no resending, no retrying, and ``-NOLEADER`` keeps the connection;
+  if it is gone, `ConnectionGoneError` (nothing was sent, but that state went with it).
 
 Any exception or cancellation between sending a request and reading its reply closes the
 connection: a late reply would otherwise be read as the answer to the next command.
@@ -74,6 +78,7 @@ __all__ = [
     "RetryPolicy",
     "NodeUnavailableError",
     "ConnectionLostError",
+    "ConnectionGoneError",
     "AuthenticationError",
     "Arg",
     "error_from_reply",
@@ -99,6 +104,11 @@ class NodeUnavailableError(AegisError):
 
 class ConnectionLostError(UnknownOutcomeError):
     """The connection broke after the request was sent; a write may or may not have applied."""
+
+
+class ConnectionGoneError(NodeUnavailableError):
+    """A pinned command found its connection gone before sending: nothing was sent, and
+    what the server kept for that connection (a MULTI's queue, WATCHed keys) is lost."""
 
 
 class AuthenticationError(CommandError):
@@ -445,22 +455,22 @@ class AegisClient:
 
     # -- commands
 
-    async def execute(self, *args: Arg, timeout: float | None = None) -> Reply:
+    async def execute(self, *args: Arg, timeout: float | None = None, pinned: bool = False) -> Reply:
         """Run one command; its reply (str for +simple, bytes for bulk, int, None, list).
 
         Error replies raise (`CommandError`, `NoLeaderError`, …); see the module docstring
-        for what is retried.
+        for what is retried, and for `pinned`.
         """
         if not args:
             raise ValueError("execute() needs a command")
         payload = encode_command(args)
-        safe = is_retry_safe(args)
+        safe = not pinned and is_retry_safe(args)
         deadline = trio.current_time() + (self.timeout if timeout is None else timeout)
         attempt = 0
         last: AegisError | None = None
         while True:
             try:
-                reply = (await self._exchange(payload, 1, safe, deadline))[0]
+                reply = (await self._exchange(payload, 1, safe, deadline, pinned=pinned))[0]
             except NodeUnavailableError:
                 # Out of time while reconnecting for a retry: nothing was sent this time,
                 # so the error worth reporting is the one that made us retry.
@@ -470,6 +480,8 @@ class AegisClient:
             if not isinstance(reply, RespError):
                 return reply
             error = last = error_from_reply(reply)
+            if pinned:
+                raise error
             if isinstance(error, NoLeaderError):
                 async with self._lock:  # this node may be cut off: try another next time
                     await self._drop("no leader", advance=True)
@@ -579,12 +591,14 @@ class AegisClient:
 
     # -- internals (all called with the lock held, except _exchange which takes it)
 
-    async def _exchange(self, payload: bytes, count: int, safe: bool, deadline: float) -> list[Reply]:
+    async def _exchange(
+        self, payload: bytes, count: int, safe: bool, deadline: float, *, pinned: bool = False
+    ) -> list[Reply]:
         """Send `payload` and read `count` replies, reconnecting as the rules allow."""
         losses = 0
         while True:
             async with self._lock:
-                conn = await self._ensure(deadline)
+                conn = await (self._current() if pinned else self._ensure(deadline))
                 try:
                     with trio.move_on_at(deadline):
                         return await _roundtrip(conn, payload, count)
@@ -620,6 +634,17 @@ class AegisClient:
             if losses > 1:
                 pause = self.retry.delay(losses - 2, self._rng)
                 await trio.sleep(min(pause, max(0.0, deadline - trio.current_time())))
+
+    async def _current(self) -> _Connection:
+        """The open connection, for a pinned command; never a new one."""
+        conn = self._conn
+        if conn is not None and not conn.looks_closed():
+            return conn
+        if conn is not None:
+            await self._drop(f"{conn.address} closed the connection", advance=True)
+        raise ConnectionGoneError(
+            f"the connection is gone ({self._last_error or 'closed'}); nothing was sent"
+        )
 
     async def _ensure(self, deadline: float) -> _Connection:
         conn = self._conn

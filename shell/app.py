@@ -18,6 +18,10 @@ A dangerous command (MEMBER REMOVE, LEADER TRANSFER) asks for confirmation; in s
 mode it is refused unless ``--no-confirm`` (alias ``--yes``) says not to ask — except a
 one-shot command typed at a terminal, which asks there.
 
+Transactions work in scripts as at the prompt (``printf 'MULTI\nINCR a\nEXEC\n' |
+aegis-shell``): the connection keeps MULTI's state (see `connection`), and EXEC's replies
+are rendered, or put in JSON, item by item.
+
 Concurrency: the client runs in a trio thread behind `bridge.TrioBridge`; see there why.
 """
 
@@ -38,9 +42,17 @@ from aegis.commands import COMMANDS, lookup
 
 from .bridge import TrioBridge
 from .connection import ShellConnection, describe_error
-from .grammar import EXIT_WORDS, META_COMMANDS, LineSyntaxError, split_line, validate_argv
+from .grammar import (
+    EXIT_WORDS,
+    META_COMMANDS,
+    LineSyntaxError,
+    quote_word,
+    shell_refusal,
+    split_line,
+    validate_argv,
+)
 from .history import make_history
-from .render import help_command, help_overview, json_value, raw_text, render_error, render_reply
+from .render import help_command, help_overview, json_reply, raw_text, render_error, render_reply
 from .repl import Repl, ShellOptions, confirmation_question
 
 __all__ = ["main", "build_parser", "parse_args", "run_script", "Mode"]
@@ -163,6 +175,10 @@ def run_script(
         name = argv[0].decode("utf-8", "replace").upper()
         if name in EXIT_WORDS:
             break
+        refusal = shell_refusal(argv)
+        if refusal is not None:
+            fail(f"ERR {refusal}")
+            continue
         if name in META_COMMANDS and name not in COMMANDS:
             problem = validate_argv(argv)
             if problem is not None:
@@ -201,11 +217,12 @@ def run_script(
             fail(describe_error(outcome.error))
             continue
         if mode == Mode.JSON:
-            stdout.write(json.dumps(json_value(outcome.reply), ensure_ascii=False) + "\n")
+            value = json_reply(argv, outcome.reply, outcome.queued)
+            stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
         elif mode == Mode.RAW:
             stdout.write(raw_text(outcome.reply) + "\n")
         else:
-            console.print(render_reply(argv, outcome.reply))
+            console.print(render_reply(argv, outcome.reply, outcome.queued))
         stdout.flush()
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -226,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             history=make_history(args.history))
                 return repl.run()
             if args.command:
-                lines: Iterable[str] = [" ".join(_quote_arg(a) for a in args.command)]
+                # Each shell argument is one word (so ``aegis-shell SET k "a b"`` keeps the space).
+                lines: Iterable[str] = [" ".join(quote_word(a) for a in args.command)]
                 ask = _isatty(stdin)
             else:
                 lines = stdin
@@ -252,13 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _make_connection(args: argparse.Namespace) -> ShellConnection:
     return ShellConnection(args.addresses, token=args.token, timeout=args.timeout)
-
-
-def _quote_arg(arg: str) -> str:
-    """A shell argument as one grammar word (so ``aegis-shell SET k "a b"`` keeps the space)."""
-    if arg and not any(c.isspace() or c in "\"'\\" for c in arg):
-        return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,16 +3,18 @@
 Theory of operation
 -------------------
 `Knowledge` is the shell's memory of names: keys named by commands that ran in this session
-(no Aegis reply lists keys, so commands are where keys are seen), node ids and addresses
-from status replies (CLUSTER NODES, MEMBER LIST). It is filled only by what the user already
-did; the shell never scans the keyspace to complete a key (Aegis has no KEYS or SCAN, and a
-scan would be a full read of a replicated store for a keystroke). It is bounded: the most
-recently seen names are kept, the oldest dropped.
+and keys listed in the replies the user asked for (SCAN, KEYS, RANGE, PREFIX), node ids and
+addresses from status replies (CLUSTER NODES, MEMBER LIST). It is filled only by what the
+user already did; the shell never runs a SCAN or KEYS of its own to complete a key (that
+would be a read of a replicated store for a keystroke). It is bounded: the most recently
+seen names are kept, the oldest dropped.
 
 `AegisCompleter` asks `grammar.analyze` what the word under the cursor is: a command, a
-sub-command, or the n-th argument of a known command, whose `ArgKind` in the catalogue
-decides the candidates (keys, node ids, addresses, keyword choices, command names for HELP).
-Completions keep the case the user is typing in; keys that need quoting come back quoted.
+sub-command, or an argument of a known command (`Analysis.arg_at`: by position, or the
+value of the option before it), whose `ArgKind` in the catalogue decides the candidates
+(keys, node ids, addresses, keyword choices, command names for HELP). Options already used
+are not offered again, nor the ones they exclude (``NX`` takes ``XX`` away). Completions
+keep the case the user is typing in; keys that need quoting come back quoted.
 
 `Knowledge` is written by the main thread only (after each command); prompt-toolkit may
 read it from its completion thread, so readers take a snapshot (`list(...)`) of a dict
@@ -29,8 +31,9 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
 from aegis.commands import COMMANDS, ArgKind
+from aegis.protocol import Reply
 
-from .grammar import META_COMMANDS, MetaCommand, Token, analyze
+from .grammar import META_COMMANDS, MetaCommand, Token, analyze, argument_roles, option_groups, quote_word
 
 __all__ = ["Knowledge", "AegisCompleter", "quote_word"]
 
@@ -87,8 +90,7 @@ class Knowledge:
                 spec, start = sub, 2
         if spec is None or not spec.args:
             return
-        for i, word in enumerate(words[start:]):
-            arg = spec.args[i] if i < len(spec.args) else (spec.args[-1] if spec.args[-1].multiple else None)
+        for word, arg in zip(words[start:], argument_roles(spec, words[start:])):
             if arg is None:
                 break
             if arg.kind is ArgKind.KEY:
@@ -98,20 +100,29 @@ class Knowledge:
             elif arg.kind is ArgKind.ADDRESS:
                 self.addresses.add(word)
 
+    def learn_reply(self, argv: list[bytes], reply: Reply) -> None:
+        """Remember the keys a reply lists: SCAN's ``[cursor, [keys]]``, KEYS, and RANGE and
+        PREFIX (``[key, value, ...]``, or keys alone with KEYSONLY)."""
+        if not argv or not isinstance(reply, list):
+            return
+        name = argv[0].upper()
+        keys: list[Reply] = []
+        if name == b"SCAN" and len(reply) == 2 and isinstance(reply[1], list):
+            keys = reply[1]
+        elif name == b"KEYS":
+            keys = reply
+        elif name in (b"RANGE", b"PREFIX"):
+            keys_only = any(a.upper() == b"KEYSONLY" for a in argv[2:])
+            keys = reply if keys_only else reply[::2]
+        for key in keys:
+            if isinstance(key, bytes):
+                self.keys.add(key.decode("utf-8", "replace"))
+
     def learn_node(self, node_id: str | None, address: str | None) -> None:
         if node_id:
             self.node_ids.add(node_id)
         if address:
             self.addresses.add(address)
-
-
-def quote_word(word: str) -> str:
-    """`word` as it must be typed to come back as one argument."""
-    if word and not any(c.isspace() or c in "\"'\\" for c in word) and word.isprintable():
-        return word
-    escaped = word.replace("\\", "\\\\").replace('"', '\\"')
-    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return f'"{escaped}"'
 
 
 def _match_case(candidate: str, typed: str) -> str:
@@ -156,12 +167,16 @@ class AegisCompleter(Completer):
                         _match_case(word, bare), -typed_len, display_meta=sub.summary
                     )
             return
-        arg = analysis.arg_for(index - analysis.arg_start)
+        arg = analysis.arg_at(index)
         if arg is None:
             return
         if arg.kind is ArgKind.KEYWORD:
+            taken: set[str] = set()
+            if arg.multiple:  # options: each once, and not those a used one excludes
+                used = analysis.used_options(index)
+                taken = set().union(*(g for g in option_groups(spec.syntax) if g & used))
             for choice in arg.choices:
-                if choice.upper().startswith(bare.upper()):
+                if choice.upper().startswith(bare.upper()) and choice.upper() not in taken:
                     yield Completion(_match_case(choice, bare), -typed_len, display_meta=arg.name)
         elif arg.kind is ArgKind.KEY:
             yield from self._names(self.knowledge.keys.newest_first(), bare, typed_len, "key")

@@ -20,6 +20,14 @@ Every member address the node reports (INFO ``members``, CLUSTER NODES) becomes 
 seed of the client, so when the node the shell talks to dies, the next command goes to a
 live member even if the user gave a single ``--addr``. The client itself decides when a
 command may be resent (see `aegis.client`); the shell only reports what happened.
+
+Except in a transaction: MULTI's queue and WATCHed keys live in the server's state for this
+one connection, so while the `Session` (see `transaction.py`) holds any, commands are sent
+pinned — on the same connection or not at all — and the INFO refresh is skipped inside
+MULTI (the server would refuse it there and doom the transaction). When the connection that
+held a session is gone, the command that finds out fails with `TransactionLostError` (or,
+for an EXEC already sent, `ConnectionLostError`: its outcome is unknown), the session is
+reset, and the next command connects as usual.
 """
 
 from __future__ import annotations
@@ -29,13 +37,14 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
-from aegis.client import AegisClient, open_client, parse_info
-from aegis.errors import AegisError
+from aegis.client import AegisClient, ConnectionGoneError, ConnectionLostError, open_client, parse_info
+from aegis.errors import AegisError, CommandError
 from aegis.protocol import Reply
 
 from .status import info_int, parse_member_lines, parse_members_field, pick, reply_text
+from .transaction import NO_SESSION, Session, advance, is_doomed_by, lost_message
 
-__all__ = ["NodeView", "Outcome", "ShellConnection", "describe_error"]
+__all__ = ["NodeView", "Outcome", "ShellConnection", "TransactionLostError", "describe_error"]
 
 INFO_TIMEOUT = 1.5
 PROBE_INTERVAL = 2.0
@@ -64,9 +73,16 @@ class NodeView:
         return self.role or "?"
 
 
+class TransactionLostError(CommandError):
+    """The connection that held a MULTI (or WATCHes) is gone before EXEC reached the
+    server: a definite failure — nothing of the transaction was written."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One command's result: its reply or its error, and the view before and after."""
+    """One command's result: its reply or its error, and the view before and after.
+
+    `queued` is set for EXEC: the commands whose replies its array holds, in order."""
 
     argv: tuple[bytes, ...]
     reply: Reply = None
@@ -75,6 +91,7 @@ class Outcome:
     before: NodeView | None = None
     after: NodeView | None = None
     notices: tuple[str, ...] = field(default=())
+    queued: tuple[tuple[bytes, ...], ...] = field(default=())
 
     @property
     def ok(self) -> bool:
@@ -87,7 +104,8 @@ def describe_error(exc: BaseException) -> str:
         text = exc.message
         kind = exc.resp_prefix
         name = type(exc).__name__
-        if name in ("NodeUnavailableError", "ConnectionLostError"):
+        if name in ("NodeUnavailableError", "ConnectionLostError", "ConnectionGoneError",
+                    "TransactionLostError"):
             return text
         if text.startswith("NOAUTH"):
             return f"{text} (give the token with --token or AEGIS_TOKEN)"
@@ -116,6 +134,8 @@ class ShellConnection:
             client_name="aegis-shell",
         )
         self.view = NodeView(self.client.address)
+        #: what the server keeps for the command connection (replaced, never mutated)
+        self.session: Session = NO_SESSION
         #: node id -> address, from INFO and CLUSTER NODES replies.
         self.members: dict[str, str] = {}
         # The leader the user was last told about: a change is announced once, even when
@@ -126,16 +146,54 @@ class ShellConnection:
 
     async def execute(self, argv: Sequence[bytes]) -> Outcome:
         before = self.view
+        session = self.session
         start = trio.current_time()
         reply: Reply = None
         error: BaseException | None = None
         try:
-            reply = await self.client.execute(*argv)
+            reply = await self.client.execute(*argv, pinned=session.pinned)
         except AegisError as exc:
             error = exc
         elapsed = trio.current_time() - start
-        after = await self.refresh()
-        return Outcome(tuple(argv), reply, error, elapsed, before, after, self._notices(before, after, error))
+        is_exec = bool(argv) and argv[0].upper() == b"EXEC"
+        queued = (session.queued or ()) if is_exec else ()
+        notes: list[str] = []
+        if session.pinned and not self.client.connected:
+            error = self._lose_session(session, argv, error, notes)
+        else:
+            self.session = advance(session, argv, reply, error)
+            if is_doomed_by(session, argv, error) and not session.doomed:
+                notes.append("this transaction can no longer commit: EXEC will answer EXECABORT "
+                             "(DISCARD, then MULTI again)")
+        if self.session.in_multi:
+            after = self.view  # INFO inside MULTI would be refused, and doom the transaction
+        else:
+            after = await self.refresh(pinned=self.session.pinned)
+        notices = self._notices(before, after, error) + tuple(notes)
+        return Outcome(tuple(argv), reply, error, elapsed, before, after, notices, queued)
+
+    def _lose_session(
+        self, session: Session, argv: Sequence[bytes], error: BaseException | None, notes: list[str]
+    ) -> BaseException | None:
+        """The connection that held `session` is gone: reset it; the error to report."""
+        self.session = NO_SESSION
+        sent = not isinstance(error, ConnectionGoneError)
+        message = lost_message(session, argv, sent=sent, reason=self.client.last_error or "")
+        if error is None:  # answered, then the connection went: the next command says so
+            notes.append(message)
+            return None
+        if session.in_multi and sent and argv and argv[0].upper() == b"EXEC":
+            return ConnectionLostError(message)
+        return TransactionLostError(message)
+
+    async def check_session(self, argv: Sequence[bytes]) -> str | None:
+        """After `argv` was interrupted (the client then drops its connection): what that did
+        to the session, if anything (the session is reset)."""
+        session = self.session
+        if not session.pinned or self.client.connected:
+            return None
+        self.session = NO_SESSION
+        return lost_message(session, argv, sent=True, reason=self.client.last_error or "interrupted")
 
     def _notices(self, before: NodeView, after: NodeView, error: BaseException | None) -> tuple[str, ...]:
         notes: list[str] = []
@@ -164,12 +222,13 @@ class ShellConnection:
             self._announced_leader = leader
         return tuple(notes)
 
-    async def refresh(self) -> NodeView:
-        """Ask the node about itself (INFO) on the command connection; update `view`."""
+    async def refresh(self, *, pinned: bool = False) -> NodeView:
+        """Ask the node about itself (INFO) on the command connection; update `view`.
+        `pinned`: WATCHes are held, so never on a new connection."""
         address = self.client.address
         try:
             with trio.fail_after(INFO_TIMEOUT):
-                text = reply_text(await self.client.execute("INFO", timeout=INFO_TIMEOUT))
+                text = reply_text(await self.client.execute("INFO", timeout=INFO_TIMEOUT, pinned=pinned))
         except (AegisError, trio.TooSlowError) as exc:
             reason = self.client.last_error or describe_error(exc)
             self.view = replace(self.view, address=address, reachable=False, error=reason, checked=True)
@@ -250,6 +309,7 @@ class ShellConnection:
             connect_timeout=self._connect_timeout, client_name="aegis-shell",
         )
         await old.aclose()
+        self.session = NO_SESSION  # whatever it held went with the old connection
         self.view = NodeView(self.client.address)
         return await self.start()
 

@@ -1,4 +1,4 @@
-"""`watch`: the full-screen live cluster dashboard.
+"""``DASHBOARD``: the full-screen live cluster dashboard.
 
 Theory of operation
 -------------------
@@ -126,7 +126,7 @@ class Collector:
         if client is None:
             client = AegisClient(
                 [address], token=self._token, timeout=self._timeout,
-                connect_timeout=min(self._timeout, 0.5), client_name="aegis-watch",
+                connect_timeout=min(self._timeout, 0.5), client_name="aegis-dashboard",
             )
             self._clients[address] = client
         return client

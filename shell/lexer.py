@@ -10,7 +10,9 @@ Three views of the line being typed, each recomputed from the text on every keys
   non-integer where an integer goes, an argument too many, an open quote) is marked
   ``class:error`` as soon as it is typed.
 * `syntax_hint` gives the toolbar's first line: the syntax of the command being typed with
-  the argument under the cursor emphasised, and what is wrong with the line so far.
+  the argument under the cursor emphasised (for options, the bracketed groups the word may
+  belong to: ``[EX seconds|PX ms|…]`` while typing ``SET k v EX``), and what is wrong with
+  the line so far.
 * `AegisValidator` runs when Enter is pressed: a line the server would reject anyway (the
   check is the server's own `aegis.commands.parse_command`) stays in the buffer with the
   reason shown, so nothing is sent. Checking only on Enter keeps a half-typed ``GET`` from
@@ -32,7 +34,18 @@ from prompt_toolkit.validation import ValidationError, Validator
 
 from aegis.commands import Arg, ArgKind
 
-from .grammar import Analysis, LineSyntaxError, MetaCommand, analyze, split_line, validate_argv
+from .grammar import (
+    Analysis,
+    LineSyntaxError,
+    MetaCommand,
+    analyze,
+    option_groups,
+    option_values,
+    shell_refusal,
+    split_line,
+    syntax_groups,
+    validate_argv,
+)
 
 __all__ = ["AegisLexer", "AegisValidator", "syntax_hint", "SHELL_STYLE", "line_problem"]
 
@@ -56,6 +69,7 @@ SHELL_STYLE: Final = Style.from_dict(
         "prompt.role.follower": "#5fafff",
         "prompt.role.other": "#ffaf00",
         "prompt.down": "bold #ff5f5f",
+        "prompt.tx": "bold #ffaf00",
         "bottom-toolbar": "noreverse bg:#262626 #bcbcbc",
         "bottom-toolbar.syntax": "#d0d0d0",
         "bottom-toolbar.current": "bold underline #ffd75f",
@@ -63,6 +77,7 @@ SHELL_STYLE: Final = Style.from_dict(
         "bottom-toolbar.ok": "#87d787",
         "bottom-toolbar.down": "bold #ff5f5f",
         "bottom-toolbar.dim": "#808080",
+        "bottom-toolbar.tx": "bold #ffaf00",
         "auto-suggestion": "#6c6c6c",
     }
 )
@@ -111,7 +126,7 @@ def _fragments(analysis: Analysis, text: str) -> StyleAndTextTuples:
         elif spec is None:
             style = ""
         else:
-            arg = analysis.arg_for(i - analysis.arg_start)
+            arg = analysis.arg_at(i)
             if isinstance(spec, MetaCommand) and spec.name == "HELP":
                 style = "class:keyword"
             elif arg is None:
@@ -146,13 +161,18 @@ class AegisLexer(Lexer):
 
 
 def line_problem(text: str) -> str | None:
-    """What the server (or the shell) would reject about this finished line, or None."""
+    """What the server (or the shell) would reject about this finished line, or None.
+
+    A line the shell refuses itself with an explanation (a bare WATCH) passes: Enter then
+    prints that explanation, which is easier to read than the toolbar's one line."""
     if not text.strip():
         return None
     try:
         argv = split_line(text)
     except LineSyntaxError as exc:
         return str(exc)
+    if shell_refusal(argv) is not None:
+        return None
     return validate_argv(argv)
 
 
@@ -171,27 +191,20 @@ def syntax_hint(text: str) -> StyleAndTextTuples:
     analysis = analyze(text)
     spec = analysis.spec
     if not analysis.tokens:
-        return [("class:bottom-toolbar.dim", "Tab completes · HELP [command] · WATCH for the dashboard · Ctrl-D exits")]
+        return [("class:bottom-toolbar.dim", "Tab completes · HELP [command] · DASHBOARD for the live view · Ctrl-D exits")]
     if spec is None:
         if analysis.unknown:
             return [("class:bottom-toolbar.problem", f"unknown command {analysis.tokens[0].text!r} (HELP lists them)")]
         return [("class:bottom-toolbar.dim", "command")]
-    words = spec.syntax.split()
+    words = syntax_groups(spec.syntax)
     # Which syntax word is under the cursor: command words first, then arguments.
     typing_index = len(analysis.tokens) if analysis.trailing_space else len(analysis.tokens) - 1
-    fixed = len(spec.words)
-    current: int | None = None
-    if typing_index >= fixed and spec.args:
-        arg_index = typing_index - analysis.arg_start
-        if arg_index < len(spec.args):
-            current = fixed + arg_index
-        elif spec.args[-1].multiple:
-            current = fixed + len(spec.args) - 1
+    current = _current_groups(analysis, words, typing_index)
     out: StyleAndTextTuples = []
     for i, word in enumerate(words):
         if out:
             out.append(("class:bottom-toolbar.syntax", " "))
-        style = "class:bottom-toolbar.current" if i == current else "class:bottom-toolbar.syntax"
+        style = "class:bottom-toolbar.current" if i in current else "class:bottom-toolbar.syntax"
         out.append((style, word))
     extra = len(analysis.tokens) - analysis.arg_start - len(spec.args)
     too_many = (
@@ -201,6 +214,41 @@ def syntax_hint(text: str) -> StyleAndTextTuples:
     )
     if too_many:
         out.append(("class:bottom-toolbar.problem", "  ✗ too many arguments"))
+    elif spec.name == "WATCH" and len(analysis.tokens) == 1:
+        out.append(("class:bottom-toolbar.dim", "  " + spec.summary + " (the live dashboard is DASHBOARD)"))
     else:
         out.append(("class:bottom-toolbar.dim", "  " + spec.summary))
     return out
+
+
+def _current_groups(analysis: Analysis, words: tuple[str, ...], typing_index: int) -> set[int]:
+    """The syntax words to emphasise for the word at `typing_index`: its argument's, or for
+    an option (or an option's value) the bracketed groups it can belong to."""
+    spec = analysis.spec
+    assert spec is not None
+    fixed = len(spec.words)
+    if typing_index < fixed or not spec.args:
+        return set()
+    arg_index = typing_index - analysis.arg_start
+    last = spec.args[-1]
+    if arg_index < len(spec.args) - 1 or (arg_index < len(spec.args) and not last.multiple):
+        return {fixed + arg_index}
+    if not last.multiple:
+        return set()
+    first_option = fixed + len(spec.args) - 1
+    if last.kind is not ArgKind.KEYWORD or not option_groups(spec.syntax):
+        return {first_option}
+    # Options: the groups holding the option being typed, or whose value is being typed.
+    arg = analysis.arg_at(typing_index)
+    if arg is not None and arg is not last:
+        previous = analysis.tokens[typing_index - 1].text.upper()
+        wanted = {previous} if option_values(spec.syntax).get(previous) == arg else set()
+    else:
+        typed = "" if typing_index >= len(analysis.tokens) else analysis.tokens[typing_index].text.upper()
+        used = analysis.used_options(typing_index)
+        taken = set().union(*(g for g in option_groups(spec.syntax) if g & used))
+        wanted = {c for c in last.choices if c.startswith(typed) and c not in taken}
+    return {
+        i for i in range(first_option, len(words))
+        if wanted & {alt[0] for alt in (a.split() for a in words[i].strip("[]").split("|")) if alt}
+    }

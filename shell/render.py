@@ -6,13 +6,21 @@ A reply is rendered from its value and the command that produced it. Generic val
 redis-cli, which users already read fluently: ``"bulk"`` quoted with escapes, ``(integer) 5``,
 ``(nil)``, numbered nested lists, ``(error) ERR …`` in red. Status commands get tables:
 INFO and CLUSTER INFO as field/value tables grouped by section; CLUSTER NODES and MEMBER
-LIST as one row per member with the leader starred. When a status reply does not parse as
-expected, the generic rendering is used, so a new server format is shown rather than lost.
+LIST as one row per member with the leader starred. Data replies whose shape means more
+than a list say so: SCAN's keys with the command that continues the walk, GETV's value,
+version and revision labelled, RANGE and PREFIX as a key/value table, TTL's -1 and -2 in
+words, and EXEC's array item by item under the command that produced each reply (its nil
+array: a WATCHed key changed). When a reply does not have the expected shape (an error, a
+``QUEUED`` inside MULTI, a new server format), the generic rendering is used, so it is
+shown rather than lost.
 
 `raw_text` is what a script gets when stdout is not a terminal (redis-cli's raw mode: bulk
 strings as they are, integers as digits, nil as an empty line, one list item per line) and
-`json_value` the ``--json`` form. `print_paged` sends output taller than the terminal
-through the pager (``$PAGER``, else ``less -R``).
+`json_reply` the ``--json`` form: `json_value` of the reply, except that SCAN, GETV, RANGE
+and PREFIX become labelled objects (``{"cursor": …, "keys": […]}``, ``{"value": …,
+"version": …, "revision": …}``, ``[{"key": …, "value": …}]``) and EXEC's items follow their
+commands. `print_paged` sends output taller than the terminal through the pager
+(``$PAGER``, else ``less -R``).
 
 Rendering never does I/O other than printing to the console it is given.
 """
@@ -26,16 +34,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
+from rich import box
 from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
 from rich.pager import Pager
 from rich.table import Table
 from rich.text import Text
 
 from aegis.client import parse_info_sections
-from aegis.commands import COMMANDS, GROUPS, CommandSpec
+from aegis.commands import COMMANDS, GROUPS, CommandSpec, prefix_end
 from aegis.protocol import Reply, RespError
 
-from .grammar import META_COMMANDS, MetaCommand
+from .grammar import META_COMMANDS, MetaCommand, quote_word
 from .status import MemberRow, members_from_reply, reply_text
 
 __all__ = [
@@ -49,6 +59,8 @@ __all__ = [
     "help_command",
     "raw_text",
     "json_value",
+    "json_reply",
+    "render_exec",
     "print_paged",
     "command_name",
 ]
@@ -239,9 +251,173 @@ def members_table(rows: Sequence[MemberRow], title: str = "Members") -> Table:
     return table
 
 
-def render_reply(argv: Sequence[bytes], reply: Reply) -> RenderableType:
-    """The rich rendering of `reply` to the command `argv`."""
+# --------------------------------------------------------------------------- data replies
+
+Queued = Sequence[Sequence[bytes]]
+
+
+def _words(argv: Sequence[bytes]) -> str:
+    return " ".join(quote_word(a.decode("utf-8", "replace")) for a in argv)
+
+
+def _option(argv: Sequence[bytes], name: bytes) -> bytes | None:
+    """The value after option `name` in `argv` (the last one given), if any."""
+    found = None
+    for i, word in enumerate(argv[:-1]):
+        if word.upper() == name:
+            found = argv[i + 1]
+    return found
+
+
+def _scan_shape(reply: Reply) -> tuple[bytes, list[Reply]] | None:
+    if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], (bytes, str)):
+        keys = reply[1]
+        if isinstance(keys, list):
+            cursor = reply[0].encode() if isinstance(reply[0], str) else reply[0]
+            return cursor, keys
+    return None
+
+
+def _render_scan(argv: Sequence[bytes], reply: Reply) -> RenderableType | None:
+    shape = _scan_shape(reply)
+    if shape is None:
+        return None
+    cursor, keys = shape
+    done = cursor == b"0"
+    body = format_reply(keys) if keys else Text(
+        "(no keys in this step)" if not done else "(no keys)", style="dim"
+    )
+    if done:
+        note = Text("cursor 0: the scan is complete", style="dim")
+    else:
+        again = [argv[0], cursor, *argv[2:]] if len(argv) >= 2 else [b"SCAN", cursor]
+        note = Text.assemble(
+            (f"cursor {cursor.decode('ascii', 'replace')} · continue with ", "dim"), (_words(again), "bold"),
+        )
+    return Group(body, note)
+
+
+def _render_getv(reply: Reply) -> RenderableType | None:
+    if reply is None:
+        return Text.assemble(("(nil)", "dim"), ("  no such key", "dim"))
+    if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[1], int) and isinstance(reply[2], int)):
+        return None
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_row("value", format_reply(reply[0]))
+    table.add_row("version", Text(str(reply[1]), style="cyan"))
+    table.add_row("revision", Text(str(reply[2]), style="cyan"))
+    return table
+
+
+def _is_pairs(argv: Sequence[bytes], reply: Reply) -> bool:
+    return (
+        isinstance(reply, list) and len(reply) % 2 == 0
+        and not any(a.upper() == b"KEYSONLY" for a in argv[2:])
+        and all(isinstance(item, bytes) for item in reply)
+    )
+
+
+def _continue_range(argv: Sequence[bytes], last: bytes, limit: bytes) -> list[bytes] | None:
+    """The RANGE that picks up after `last`, for a reply that filled its LIMIT."""
+    if argv[0].upper() == b"RANGE" and len(argv) >= 3:
+        return [b"RANGE", b"(" + last, argv[2], b"LIMIT", limit]
+    if argv[0].upper() == b"PREFIX" and len(argv) >= 2:
+        end = prefix_end(argv[1])
+        return [b"RANGE", b"(" + last, b"+" if end is None else b"(" + end, b"LIMIT", limit]
+    return None
+
+
+def _render_pairs(argv: Sequence[bytes], reply: Reply) -> RenderableType | None:
+    if not _is_pairs(argv, reply) or not reply:
+        return None
+    assert isinstance(reply, list)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("key", style="bold", overflow="fold")
+    table.add_column("value", overflow="fold")
+    pairs = [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+    for key, value in pairs:
+        assert isinstance(key, bytes) and isinstance(value, bytes)
+        table.add_row(escape_bulk(key), escape_bulk(value))
+    count = len(pairs)
+    note = Text(f"{count} key{'s' if count != 1 else ''}", style="dim")
+    limit = _option(argv, b"LIMIT")
+    if limit is not None and limit.isdigit() and int(limit) == count:
+        last = pairs[-1][0]
+        assert isinstance(last, bytes)
+        again = _continue_range(argv, last, limit)
+        if again is not None:
+            note.append(" · LIMIT reached; the next page: ", style="dim")
+            note.append(_words(again), style="bold")
+    return Group(table, note)
+
+
+def _duration(ms: int) -> str:
+    if ms < 10_000:
+        return f"{ms / 1000:.1f} s" if ms % 1000 else f"{ms // 1000} s"
+    seconds = ms // 1000
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 120:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
+
+
+def _render_ttl(name: str, reply: Reply) -> RenderableType | None:
+    if not isinstance(reply, int) or isinstance(reply, bool):
+        return None
+    if reply == -1:
+        meaning = "the key has no deadline (it never expires)"
+    elif reply == -2:
+        meaning = "no such key (or it has expired)"
+    elif reply >= 0:
+        meaning = _duration(reply * 1000 if name == "TTL" else reply) + " left"
+    else:
+        return None
+    return Text.assemble(format_reply(reply), ("  " + meaning, "dim"))
+
+
+def render_exec(reply: Reply, queued: Queued = ()) -> RenderableType:
+    """EXEC's reply: the nil array (a WATCHed key changed), or each reply under the
+    command that produced it (when `queued` lines up with the array)."""
+    if reply is None:
+        return Text.assemble(("(nil)", "dim"), ("  a WATCHed key changed: nothing was written", "bold yellow"))
+    if not isinstance(reply, list):
+        return format_reply(reply)
+    if not reply:
+        return Text.assemble(("(empty array)", "dim"), ("  nothing was queued", "dim"))
+    if len(queued) != len(reply):
+        return format_reply(reply)
+    width = len(str(len(reply)))
+    parts: list[RenderableType] = []
+    for i, (argv, item) in enumerate(zip(queued, reply), 1):
+        parts.append(Text.assemble((f"{i:>{width}}) ", "dim"), (_words(argv), "dim")))
+        parts.append(Padding(render_reply(argv, item), (0, 0, 0, width + 2), expand=False))
+    return Group(*parts)
+
+
+def render_reply(argv: Sequence[bytes], reply: Reply, queued: Queued = ()) -> RenderableType:
+    """The rich rendering of `reply` to the command `argv` (`queued`: for EXEC, the
+    commands its array answers)."""
     name = command_name(argv)
+    special: RenderableType | None = None
+    if isinstance(reply, RespError):
+        return format_reply(reply)
+    if name == "EXEC":
+        return render_exec(reply, queued)
+    if name == "SCAN":
+        special = _render_scan(argv, reply)
+    elif name == "GETV":
+        special = _render_getv(reply)
+    elif name in ("RANGE", "PREFIX"):
+        special = _render_pairs(argv, reply)
+    elif name in ("TTL", "PTTL"):
+        special = _render_ttl(name, reply)
+    if special is not None:
+        return special
     text = reply_text(reply)
     if name in ("INFO", "CLUSTER INFO") and text is not None:
         table = info_table(text, title=name)
@@ -328,6 +504,24 @@ def raw_text(reply: Reply) -> str:
     if isinstance(reply, dict):
         return "\n".join(f"{raw_text(k)}\n{raw_text(v)}" for k, v in reply.items())
     return str(reply)
+
+
+def json_reply(argv: Sequence[bytes], reply: Reply, queued: Queued = ()) -> Any:
+    """The ``--json`` value of `reply` to `argv`: labelled objects for the replies whose
+    positions mean something (see the module docstring), else `json_value`."""
+    name = command_name(argv)
+    if isinstance(reply, RespError):
+        return json_value(reply)
+    if name == "EXEC" and isinstance(reply, list) and len(queued) == len(reply):
+        return [json_reply(q, item) for q, item in zip(queued, reply)]
+    if name == "SCAN" and (shape := _scan_shape(reply)) is not None:
+        return {"cursor": shape[0].decode("ascii", "replace"), "keys": json_value(shape[1])}
+    if name == "GETV" and isinstance(reply, list) and len(reply) == 3:
+        return {"value": json_value(reply[0]), "version": json_value(reply[1]), "revision": json_value(reply[2])}
+    if name in ("RANGE", "PREFIX") and _is_pairs(argv, reply):
+        assert isinstance(reply, list)
+        return [{"key": json_value(reply[i]), "value": json_value(reply[i + 1])} for i in range(0, len(reply), 2)]
+    return json_value(reply)
 
 
 def json_value(reply: Reply) -> Any:

@@ -4,9 +4,15 @@ Theory of operation
 -------------------
 `Repl.run` is a loop on the main thread: read a line with `PromptSession.prompt` (history,
 completion, highlighting, validation, the toolbar — all prompt-toolkit), then
-`handle_line` it: meta-commands (HELP, WATCH, CONFIRM, CONNECT, CLEAR, EXIT) are answered
-here; anything else is confirmed if dangerous, sent through the bridge to the
-`ShellConnection` in the trio thread, and its `Outcome` printed with rich.
+`handle_line` it: meta-commands (HELP, DASHBOARD, CONFIRM, CONNECT, CLEAR, EXIT) are
+answered here, and so is a bare WATCH (a pointer to DASHBOARD and to what WATCH means);
+anything else is confirmed if dangerous, sent through the bridge to the `ShellConnection`
+in the trio thread, and its `Outcome` printed with rich.
+
+Transactions: while MULTI is open the prompt says ``(TX)`` and the toolbar how many commands
+are queued and which keys are WATCHed; the connection keeps them on one connection (see
+`connection`). CONNECT is refused while it holds any, since the server forgets them with the
+old connection; a transaction lost with its connection (a dead node, Ctrl-C) is announced.
 
 Keys: Ctrl-C at the prompt clears the line (prompt-toolkit raises KeyboardInterrupt, the
 loop goes on); Ctrl-C during a command cancels it (the bridge cancels the trio task) and
@@ -41,10 +47,11 @@ from .bridge import BridgeClosedError, TrioBridge
 from .completer import AegisCompleter, Knowledge
 from .connection import NodeView, Outcome, ShellConnection, describe_error
 from .dashboard import Collector, run_dashboard
-from .grammar import EXIT_WORDS, META_COMMANDS, LineSyntaxError, split_line
+from .grammar import EXIT_WORDS, META_COMMANDS, LineSyntaxError, shell_refusal, split_line
 from .lexer import SHELL_STYLE, AegisLexer, AegisValidator, syntax_hint
 from .render import help_command, help_overview, print_paged, render_error, render_reply
 from .status import members_from_reply
+from .transaction import NO_SESSION, Session
 
 __all__ = ["ShellOptions", "Repl", "prompt_text", "confirmation_question"]
 
@@ -59,12 +66,20 @@ class ShellOptions:
     confirm: bool = True
     pager: bool = True
     history: str | None = None  # None: the default file; "": memory only
-    watch_interval: float = 1.0
+    dashboard_interval: float = 1.0
 
 
-def prompt_text(view: NodeView) -> str:
-    """The prompt as plain text: ``127.0.0.1:7001 (leader)> ``."""
-    return f"{view.address} ({view.label})> "
+def prompt_text(view: NodeView, session: Session = NO_SESSION) -> str:
+    """The prompt as plain text: ``127.0.0.1:7001 (leader)> ``, or inside MULTI
+    ``127.0.0.1:7001 (leader) (TX)> `` (redis-cli says ``(TX)`` too)."""
+    return f"{view.address} ({view.label}){' (TX)' if session.in_multi else ''}> "
+
+
+def _interval_like(word: bytes) -> bool:
+    try:
+        return 0.1 <= float(word) <= 60
+    except ValueError:
+        return False
 
 
 def confirmation_question(spec: CommandSpec, argv: list[bytes]) -> str:
@@ -133,12 +148,15 @@ class Repl:
             "follower": "class:prompt.role.follower",
             "down": "class:prompt.down",
         }.get(label, "class:prompt.role.other")
-        return [
+        fragments: StyleAndTextTuples = [
             ("class:prompt.address", view.address),
             ("", " "),
             (role_style, f"({label})"),
-            ("", "> "),
         ]
+        if self.conn.session.in_multi:
+            fragments += [("", " "), ("class:prompt.tx", "(TX)")]
+        fragments.append(("", "> "))
+        return fragments
 
     def _toolbar(self) -> StyleAndTextTuples:
         try:
@@ -148,15 +166,20 @@ class Repl:
         line: StyleAndTextTuples = list(syntax_hint(text))
         line.append(("", "\n"))
         view = self.conn.view
+        session = self.conn.session
         if view.checked and not view.reachable:
             line.append(("class:bottom-toolbar.down", f"✗ {view.address} is down"))
             if view.error:
                 line.append(("class:bottom-toolbar.problem", f" ({view.error})"))
             others = len(self.conn.client.seeds) > 1
-            line.append((
-                "class:bottom-toolbar.dim",
-                " · the next command tries another member" if others else " · the next command tries again",
-            ))
+            if session.pinned:
+                what = "the open transaction" if session.in_multi else "the WATCH"
+                line.append(("class:bottom-toolbar.problem", f" · {what} goes with this connection"))
+            else:
+                line.append((
+                    "class:bottom-toolbar.dim",
+                    " · the next command tries another member" if others else " · the next command tries again",
+                ))
         elif view.checked:
             line.append(("class:bottom-toolbar.ok", f"● {view.address}"))
             who = " ".join(p for p in (view.node_id, view.role) if p)
@@ -168,6 +191,16 @@ class Repl:
             line.append(("class:bottom-toolbar.dim", f" · leader {leader}"))
         else:
             line.append(("class:bottom-toolbar.dim", f"○ {view.address} (connecting…)"))
+        if session.in_multi:
+            count = len(session.queued or ())
+            line.append(("class:bottom-toolbar.tx", f" · TX: {count} queued"))
+            if session.doomed:
+                line.append(("class:bottom-toolbar.problem", " (EXEC will refuse it: DISCARD)"))
+            else:
+                line.append(("class:bottom-toolbar.dim", " · EXEC runs them, DISCARD drops them"))
+        if session.watched:
+            shown = ", ".join(session.watched[:4]) + (", …" if len(session.watched) > 4 else "")
+            line.append(("class:bottom-toolbar.tx", f" · watching {shown}"))
         line.append(("class:bottom-toolbar.dim", f" · confirm {'on' if self.confirm else 'off'}"))
         return line
 
@@ -185,7 +218,7 @@ class Repl:
             who = ", ".join(p for p in (view.node_id, view.role) if p)
             self.console.print(Text.assemble(
                 ("Connected to ", "dim"), (view.address, "bold"), (f" ({who})" if who else "", ""),
-                (". HELP lists the commands, WATCH opens the dashboard, Ctrl-D exits.", "dim"),
+                (". HELP lists the commands, DASHBOARD opens the live view, Ctrl-D exits.", "dim"),
             ))
         else:
             self.console.print(render_error(f"{view.address} is not answering: {view.error}"))
@@ -234,7 +267,14 @@ class Repl:
             return True
         name = argv[0].decode("utf-8", "replace").upper()
         if name in EXIT_WORDS:
+            if self.conn.session.in_multi:
+                self.console.print(Text("the open transaction was discarded (nothing was written)", style="yellow"))
             return False
+        refusal = shell_refusal(argv)
+        if refusal is not None:
+            self.console.print(render_error(refusal))
+            self.failures += 1
+            return True
         if name in META_COMMANDS and name not in COMMANDS:
             self.meta(name, argv[1:])
             return True
@@ -245,6 +285,12 @@ class Repl:
                 return True
         outcome = self.execute(argv)
         self.show(outcome)
+        if name == "WATCH" and len(argv) == 2 and outcome.ok and _interval_like(argv[1]):
+            interval = argv[1].decode()
+            self.console.print(Text(
+                f"(WATCH watched the key {interval!r} for the next EXEC; the dashboard is "
+                f"DASHBOARD {interval}. UNWATCH forgets it.)", style="dim",
+            ))
         return True
 
     def ask(self, question: str) -> bool:
@@ -262,12 +308,18 @@ class Repl:
             return Outcome(tuple(argv), error=exc, before=self.conn.view, after=self.conn.view)
         except KeyboardInterrupt:
             spec = _spec_for(argv)
-            note = (
-                "interrupted: the command may or may not have been applied"
-                if spec is None or spec.write or spec.dangerous
-                else "interrupted"
-            )
-            return Outcome(tuple(argv), error=KeyboardInterrupt(note), before=self.conn.view, after=self.conn.view)
+            # Inside MULTI only EXEC applies anything; a queued command was at most queued.
+            queued_only = self.conn.session.in_multi and (spec is None or spec.name != "EXEC")
+            may_apply = (spec is None or spec.write or spec.dangerous) and not queued_only
+            note = "interrupted: the command may or may not have been applied" if may_apply else "interrupted"
+            # The client drops a connection interrupted mid-request: a transaction on it is gone.
+            try:
+                lost = self.bridge.run(self.conn.check_session, argv, timeout=2)
+            except (BridgeClosedError, TimeoutError, KeyboardInterrupt):
+                lost = None
+            notices = (lost,) if lost else ()
+            return Outcome(tuple(argv), error=KeyboardInterrupt(note), before=self.conn.view,
+                           after=self.conn.view, notices=notices)
 
     def show(self, outcome: Outcome) -> None:
         for notice in outcome.notices:
@@ -286,13 +338,16 @@ class Repl:
                 ))
             return
         self.knowledge.learn_command(argv)
+        self.knowledge.learn_reply(argv, outcome.reply)
+        for queued, reply in zip(outcome.queued, outcome.reply if isinstance(outcome.reply, list) else ()):
+            self.knowledge.learn_reply(list(queued), reply)
         rows = None
         name = " ".join(a.decode("utf-8", "replace").upper() for a in argv[:2])
         if name in ("CLUSTER NODES", "MEMBER LIST"):
             rows = members_from_reply(outcome.reply, self.conn.view.leader_id)
             for row in rows or ():
                 self.knowledge.learn_node(row.node_id, row.address)
-        print_paged(self.console, render_reply(argv, outcome.reply), pager=self.options.pager)
+        print_paged(self.console, render_reply(argv, outcome.reply, outcome.queued), pager=self.options.pager)
         if outcome.elapsed >= SLOW_REPLY:
             self.console.print(Text(f"({outcome.elapsed:.2f}s)", style="dim"))
 
@@ -310,10 +365,20 @@ class Repl:
         elif name == "CLEAR":
             self.console.clear()
         elif name == "CONNECT":
+            session = self.conn.session
+            if session.pinned:
+                held = "an open transaction" if session.in_multi else "WATCHed keys"
+                way = "EXEC or DISCARD" if session.in_multi else "UNWATCH"
+                self.console.print(render_error(
+                    f"ERR this connection holds {held}, which the server forgets when it closes: "
+                    f"{way} first. Nothing was changed."
+                ))
+                self.failures += 1
+                return
             view = self.bridge.run(self.conn.connect_to, words[0])
             self.greet(view)
-        elif name == "WATCH":
-            self.watch(float(words[0]) if words else self.options.watch_interval)
+        elif name == "DASHBOARD":
+            self.dashboard(float(words[0]) if words else self.options.dashboard_interval)
 
     def help(self, words: list[str]) -> None:
         if not words:
@@ -330,7 +395,7 @@ class Repl:
             return
         self.console.print(help_command(spec))
 
-    def watch(self, interval: float) -> None:
+    def dashboard(self, interval: float) -> None:
         seeds = dict(self.conn.members) or {self.conn.view.address: self.conn.view.address}
         for address in self.conn.client.seeds:
             if address not in seeds.values():

@@ -2,9 +2,11 @@
 into it (send-keys) and reads the screen (capture-pane).
 
 The story: start a three-node cluster with `aegis up` on free ports in a temporary data
-directory; open the shell; SET and GET a key; open `watch`; kill -9 one follower by PID;
-the dashboard keeps refreshing and shows that node's row as Down/Unreachable and the cluster
-Degraded; Ctrl-C returns to the prompt, where the shell still works.
+directory; open the shell; SET and GET a key; run a MULTI … EXEC (the prompt says (TX)
+meanwhile); a bare `watch` is answered by the shell with a pointer to DASHBOARD; open
+`dashboard`; kill -9 one follower by PID; the dashboard keeps refreshing and shows that
+node's row as Down/Unreachable and the cluster Degraded; Ctrl-C returns to the prompt,
+where the shell still works.
 
 Everything started here (the tmux session, `aegis up` and its nodes) is stopped in a
 `finally`, by name and PID; every wait polls with a deadline.
@@ -146,7 +148,22 @@ def test_shell_and_dashboard_in_a_real_terminal(up: Up, pane: Pane) -> None:
     pane.type_line("GET e2e")
     pane.wait_for(lambda s: '"hello"' in s, "GET's reply")
 
+    pane.type_line("MULTI")
+    pane.wait_for(lambda s: "(TX)>" in s, "the prompt to show the open transaction")
+    pane.type_line("INCR e2e:n")
+    pane.wait_for(lambda s: "QUEUED" in s, "INCR to be queued")
+    pane.type_line("EXEC")
+    pane.wait_for(lambda s: "1) INCR e2e:n" in s and "(integer) 1" in s, "EXEC's replies, item by item")
+
+    def last_prompt(screen: str) -> str:
+        return next((line.rstrip() for line in reversed(screen.splitlines()) if line.startswith(prompt)), "")
+
+    pane.wait_for(lambda s: last_prompt(s).endswith(("(leader)>", "(follower)>")), "the prompt without (TX)")
+
     pane.type_line("watch")
+    pane.wait_for(lambda s: "The live dashboard is DASHBOARD" in s, "the pointer from a bare WATCH")
+
+    pane.type_line("dashboard")
     screen = pane.wait_for(
         lambda s: " Aegis " in s and "state Healthy" in s and sorted(rows(s)) == ["n1", "n2", "n3"],
         "the dashboard with three healthy members",

@@ -209,7 +209,7 @@ def test_history_keeps_commands_but_never_auth(shell: Shell) -> None:
 
 def test_help_and_status_tables(shell: Shell, cluster: LocalCluster) -> None:
     out = shell.run("HELP SET\r")
-    assert "SET key value" in out and "example: SET greeting hello" in out
+    assert "SET key value" in out and "example: SET session:1 alice EX 60" in out
     out = shell.run("CLUSTER NODES\r")
     leader = cluster.leader(timeout=START_TIMEOUT)
     leader_row = next(line for line in out.splitlines() if f" {leader} " in line)
@@ -269,6 +269,105 @@ def test_connect_moves_to_another_node(shell: Shell, cluster: LocalCluster) -> N
     assert f"Connected to {cluster.addr(follower)} ({follower}, follower)" in out
     assert prompt_text(shell.repl.conn.view) == f"{cluster.addr(follower)} (follower)> "
     assert shell.run("SET via-follower 1\r").strip() == "OK"  # the follower forwards
+
+
+# --------------------------------------------------------------------------- the data API
+
+
+def test_multi_exec_shows_tx_and_renders_item_by_item(shell: Shell) -> None:
+    shell.run("DEL tx:a tx:n\r")
+    assert shell.run("MULTI\r").strip() == "OK"
+    assert prompt_text(shell.repl.conn.view, shell.repl.conn.session).endswith(" (TX)> ")
+    assert shell.run("SET tx:a hello\r").strip() == "QUEUED"
+    assert shell.run("INCR tx:n\r").strip() == "QUEUED"
+    assert shell.run("GETV tx:a\r").strip() == "QUEUED"
+    assert shell.run("INCR tx:a\r").strip() == "QUEUED"  # fails when applied, inside the array
+    out = shell.run("EXEC\r")
+    lines = [line.rstrip() for line in out.splitlines()]
+    assert lines[:4] == ["1) SET tx:a hello", "   OK", "2) INCR tx:n", "   (integer) 1"]
+    assert "3) GETV tx:a" in lines and any(line.split()[:2] == ["value", '"hello"'] for line in lines)
+    assert "4) INCR tx:a" in lines and "(error) ERR value is not an integer or out of range" in out
+    assert not shell.repl.conn.session.pinned
+    assert not prompt_text(shell.repl.conn.view, shell.repl.conn.session).endswith(" (TX)> ")
+    assert shell.run("GET tx:n\r").strip() == '"1"'
+    # A command that cannot be queued dooms the transaction, and the shell says so.
+    shell.run("MULTI\r")
+    out = shell.run("SCAN 0\r")
+    assert "(error)" in out and "EXECABORT" in out
+    assert "EXECABORT" in shell.run("EXEC\r")
+    assert shell.run("MULTI\r").strip() == "OK"
+    assert shell.run("DISCARD\r").strip() == "OK" and not shell.repl.conn.session.in_multi
+
+
+def test_watch_conflict_renders_the_nil_array(shell: Shell, cluster: LocalCluster) -> None:
+    shell.run("SET tx:balance 10\r")
+    assert shell.run("WATCH tx:balance\r").strip() == "OK"
+    assert shell.repl.conn.session.watched == ("tx:balance",)
+    other = cluster.nodes[next(iter(cluster.nodes))].client()
+    other.set("tx:balance", "99")  # someone else writes it before EXEC
+    shell.run("MULTI\r")
+    shell.run("SET tx:balance 0\r")
+    out = shell.run("EXEC\r")
+    assert out.startswith("(nil)") and "WATCHed key changed" in out and "nothing was written" in out
+    assert shell.run("GET tx:balance\r").strip() == '"99"'
+    # Without a conflict the same transaction commits.
+    shell.run("WATCH tx:balance\r")
+    shell.run("MULTI\r")
+    shell.run("SET tx:balance 0\r")
+    assert shell.run("EXEC\r").splitlines()[1].strip() == "OK"
+
+
+def test_bare_watch_points_at_dashboard_and_sends_nothing(shell: Shell) -> None:
+    failures = shell.repl.failures
+    out = shell.run("watch\r")
+    assert "DASHBOARD" in out and "WATCH key [key ...]" in out and "nothing was sent" in out
+    assert shell.repl.failures == failures + 1 and not shell.repl.conn.session.pinned
+    # WATCH with one number is Redis's WATCH of that key; the old habit gets a reminder.
+    out = shell.run("WATCH 0.5\r")
+    assert out.startswith("OK") and "DASHBOARD 0.5" in out
+    assert shell.repl.conn.session.watched == ("0.5",)
+    assert shell.run("UNWATCH\r").strip() == "OK" and not shell.repl.conn.session.pinned
+    assert "DASHBOARD [interval-seconds]" in shell.run("HELP DASHBOARD\r")
+    assert shell.type("DASH\t\x15\r") == ""  # completes (then the line is cleared)
+
+
+def test_data_replies_render_labelled(shell: Shell) -> None:
+    shell.run("MSET scan:1 a scan:2 b scan:3 c\r")
+    out = shell.run("SCAN 0 MATCH scan:* COUNT 1000\r")
+    assert all(f'"scan:{i}"' in out for i in (1, 2, 3)) and "cursor" in out
+    out = shell.run("GETV scan:1\r")
+    assert any(line.split() == ["value", '"a"'] for line in out.splitlines())
+    assert any(line.split()[:1] == ["revision"] for line in out.splitlines())
+    out = shell.run("PREFIX scan:\r")
+    assert any(line.split() == ['"scan:2"', '"b"'] for line in out.splitlines()) and "3 keys" in out
+    assert "no deadline" in shell.run("TTL scan:1\r")
+    assert "no such key" in shell.run("TTL scan:none\r")
+    shell.run("EXPIRE scan:1 100\r")
+    assert "s left" in shell.run("TTL scan:1\r")
+    # Keys listed by a reply complete now; SET's options complete, each once.
+    shell.repl.knowledge.keys.discard("scan:3")
+    shell.run("KEYS scan:3\r")
+    assert "scan:3" in shell.repl.knowledge.keys
+    assert shell.type("SET k v N\t\r") == "SET k v NX"
+
+
+def test_a_transaction_lost_with_its_node_is_discarded(own_cluster: LocalCluster, tmp_path: Path) -> None:
+    cluster = own_cluster
+    leader = cluster.leader(timeout=START_TIMEOUT)
+    follower = next(n for n in cluster.nodes if n != leader)
+    for shell in open_shell(cluster.addr(follower), tmp_path / "history", monitor=False):
+        shell.run("CLUSTER NODES\r")  # every member becomes a fallback seed
+        assert shell.run("MULTI\r").strip() == "OK"
+        assert shell.run("SET lost:k 1\r").strip() == "QUEUED"
+        out = shell.run("CONNECT " + cluster.addr(leader) + "\r")
+        assert "EXEC or DISCARD first" in out  # CONNECT would lose it quietly: refused
+        cluster.kill(follower)
+        out = shell.run("SET lost:j 2\r")
+        assert "transaction was discarded" in out and "nothing was written" in out
+        assert not shell.repl.conn.session.pinned
+        # The next command goes to a live member, outside any transaction.
+        assert shell.run("GET lost:k\r").strip().endswith("(nil)")
+        assert shell.run("SET after 1\r").strip().endswith("OK")
 
 
 # --------------------------------------------------------------------------- scripted use

@@ -14,10 +14,10 @@ import trio
 
 from aegis.errors import CommandError, NoLeaderError
 from aegis.protocol import Reply
-from shell.app import _mode, _quote_arg, parse_args, run_script
+from shell.app import _mode, parse_args, run_script
 from shell.bridge import BridgeClosedError, TrioBridge
 from shell.connection import NodeView, Outcome, describe_error
-from shell.grammar import split_line
+from shell.grammar import quote_word, split_line
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_output_mode() -> None:
 
 @pytest.mark.parametrize("word", ["plain", "two words", 'q"uote', "back\\slash", "", "new\nline"])
 def test_command_line_words_survive_the_grammar(word: str) -> None:
-    assert split_line("SET k " + _quote_arg(word)) == [b"SET", b"k", word.encode()]
+    assert split_line("SET k " + quote_word(word)) == [b"SET", b"k", word.encode()]
 
 
 # --------------------------------------------------------------------------- scripted mode
@@ -148,8 +148,15 @@ def test_meta_commands_in_scripts(bridge: TrioBridge) -> None:
     code, out, _err, conn = script(bridge, ["HELP GET", "EXIT", "GET never-sent"], mode="pretty")
     assert code == 0 and conn.sent == []
     assert "GET key" in out and "example:" in out
-    code, _out, err, _ = script(bridge, ["WATCH"])
+    code, _out, err, _ = script(bridge, ["DASHBOARD"])
     assert code == 1 and "interactive" in err
+
+
+def test_a_bare_watch_is_refused_locally_and_watch_with_keys_is_sent(bridge: TrioBridge) -> None:
+    code, _out, err, conn = script(bridge, ["watch", "WATCH k1 k2", "GET k1"], {b"GET": b"v"})
+    assert code == 1
+    assert "DASHBOARD" in err and "WATCH key [key ...]" in err and "nothing was sent" in err
+    assert conn.sent == [[b"WATCH", b"k1", b"k2"], [b"GET", b"k1"]]
 
 
 def test_describe_error() -> None:

@@ -23,10 +23,12 @@ def apply(line: str, knowledge: Knowledge) -> str:
 
 
 def test_commands_by_prefix_in_the_users_case() -> None:
-    assert complete("GE") == ["GET"]
-    assert complete("ge") == ["get"]
+    assert complete("GE") == ["GET", "GETSET", "GETDEL", "GETV"]  # table order
+    assert complete("ge") == ["get", "getset", "getdel", "getv"]
     assert set(complete("IN")) == {"INCR", "INCRBY", "INFO"}
-    assert "WATCH" in complete("")
+    assert "DASHBOARD" in complete("")
+    assert complete("dash") == ["dashboard"]
+    assert complete("WAT") == ["WATCH"]  # Redis's WATCH, a server command
     assert "HELP" in complete("he".upper())
 
 
@@ -94,3 +96,44 @@ def test_quote_word() -> None:
     assert quote_word("two words") == '"two words"'
     assert quote_word('say "hi"') == '"say \\"hi\\""'
     assert quote_word("") == '""'
+
+
+def test_set_options_once_each_and_not_their_alternatives() -> None:
+    assert complete("SET k v ") == ["NX", "XX", "GET", "EX", "PX", "EXAT", "PXAT", "KEEPTTL"]
+    assert complete("set k v nx ") == ["GET", "EX", "PX", "EXAT", "PXAT", "KEEPTTL"]
+    assert complete("set k v e") == ["ex", "exat"]
+    assert complete("SET k v EX ") == []  # the seconds: nothing to offer
+    assert complete("SET k v EX 10 ") == ["NX", "XX", "GET"]
+    assert complete("SET k v NX GET PX 5 ") == []
+
+
+def test_expire_conditions_and_scan_options() -> None:
+    assert complete("EXPIRE k 10 ") == ["NX", "XX", "GT", "LT"]
+    assert complete("pexpire k 10 g") == ["gt"]
+    assert complete("EXPIRE k ") == []  # the seconds
+    assert complete("SCAN 0 ") == ["MATCH", "COUNT", "TYPE"]
+    assert complete("SCAN 0 COUNT 10 ") == ["MATCH", "TYPE"]
+    assert complete("PREFIX user: ") == ["LIMIT", "KEYSONLY"]
+    assert complete("RANGE a b KEYSONLY ") == ["LIMIT"]
+
+
+def test_keys_complete_in_the_new_commands() -> None:
+    knowledge = Knowledge()
+    knowledge.learn_command([b"MSET", b"a", b"1", b"b", b"2"])  # both keys, not the values
+    assert complete("GETV ", knowledge) == ["b", "a"]
+    assert complete("WATCH a ", knowledge) == ["b", "a"]
+    assert complete("MSET x 1 ", knowledge) == ["b", "a"]
+    assert complete("MSET x ", knowledge) == []  # a value
+    assert complete("EXPIRE ", knowledge) == ["b", "a"]
+    assert complete("CASV a ", knowledge) == []  # the version
+
+
+def test_keys_listed_by_replies_are_learned() -> None:
+    knowledge = Knowledge()
+    knowledge.learn_reply([b"SCAN", b"0"], [b"17", [b"user:1", b"user:2"]])
+    knowledge.learn_reply([b"KEYS", b"*"], [b"k"])
+    knowledge.learn_reply([b"PREFIX", b"p"], [b"p1", b"value-not-a-key", b"p2", b"v"])
+    knowledge.learn_reply([b"RANGE", b"-", b"+", b"KEYSONLY"], [b"r1", b"r2"])
+    knowledge.learn_reply([b"GET", b"x"], b"not-a-key")
+    knowledge.learn_reply([b"SCAN", b"0"], "QUEUED")
+    assert set(knowledge.keys.newest_first()) == {"user:1", "user:2", "k", "p1", "p2", "r1", "r2"}

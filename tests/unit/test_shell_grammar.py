@@ -85,7 +85,8 @@ def test_analyze_container_without_subcommand_yet() -> None:
 
 def test_analyze_meta_and_unknown() -> None:
     assert analyze("help get").meta
-    assert analyze("watch 2").spec is META_COMMANDS["WATCH"]
+    assert analyze("dashboard 2").spec is META_COMMANDS["DASHBOARD"]
+    assert analyze("watch k").spec is COMMANDS["WATCH"] and not analyze("watch k").meta
     assert analyze("exit").meta
     assert analyze("FOO bar").unknown
     assert not analyze("FOO").unknown  # may still become a command name
@@ -108,8 +109,8 @@ def test_repeating_argument() -> None:
         ("FOO", "unknown command 'FOO'"),
         ("MEMBER FLY n1", "unknown subcommand"),
         ("MEMBER ADD n4 nowhere", "bad address"),
-        ("WATCH soon", "interval in seconds"),
-        ("WATCH 0.01", "between"),
+        ("DASHBOARD soon", "interval in seconds"),
+        ("DASHBOARD 0.01", "between"),
         ("CONFIRM maybe", "on or off"),
         ("HELP a b c", "wrong number"),
         ('SET k "x', "unbalanced"),
@@ -123,7 +124,8 @@ def test_line_problem(line: str, fragment: str) -> None:
 @pytest.mark.parametrize(
     "line",
     ["GET k", "SET k v", "DEL a b", "INFO", "INFO raft", "CLUSTER NODES", "MEMBER ADD n4 127.0.0.1:7004 LEARNER",
-     "LEADER TRANSFER n2", "HELP", "HELP member add", "WATCH", "WATCH 0.5", "CONFIRM off", "exit", "quit", "  "],
+     "LEADER TRANSFER n2", "HELP", "HELP member add", "DASHBOARD", "DASHBOARD 0.5", "CONFIRM off", "exit", "quit",
+     "  ", "WATCH k", "WATCH", "MULTI", "EXEC"],
 )
 def test_valid_lines_pass(line: str) -> None:
     assert line_problem(line) is None
@@ -208,3 +210,80 @@ def test_syntax_hint_emphasises_the_argument_under_the_cursor() -> None:
 )
 def test_is_sensitive(line: str, secret: bool) -> None:
     assert is_sensitive(line) is secret
+
+
+# --------------------------------------------------------------------------- the data API's shapes
+
+
+def test_bare_watch_is_answered_by_the_shell() -> None:
+    from shell.grammar import shell_refusal
+
+    message = shell_refusal([b"watch"])
+    assert message is not None and "DASHBOARD" in message and "WATCH key" in message
+    assert "nothing was sent" in message
+    assert shell_refusal([b"WATCH", b"k"]) is None and shell_refusal([b"DASHBOARD"]) is None
+    assert line_problem("watch") is None  # Enter goes through; the shell prints the pointer
+    assert validate_argv([b"WATCH"]) == message  # …and a script gets it as its error
+    assert "DASHBOARD" in _hint("WATCH")[1]
+
+
+def test_options_with_values_are_not_mistaken_for_options() -> None:
+    assert _styles("SET k v EX 60 NX") == [
+        ("class:command", "SET"), ("class:key", "k"), ("class:value", "v"),
+        ("class:keyword", "EX"), ("class:number", "60"), ("class:keyword", "NX"),
+    ]
+    assert _styles("SET k v EX soon ")[-1] == ("class:error", "soon")
+    assert _styles("SET k v FOO ")[-1] == ("class:error", "FOO")
+    assert _styles("SCAN 0 MATCH user:* COUNT 10")[2:] == [
+        ("class:keyword", "MATCH"), ("class:string", "user:*"), ("class:keyword", "COUNT"), ("class:number", "10"),
+    ]
+    assert _styles("RANGE [a (b LIMIT 5 KEYSONLY")[3:] == [
+        ("class:keyword", "LIMIT"), ("class:number", "5"), ("class:keyword", "KEYSONLY"),
+    ]
+    assert _styles("EXPIRE k 10 GT") == [
+        ("class:command", "EXPIRE"), ("class:key", "k"), ("class:number", "10"), ("class:keyword", "GT"),
+    ]
+    assert _styles("EXPIRE k 10 SOON ")[-1] == ("class:error", "SOON")
+    assert _styles("CASV k 3 new")[2:] == [("class:number", "3"), ("class:value", "new")]
+
+
+def test_repeated_groups_alternate() -> None:
+    assert [s for s, _ in _styles("MSET a 1 b 2 c")[1:]] == [
+        "class:key", "class:value", "class:key", "class:value", "class:key",
+    ]
+    assert [s for s, _ in _styles("WATCH a b c")] == ["class:command", "class:key", "class:key", "class:key"]
+
+
+def test_syntax_hint_for_options() -> None:
+    everything = "[NX|XX][GET][EX seconds|PX ms|EXAT unix-s|PXAT unix-ms|KEEPTTL]"
+    assert _hint("SET k v ")[0] == everything
+    assert _hint("SET k v NX ")[0] == "[GET][EX seconds|PX ms|EXAT unix-s|PXAT unix-ms|KEEPTTL]"
+    assert _hint("SET k v E")[0] == "[EX seconds|PX ms|EXAT unix-s|PXAT unix-ms|KEEPTTL]"
+    assert _hint("SET k v EX ")[0] == "[EX seconds|PX ms|EXAT unix-s|PXAT unix-ms|KEEPTTL]"
+    assert _hint("SCAN 0 MATCH ")[0] == "[MATCH pattern]"
+    assert _hint("SCAN 0 ")[0] == "[MATCH pattern][COUNT count][TYPE type]"
+    assert _hint("EXPIRE k 10 ")[0] == "[NX|XX|GT|LT]"
+    assert _hint("EXPIRE k ")[0] == "seconds"
+    assert _hint("GETV ")[0] == "key"
+    assert "too many arguments" in _hint("GETV a b")[1]
+    assert "too many arguments" in _hint("EXPIRE k 1 NX XX")[1]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["SET k v NX GET EX 10", "SET k v KEEPTTL", "SETEX k 5 v", "MSET a 1 b 2", "GETV k", "CASV k 0 v",
+     "EXPIRE k 10 NX", "TTL k", "SCAN 0 MATCH a* COUNT 5", "KEYS a*", "DBSIZE", "RANGE - + LIMIT 3",
+     "PREFIX user: KEYSONLY", "MULTI", "EXEC", "DISCARD", "WATCH a b", "UNWATCH"],
+)
+def test_new_commands_validate(line: str) -> None:
+    assert line_problem(line) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [("SET k v EX", "syntax error"), ("SET k v NX XX", "syntax error"), ("EXPIRE k 10 NX XX", "wrong number"),
+     ("SCAN x", "invalid cursor"), ("MSET a", "wrong number"), ("GETV", "wrong number")],
+)
+def test_new_commands_refused_before_sending(line: str, fragment: str) -> None:
+    problem = line_problem(line)
+    assert problem is not None and fragment in problem

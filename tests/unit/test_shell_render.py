@@ -18,10 +18,12 @@ from shell.render import (
     format_reply,
     help_command,
     help_overview,
+    json_reply,
     json_value,
     print_paged,
     raw_text,
     render_error,
+    render_exec,
     render_reply,
 )
 from shell.status import (
@@ -214,7 +216,7 @@ def test_help_for_every_command_has_description_and_example() -> None:
             assert s.summary[:40] in out and "example: " + s.example in out
     out = text_of(help_command(COMMANDS["MEMBER"].subcommand("REMOVE")))  # type: ignore[arg-type]
     assert "asks for confirmation" in out
-    assert "WATCH" in text_of(help_command(META_COMMANDS["WATCH"]))
+    assert "DASHBOARD [interval-seconds]" in text_of(help_command(META_COMMANDS["DASHBOARD"]))
 
 
 # --------------------------------------------------------------------------- raw and JSON
@@ -255,3 +257,92 @@ def test_tall_output_goes_through_the_pager(monkeypatch: pytest.MonkeyPatch, tmp
     assert console.file.getvalue() == ""  # type: ignore[attr-defined]
     print_paged(console, format_reply([b"y"] * 50), pager=False)
     assert console.file.getvalue().count('"y"') == 50  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- the data API's replies
+
+
+def test_scan_shows_the_keys_and_how_to_go_on() -> None:
+    out = text_of(render_reply([b"SCAN", b"0", b"MATCH", b"user:*"], [b"17", [b"user:1", b"user:2"]]))
+    assert '1) "user:1"' in out and '2) "user:2"' in out
+    assert "cursor 17 · continue with SCAN 17 MATCH user:*" in out
+    out = text_of(render_reply([b"scan", b"17"], [b"0", []]))
+    assert "(no keys)" in out and "cursor 0: the scan is complete" in out
+    assert "(no keys in this step)" in text_of(render_reply([b"SCAN", b"0"], [b"9", []]))
+    assert json_reply([b"SCAN", b"0"], [b"17", [b"a"]]) == {"cursor": "17", "keys": ["a"]}
+
+
+def test_getv_is_labelled() -> None:
+    out = text_of(render_reply([b"GETV", b"config"], [b"v1", 3, 1207]))
+    lines = [line.split() for line in out.splitlines()]
+    assert ["value", '"v1"'] in lines and ["version", "3"] in lines and ["revision", "1207"] in lines
+    assert "(nil)" in text_of(render_reply([b"GETV", b"nope"], None))
+    assert json_reply([b"GETV", b"k"], [b"v1", 3, 1207]) == {"value": "v1", "version": 3, "revision": 1207}
+    assert json_reply([b"GETV", b"k"], None) is None
+
+
+def test_range_and_prefix_are_key_value_tables() -> None:
+    reply: list[Reply] = [b"user:1", b"alice", b"user:2", b"bob smith"]
+    out = text_of(render_reply([b"PREFIX", b"user:"], reply))
+    rows = [line for line in out.splitlines() if "user:" in line]
+    assert len(rows) == 2 and '"alice"' in rows[0] and '"bob smith"' in rows[1]
+    assert "key" in out and "value" in out and "2 keys" in out
+    assert json_reply([b"RANGE", b"-", b"+"], reply) == [
+        {"key": "user:1", "value": "alice"}, {"key": "user:2", "value": "bob smith"},
+    ]
+    # KEYSONLY is a plain list of keys, in both forms.
+    keys: list[Reply] = [b"user:1", b"user:2"]
+    assert text_of(render_reply([b"PREFIX", b"user:", b"KEYSONLY"], keys)).splitlines() == ['1) "user:1"', '2) "user:2"']
+    assert json_reply([b"PREFIX", b"user:", b"KEYSONLY"], keys) == ["user:1", "user:2"]
+    assert text_of(render_reply([b"RANGE", b"a", b"b"], [])).strip() == "(empty array)"
+
+
+def test_a_full_page_says_how_to_get_the_next() -> None:
+    reply: list[Reply] = [b"user:1", b"a", b"user:2", b"b"]
+    out = text_of(render_reply([b"RANGE", b"[user:", b"(user;", b"LIMIT", b"2"], reply), width=160)
+    assert "LIMIT reached; the next page: RANGE (user:2 (user; LIMIT 2" in out
+    out = text_of(render_reply([b"PREFIX", b"user:", b"LIMIT", b"2"], reply), width=160)
+    assert "the next page: RANGE (user:2 (user; LIMIT 2" in out
+    out = text_of(render_reply([b"PREFIX", b"user:", b"LIMIT", b"3"], reply), width=160)
+    assert "next page" not in out
+
+
+def test_ttl_explains_minus_one_and_minus_two() -> None:
+    assert "no deadline" in text_of(render_reply([b"TTL", b"k"], -1))
+    assert "no such key" in text_of(render_reply([b"PTTL", b"k"], -2))
+    out = text_of(render_reply([b"TTL", b"k"], 59)).strip()
+    assert out.startswith("(integer) 59") and "59 s left" in out
+    assert "1.5 s left" in text_of(render_reply([b"PTTL", b"k"], 1500))
+    assert "2m05s left" in text_of(render_reply([b"TTL", b"k"], 125))
+    assert json_reply([b"TTL", b"k"], -2) == -2  # programs get Redis's integer
+    assert raw_text(-1) == "-1"
+
+
+def test_exec_renders_each_reply_under_its_command() -> None:
+    queued = [(b"SET", b"a", b"1"), (b"INCR", b"a"), (b"GETV", b"a"), (b"INCR", b"s")]
+    reply: list[Reply] = ["OK", 2, [b"2", 2, 41], RespError("ERR value is not an integer or out of range")]
+    out = text_of(render_reply([b"EXEC"], reply, queued))
+    lines = out.splitlines()
+    assert lines[:4] == ["1) SET a 1", "   OK", "2) INCR a", "   (integer) 2"]
+    assert "3) GETV a" in lines and any(line.split() == ["revision", "41"] for line in lines)
+    assert lines[-2:] == ["4) INCR s", "   (error) ERR value is not an integer or out of range"]
+    assert json_reply([b"EXEC"], reply, queued) == [
+        "OK", 2, {"value": "2", "version": 2, "revision": 41}, {"error": "ERR value is not an integer or out of range"},
+    ]
+    # Without the commands (they were not seen) it is the generic list.
+    assert text_of(render_exec(["OK", 1])).splitlines() == ["1) OK", "2) (integer) 1"]
+
+
+def test_exec_nil_array_means_a_watched_key_changed() -> None:
+    out = text_of(render_reply([b"EXEC"], None, [(b"SET", b"a", b"1")]))
+    assert out.startswith("(nil)") and "WATCHed key changed" in out and "nothing was written" in out
+    assert json_reply([b"EXEC"], None) is None
+    assert "nothing was queued" in text_of(render_reply([b"EXEC"], []))
+
+
+def test_replies_of_another_shape_fall_back_to_generic() -> None:
+    for argv in ([b"SCAN", b"0"], [b"GETV", b"k"], [b"RANGE", b"-", b"+"], [b"TTL", b"k"], [b"EXEC"]):
+        assert text_of(render_reply(argv, "QUEUED")).strip() == "QUEUED"  # inside MULTI
+        assert text_of(render_reply(argv, RespError("ERR boom"))).strip() == "(error) ERR boom"
+        assert json_reply(argv, "QUEUED") == "QUEUED"
+    assert text_of(render_reply([b"RANGE", b"-", b"+"], [b"odd"])).strip() == '1) "odd"'
