@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-`Env` owns the LMDB environment (databases ``log``, ``meta``, ``snap``), an exclusive
+`Env` owns the LMDB environment (databases ``log``, ``meta``, ``snap``, ``kv``; the state
+environment's `storage.kv.LmdbKV` opens its indexes ``scan`` and ``due``), an exclusive
 ``flock`` on ``aegis.lock`` in the data directory (two processes, or two stores in one
 process, must never write the same log), and the two locks every store operation uses:
 
@@ -115,7 +116,7 @@ class Env:
                 str(directory),
                 map_size=max(map_size, 1 << 20),
                 subdir=True,
-                max_dbs=8,
+                max_dbs=8,  # 6 in use (see above)
                 sync=sync,
                 metasync=sync,
                 readahead=False,

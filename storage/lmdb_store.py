@@ -61,7 +61,7 @@ from aegis.log import (
 from . import meta as m
 from .codec import Codec, default_codec
 from .env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Body, Env
-from aegis.state import SnapshotParser
+from aegis.state import Item, SnapshotParser
 
 from .errors import CorruptionError, SnapshotError, StorageError, WrongNodeError
 from .kv import STATE_DIR, LmdbKV
@@ -568,7 +568,7 @@ class LmdbStore:
             if kv.durable_applied < info.index:
                 reader = SnapshotReader(self, info)
 
-                def records() -> Iterator[tuple[bytes, bytes, int, int]]:
+                def records() -> Iterator[Item]:
                     parser = SnapshotParser(iter(reader))
                     if parser.index != info.index:
                         raise CorruptionError(
@@ -631,7 +631,7 @@ class LmdbStore:
         its term, dropping it otherwise). Returns the number of keys. A corrupt file raises
         and changes nothing."""
 
-        def records() -> Iterator[tuple[bytes, bytes, int, int]]:
+        def records() -> Iterator[Item]:
             with read_snapshot_file(path) as f:
                 if f.info.index != meta.index:
                     raise SnapshotError(f"snapshot file holds index {f.info.index}, expected {meta.index}")

@@ -4,18 +4,24 @@ Every test runs real LMDB environments under tmp_path. A `Node` feeds the same c
 entries to ``StateMachine(backend=store.state())`` and to a ``StateMachine()`` over a
 `DictBackend` (appending them to the store's log too, as the driver does, so a reopened
 store can replay them), and `assert_same` compares everything a reader can see: digest,
-len, keys, get/version/revision, the backend's records and the snapshot stream.
+len, keys, get/version/revision, the backend's records, the snapshot stream, and the
+backend's range reads, SCAN pages (`full_scan`) and expiring keys. Entries carry the
+leader's clock (`clock_of`: 100 ms apart), which is "now" for deadlines.
 
 Covered: the overlay and its flushes (take_flush / write_flush / flush_done, in flight,
 failed), durability across reopen, exact counts, CRC-checked records, consistent exports
 and map growth around them, snapshot installs (install_state_file, restore_chunks), the
 repair of a crash between an install's two commits, the migration of a stored snapshot
 into the state database, BATCH entries, keys of any length (the empty key, keys stored by
-their SHA-256) and snapshots that name a key twice.
+their SHA-256) and snapshots that name a key twice; deadlines in records (the previous
+record format still reads), the scan and deadline indexes (kept by flushes, rebuilt by
+installs and, once, for a state written without them), damaged index entries, and SCAN
+loops that run while the state changes.
 
 Stored LMDB keys are `db_key(key)` (a tag byte, then the key or its hash); `disk_records`
-decodes them independently of storage.kv. The storage order of the kv database and of an
-export (`storage_order`) is not the byte order of `DictBackend.items()` once keys are long.
+and `disk_indexes` decode them independently of storage.kv. The storage order of the kv
+database and of an export (`storage_order`) is not the byte order of
+`DictBackend.items()` once keys are long.
 
 A bug found here is pinned first as a strict xfail naming it, then fixed.
 """
@@ -37,14 +43,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aegis.log import EntryType, LogEntry, LogIndex, Membership, SnapshotMeta, Term
+from aegis.state import Item as KVItem
 from aegis.state import (
     NOT_AN_INTEGER,
     Command,
     CommandResult,
     Handler,
+    KVBackend,
+    Record,
     StateMachine,
     StateView,
     encode_batch,
+    scan_hash,
     stream_snapshot,
 )
 from storage import (
@@ -56,7 +66,18 @@ from storage import (
     StorageError,
     write_snapshot_file,
 )
-from storage.kv import K_APPLIED, MAX_INLINE_KEY, STATE_DIR, db_key, decode_record, encode_record
+import storage.kv as kvmod
+from storage.env import Env
+from storage.kv import (
+    K_APPLIED,
+    K_INDEXES,
+    MAX_INLINE_KEY,
+    STATE_DIR,
+    db_key,
+    decode_record,
+    encode_applied,
+    encode_record,
+)
 from storage.meta import encode_snapshot_meta
 
 MEMBERS = Membership.of(["n1", "n2", "n3"])
@@ -83,22 +104,31 @@ HANDLERS: dict[str, Handler] = {"move": _move}
 Item = Union[Command, Sequence[Command], bytes, None]
 
 
+#: The leader's clock of entry `index` (ms): entries are 100 ms apart, so a deadline a few
+#: hundred ms ahead passes a few entries later.
+def clock_of(index: int) -> int:
+    return T0 + 100 * index
+
+
+T0 = 1_700_000_000_000
+
+
 def make_entry(index: int, item: Item, term: int = 1) -> LogEntry:
-    i, t = LogIndex(index), Term(term)
+    i, t, ts = LogIndex(index), Term(term), clock_of(index) / 1000
     if item is None:
-        return LogEntry(i, t, EntryType.NO_OP, b"")
+        return LogEntry(i, t, EntryType.NO_OP, b"", ts)
     if isinstance(item, Command):
-        return LogEntry(i, t, EntryType.COMMAND, item.encode())
+        return LogEntry(i, t, EntryType.COMMAND, item.encode(), ts)
     if isinstance(item, bytes):
-        return LogEntry(i, t, EntryType.BATCH, item)
-    return LogEntry(i, t, EntryType.BATCH, encode_batch([c.encode() for c in item]))
+        return LogEntry(i, t, EntryType.BATCH, item, ts)
+    return LogEntry(i, t, EntryType.BATCH, encode_batch([c.encode() for c in item]), ts)
 
 
 def kb(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 
 
-Records = list[tuple[bytes, bytes, int, int]]
+Records = list[KVItem]
 
 
 class Frozen:
@@ -123,7 +153,7 @@ class Node:
         self.store = LmdbStore.open(path, node_id="n1", sync=sync)
         self.kv: LmdbKV = self.store.state()
         self.sm = StateMachine(HANDLERS, backend=self.kv)
-        self.taken: tuple[dict[bytes, tuple[bytes, int, int] | None], int, int, int] | None = None
+        self.taken: tuple[dict[bytes, Record | None], int, int, int, list[bytes]] | None = None
         self.results: dict[int, list[CommandResult]] = {}  # per entry index, as first applied
         self.written = False
         self.disk_applied = self.kv.durable_applied  # what a successful write_flush stored
@@ -195,18 +225,75 @@ class Node:
 
 
 def assert_same(sm: StateMachine, twin: StateMachine, probe: Sequence[str] = ()) -> None:
-    """Everything a reader sees of `sm` equals what it sees of `twin`."""
+    """Everything a reader sees of `sm` equals what it sees of `twin`. Reads that depend on
+    the time compare at the twin's clock: a reopened state machine has not seen an entry's
+    time yet (until it applies the next one)."""
     assert sm.last_applied == twin.last_applied
     assert len(sm) == len(twin)
-    assert sm.keys() == twin.keys()
     assert list(sm.backend.items()) == list(twin.backend.items())
     assert sm.digest() == twin.digest()
-    for key in {*twin.keys(), *probe}:
-        assert sm.get(key) == twin.get(key)
-        assert sm.version(key) == twin.version(key)
-        assert sm.revision(key) == twin.revision(key)
-        assert (key in sm) == (key in twin)
+    now = twin.clock
+    same_clock = sm.clock == now
+    if same_clock:
+        assert sm.keys() == twin.keys()
+    stored = {k for k, *_ in twin.backend.items()}
+    for k in {*stored, *(kb(p) for p in probe)}:
+        assert sm.backend.get(k) == twin.backend.get(k)
+        assert sm.record(k, now) == twin.record(k, now)
+        assert sm.get_raw(k, now) == twin.get_raw(k, now)
+        if same_clock:
+            key = k.decode("utf-8", "surrogateescape")
+            assert sm.get(key) == twin.get(key)
+            assert sm.version(key) == twin.version(key)
+            assert sm.revision(key) == twin.revision(key)
+            assert (key in sm) == (key in twin)
     assert b"".join(sm.snapshot_chunks()) == b"".join(twin.snapshot_chunks())
+    assert_same_indexes(sm.backend, twin.backend, now)
+    if isinstance(sm.backend, LmdbKV):  # every key's deadline, overlays and disk
+        assert sm.backend._due == deadlines(twin.backend.items())
+
+
+#: Range bounds around the keys of `KEYS`: inside, between and past them, and longer than
+#: 510 bytes (where the stored order is not the key order).
+RANGE_STARTS = [b"", b"b", b"k" * 40, b"k" * 510, b"k" * 511 + b"\x00", b"l"]
+RANGE_ENDS: list[bytes | None] = [None, b"b", b"k" * 41, b"k" * 511, b"k" * 600, b"m"]
+
+
+def full_scan(kv: KVBackend, count: int, twin: KVBackend | None = None, cursor: int = 0) -> list[bytes]:
+    """The keys of a SCAN loop from `cursor` until the cursor is 0 again; with `twin`, each
+    call must give the twin's page (as a set: keys of one position may come in any order)
+    and next cursor."""
+    keys: list[bytes] = []
+    for _ in range(10_000):
+        nxt, page = kv.scan(cursor, count)
+        if twin is not None:
+            t_nxt, t_page = twin.scan(cursor, count)
+            assert (nxt, sorted(page)) == (t_nxt, sorted(t_page)), f"scan({cursor}, {count})"
+        assert len(page) >= min(count, 1) or nxt == 0
+        assert all(scan_hash(k) >= cursor and (nxt == 0 or scan_hash(k) < nxt) for k, _ in page)
+        keys += [k for k, _ in page]
+        if nxt == 0:
+            return keys
+        cursor = nxt
+    raise AssertionError("the scan never ended")
+
+
+def assert_same_indexes(kv: KVBackend, twin: KVBackend, now: int) -> None:
+    """range, scan and expiring of `kv` equal the twin's."""
+    for start in RANGE_STARTS:
+        for end in RANGE_ENDS:
+            for limit in (0, 2):
+                assert kv.range(start, end, limit) == twin.range(start, end, limit), (start[:12], end, limit)
+    stored = sorted(k for k, *_ in twin.items())
+    for count in (1, 2, 10):
+        got = full_scan(kv, count, twin)
+        assert sorted(got) == stored and len(got) == len(stored)  # every key exactly once
+    for k in stored[:3]:  # from a key's own position, and just past it
+        full_scan(kv, 2, twin, scan_hash(k))
+        full_scan(kv, 1, twin, scan_hash(k) + 1)
+    for at in (0, now - 300, now, now + 500, 1 << 62):
+        for limit in (1, 3, 100):
+            assert kv.expiring(at, limit) == twin.expiring(at, limit), (at, limit)
 
 
 def assert_matches(sm: StateMachine, frozen: Frozen) -> None:
@@ -218,15 +305,16 @@ def assert_matches(sm: StateMachine, frozen: Frozen) -> None:
 
 def stored_key(dbkey: bytes, raw: bytes) -> bytes:
     """The client's key of a stored record, decoded here (not with storage.kv's helpers):
-    b"\\x00" + key, or b"\\x01" + sha256(key) with ``crc | version | revision | len | key``
-    at the head of the record."""
+    b"\\x00" + key, or b"\\x01" + sha256(key) with ``crc | version | revision | [deadline] |
+    len | key`` at the head of the record (the deadline when the version's top bit is set)."""
     tag, rest = dbkey[:1], dbkey[1:]
     if tag == b"\x00":
         assert len(rest) <= MAX_INLINE_KEY
         return rest
     assert tag == b"\x01" and len(rest) == 32
-    (n,) = struct.unpack_from(">I", raw, 20)
-    key = raw[24 : 24 + n]
+    off = 28 if raw[4] & 0x80 else 20
+    (n,) = struct.unpack_from(">I", raw, off)
+    key = raw[off + 4 : off + 4 + n]
     assert len(key) == n > MAX_INLINE_KEY and hashlib.sha256(key).digest() == rest
     return key
 
@@ -242,7 +330,38 @@ def disk_records(kv: LmdbKV) -> Records:
     return out
 
 
-def storage_order(records: Iterable[tuple[bytes, bytes, int, int]]) -> Records:
+def disk_indexes(kv: LmdbKV) -> tuple[list[tuple[bytes, bytes]], dict[bytes, int]]:
+    """The stored indexes, decoded here: the scan entries ``(digest, db_key)`` in stored
+    order, and the deadline index as key -> deadline (each entry's CRC checked)."""
+    with kv._e.env.begin() as txn:
+        scan = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=kv._scan_db)]
+        dues: dict[bytes, int] = {}
+        for k, v in txn.cursor(db=kv._due_db):
+            assert struct.unpack_from(">I", v, 0)[0] == zlib.crc32(v[4:], zlib.crc32(k))
+            key = k[1:] if k[:1] == b"\x00" else v[12:]
+            assert db_key(key) == k and key not in dues
+            dues[key] = struct.unpack_from(">Q", v, 4)[0]
+    return scan, dues
+
+
+def deadlines(items: Iterable[KVItem]) -> dict[bytes, int]:
+    return {k: exp for k, _v, _ver, _rev, exp in items if exp}
+
+
+def assert_on_disk(kv: LmdbKV, items: Iterable[KVItem]) -> None:
+    """The kv database holds exactly `items`, and the indexes exactly their entries: one
+    scan entry per key (under the blake2b digest whose top 63 bits are its SCAN position),
+    one deadline entry per key with a deadline."""
+    items = list(items)
+    assert disk_records(kv) == storage_order(items)
+    scan, dues = disk_indexes(kv)
+    assert scan == sorted((hashlib.blake2b(k, digest_size=8).digest(), db_key(k)) for k, *_ in items)
+    assert all(int.from_bytes(d, "big") >> 1 == scan_hash(k) for (d, _), (k, *_) in
+               zip(sorted(scan, key=lambda e: e[1]), sorted(items, key=lambda r: db_key(r[0]))))
+    assert dues == deadlines(items) == kv._due_disk
+
+
+def storage_order(records: Iterable[KVItem]) -> Records:
     """`records` in the order of the kv database and of an export: keys up to 510 bytes in
     byte order, then the longer keys by their hash."""
     return sorted(records, key=lambda r: db_key(r[0]))
@@ -309,7 +428,7 @@ def test_overlay_and_flushed_state_match_the_dict_twin(node: Node) -> None:
 
     assert node.flush() == 6
     assert node.kv.overlay_keys() == 0 and not node.kv.pending()
-    assert disk_records(node.kv) == storage_order(node.twin.backend.items())
+    assert_on_disk(node.kv, node.twin.backend.items())
     assert_same(node.sm, node.twin, probe)
 
     # overlay on top of disk: overwrite, delete and re-create flushed keys
@@ -346,6 +465,7 @@ def test_reads_during_a_flush_in_flight_see_both_overlays(node: Node) -> None:
 KEYS = ["", "a", "b", "\udcff", "ключ", "k" * 40, "k" * 510, "k" * 511, "l" * 3000]
 VALUES = st.one_of(st.sampled_from([b"", b"0", b"1", b"-7", b"x", b"9223372036854775807"]), st.binary(max_size=6))
 key_st = st.sampled_from(KEYS)
+DEADLINES = st.integers(1, 60).map(clock_of)  # absolute: past or future, depending on the entry
 command_st = st.one_of(
     st.builds(Command.set, key_st, VALUES),
     st.builds(lambda k, more: Command.delete(k, *more), key_st, st.lists(key_st, max_size=2)),
@@ -353,6 +473,17 @@ command_st = st.one_of(
     st.builds(Command.compare_and_swap, key_st, VALUES, VALUES),
     st.builds(Command.get, key_st),
     st.builds(lambda a, b: Command.custom("move", kb(a), kb(b)), key_st, key_st),
+    # deadlines: set, kept, moved, removed, met by writes and purged (entries are 100 ms apart)
+    st.builds(lambda k, v, ms: Command.op("SET", k, v, b"", b"", b"PX", ms), key_st, VALUES,
+              st.sampled_from([1, 150, 400, 2000])),
+    st.builds(lambda k, v, at: Command.op("SET", k, v, b"", b"", b"PXAT", at), key_st, VALUES, DEADLINES),
+    st.builds(lambda k, v: Command.op("SET", k, v, b"XX", b"", b"KEEPTTL", b""), key_st, VALUES),
+    st.builds(lambda k, ms, c: Command.op("PEXPIRE", k, ms, c), key_st, st.sampled_from([-1, 0, 150, 400, 2000]),
+              st.sampled_from([b"", b"NX", b"XX", b"GT", b"LT"])),
+    st.builds(lambda k, at: Command.op("PEXPIREAT", k, at, b""), key_st, DEADLINES),
+    st.builds(lambda k: Command.op("PERSIST", k), key_st),
+    st.builds(lambda k, v: Command.op("APPEND", k, v), key_st, VALUES),
+    st.builds(lambda ks: Command.op("PURGE", *ks), st.lists(key_st, min_size=1, max_size=3)),
 )
 item_st: st.SearchStrategy[Item] = st.one_of(
     command_st, st.lists(command_st, max_size=5), st.none(), st.just(b"\xc1")
@@ -367,6 +498,7 @@ Step = Union[list[Item], str, tuple[str, list[Item], str]]
 step_st: st.SearchStrategy[Step] = st.one_of(
     st.lists(item_st, min_size=1, max_size=4),
     st.sampled_from(["take", "write", "done", "fail", "flush", "reopen"]),
+    st.sampled_from(["purge", "install", "scan", "scan"]),
     cycle_st,
 )
 
@@ -400,7 +532,7 @@ def _cycle(n: Node, mid: list[Item], outcome: str) -> None:
 
 
 @settings(
-    max_examples=120,
+    max_examples=200,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -409,6 +541,8 @@ def _cycle(n: Node, mid: list[Item], outcome: str) -> None:
 def test_random_commands_flushes_and_restarts_match_the_dict_twin(steps: list[Step]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         n = Node(Path(tmp) / "d", sync=False)  # close() still syncs; crashes are modelled as closes
+        # a SCAN loop going on across the steps: (cursor, keys present since it began, keys seen)
+        scanning: tuple[int, set[bytes], set[bytes]] | None = None
         try:
             for step in steps:
                 if isinstance(step, list):
@@ -439,9 +573,38 @@ def test_random_commands_flushes_and_restarts_match_the_dict_twin(steps: list[St
                     if not n.kv.flushing:
                         n.flush()
                         assert not n.kv.pending()
-                        assert disk_records(n.kv) == storage_order(n.twin.backend.items())
+                        assert_on_disk(n.kv, n.twin.backend.items())
+                elif step == "purge":  # the leader's expiry sweep: a PURGE of what expiring() names
+                    at = clock_of(int(n.store.last_index()) + 1)
+                    due = n.twin.backend.expiring(at, 4)
+                    assert n.kv.expiring(at, 4) == due
+                    if due:
+                        assert n.apply(Command.op("PURGE", *due))[0][0].value == len(due)
+                        assert all(n.kv.get(k) is None for k in due)
+                elif step == "install":  # a snapshot of the same state: everything rebuilt
+                    if not n.kv.flushing:
+                        applied = n.twin.last_applied
+                        term = int(n.store.term(LogIndex(applied))) if applied else 0
+                        items = list(n.twin.backend.items())
+                        assert n.kv.install(lambda: iter(items), applied, term, None) == len(items)
+                        n.sm.reset(applied)
+                        n.disk_applied = applied
+                        assert not n.kv.pending()
+                elif step == "scan":  # one call of a SCAN loop that spans the other steps
+                    cursor, throughout, seen = scanning or (0, {k for k, *_ in n.twin.backend.items()}, set())
+                    nxt, page = n.kv.scan(cursor, 2)
+                    t_nxt, t_page = n.twin.backend.scan(cursor, 2)
+                    assert (nxt, sorted(page)) == (t_nxt, sorted(t_page))
+                    seen |= {k for k, _ in page}
+                    if nxt == 0:
+                        assert throughout <= seen  # every key there all along was returned
+                        scanning = None
+                    else:
+                        scanning = (nxt, throughout, seen)
                 else:  # reopen: only what write_flush stored survives; the log has the rest
                     _crash(n)
+                if scanning is not None:
+                    scanning[1].intersection_update(k for k, *_ in n.twin.backend.items())
                 assert n.kv.durable_applied <= n.kv.applied() == n.twin.last_applied
                 assert n.kv.count() == len(n.twin)
                 assert_same(n.sm, n.twin, KEYS)
@@ -451,6 +614,7 @@ def test_random_commands_flushes_and_restarts_match_the_dict_twin(steps: list[St
                     n.write()
                 n.done(True)
             n.flush()
+            assert_on_disk(n.kv, n.twin.backend.items())
             n.reopen(replay=False)
             assert_same(n.sm, n.twin, KEYS)
         finally:
@@ -541,17 +705,18 @@ def test_a_failed_flush_puts_the_overlay_back(node: Node) -> None:
     assert not node.kv.flushing
     assert node.kv.durable_applied == 2 and node.kv.applied() == 9 and node.kv.pending()
     assert node.kv.overlay_keys() == 5  # a, b, gone, c, n
-    assert disk_records(node.kv) == storage_order(node.frozen[2].items)
+    assert_on_disk(node.kv, node.frozen[2].items)
     assert_same(node.sm, node.twin, ["a", "b", "c", "gone", "keep", "n"])
     # a later flush writes all of it
     assert node.take()
     assert node.taken is not None
     assert node.taken[1] == 9 and set(node.taken[0]) == {b"a", b"b", b"gone", b"c", b"n"}
-    assert node.taken[0][b"a"] == (b"2", 2, 7) and node.taken[0][b"b"] is None
+    assert node.taken[0][b"a"] == (b"2", 2, 7, 0) and node.taken[0][b"b"] is None
+    assert set(node.taken[4]) == {b"a", b"b", b"c", b"n"}  # created since the last flush that landed
     node.write()
     node.done(True)
     assert node.kv.durable_applied == 9
-    assert disk_records(node.kv) == storage_order(node.twin.backend.items())
+    assert_on_disk(node.kv, node.twin.backend.items())
     node.reopen(replay=False)
     assert_same(node.sm, node.twin, ["a", "b", "c", "gone", "keep", "n"])
 
@@ -582,8 +747,8 @@ def test_take_flush_returns_none_when_nothing_changed_and_refuses_a_second_one(n
     node.apply(Command.set("a", b"1"))
     flush = kv.take_flush()
     assert flush is not None
-    items, applied, term, gen = flush
-    assert items == {b"a": (b"1", 1, 1)} and (applied, term) == (1, 1)
+    items, applied, term, gen, created = flush
+    assert items == {b"a": (b"1", 1, 1, 0)} and (applied, term) == (1, 1) and created == [b"a"]
     with pytest.raises(RuntimeError, match="in flight"):
         kv.take_flush()
     node.apply(Command.set("b", b"2"))
@@ -718,6 +883,10 @@ def test_a_corrupt_record_is_never_served(node: Node, how: str, kind: str) -> No
         node.sm.digest()
     with pytest.raises(CorruptionError):
         list(node.kv.items())
+    with pytest.raises(CorruptionError):
+        node.kv.range(b"", None, 0)
+    with pytest.raises(CorruptionError):
+        full_scan(node.kv, 100)
     # a command that reads the key cannot apply over garbage either
     with pytest.raises(CorruptionError):
         node.sm.apply_entries([make_entry(5, Command.increment(victim))])
@@ -736,15 +905,21 @@ def test_a_corrupt_record_is_never_served(node: Node, how: str, kind: str) -> No
 
 def test_record_codec_round_trips_and_checks_the_key() -> None:
     raw = encode_record(b"k", b"v" * 10, 3, 99)
-    assert decode_record(b"k", raw) == (b"v" * 10, 3, 99)
-    assert decode_record(b"k", encode_record(b"k", b"", 1, 0)) == (b"", 1, 0)
-    assert decode_record(b"", encode_record(b"", b"e", 2, 5)) == (b"e", 2, 5)
+    assert decode_record(b"k", raw) == (b"v" * 10, 3, 99, 0)
+    assert decode_record(b"k", encode_record(b"k", b"", 1, 0)) == (b"", 1, 0, 0)
+    assert decode_record(b"", encode_record(b"", b"e", 2, 5)) == (b"e", 2, 5, 0)
+    assert decode_record(b"k", encode_record(b"k", b"t", 2, 5, T0)) == (b"t", 2, 5, T0)
     with pytest.raises(CorruptionError):
         decode_record(b"K", raw)
+    with pytest.raises(ValueError):
+        encode_record(b"k", b"v", 1 << 63, 1)  # the top bit of the stored version is a flag
     # a long key's record carries the key; the value is still only the value
     long = b"L" * (MAX_INLINE_KEY + 1)
     raw = encode_record(long, b"val", 4, 7)
-    assert decode_record(long, raw) == (b"val", 4, 7)
+    assert decode_record(long, raw) == (b"val", 4, 7, 0)
+    timed = encode_record(long, b"val", 4, 7, T0)
+    assert decode_record(long, timed) == (b"val", 4, 7, T0)
+    assert stored_key(db_key(long), timed) == long
     assert stored_key(db_key(long), raw) == long
     assert raw[20:24] == struct.pack(">I", len(long)) and raw[24 : 24 + len(long)] == long
     with pytest.raises(CorruptionError):
@@ -926,7 +1101,7 @@ def test_install_state_file_replaces_the_state_and_compacts_the_log(node: Node, 
     assert node.store.initial_state()[1] == MEMBERS
     node.sm.reset(50)
     assert_same(node.sm, src, ["a", "overlay", "s1"])
-    assert disk_records(kv) == storage_order(src.backend.items())
+    assert_on_disk(kv, src.backend.items())
 
     # the node carries on from there, and a restart keeps it all
     node.twin = src
@@ -1138,10 +1313,10 @@ def test_keys_around_the_inline_limit_are_stored(node: Node, size: int) -> None:
     node.apply(Command.set(key, b"v"), Command.get(key), Command.set("k" * (size - 1) + "j", b"w"))
     node.flush()
     assert len(db_key(kb(key))) == (1 + size if size <= MAX_INLINE_KEY else 33)
-    assert decode_record(kb(key), get_raw(node.kv, kb(key))) == (b"v", 1, 1)
+    assert decode_record(kb(key), get_raw(node.kv, kb(key))) == (b"v", 1, 1, 0)
     node.reopen(replay=False)
     assert_same(node.sm, node.twin, [key, "k" * (size - 1) + "j"])
-    assert disk_records(node.kv) == storage_order(node.twin.backend.items())
+    assert_on_disk(node.kv, node.twin.backend.items())
 
 
 def test_the_empty_key_is_an_ordinary_key(node: Node) -> None:
@@ -1181,7 +1356,7 @@ def test_long_keys_are_flushed(node: Node, size: int) -> None:
     node.flush()
     node.reopen(replay=False)
     assert_same(node.sm, node.twin, [key, twin_key, "short", "moved"])
-    assert disk_records(node.kv) == storage_order(node.twin.backend.items())
+    assert_on_disk(node.kv, node.twin.backend.items())
 
 
 def test_an_export_streams_long_keys_after_the_short_ones_and_restores_anywhere(node: Node) -> None:
@@ -1212,7 +1387,7 @@ def test_an_export_streams_long_keys_after_the_short_ones_and_restores_anywhere(
 
 def _dup_stream(index: int, key: bytes) -> bytes:
     """A well-formed stream (header count, CRC) that names `key` twice."""
-    records = [(key, b"first", 1, 1), (b"m", b"x", 1, 2), (key, b"second", 2, 3)]
+    records = [(key, b"first", 1, 1, 0), (b"m", b"x", 1, 2, 0), (key, b"second", 2, 3, 0)]
     return b"".join(stream_snapshot(iter(records), index, len(records)))
 
 
@@ -1300,7 +1475,7 @@ def test_a_flush_taken_before_an_install_cannot_overwrite_it(node: Node, tmp_pat
     assert node.kv.applied() == node.kv.durable_applied == 30 and not node.kv.pending()
     node.sm.reset(30)
     assert "old" not in node.sm and node.sm.get("s1") == src.get("s1")
-    assert disk_records(node.kv) == storage_order(src.backend.items())
+    assert_on_disk(node.kv, src.backend.items())
     node.close()
     node.store = LmdbStore.open(node.path, node_id="n1")
     kv = node.store.state()
@@ -1356,3 +1531,345 @@ def test_the_done_of_a_flush_taken_before_an_install_leaves_a_newer_flush_alone(
     assert node.kv.durable_applied == 31
     node.reopen(replay=False)
     assert_same(node.sm, node.twin, ["new", "old"])
+
+
+# --- 12. deadlines, range reads, scans and their indexes ------------------------------------
+
+
+def old_record(key: bytes, value: bytes, version: int, revision: int) -> bytes:
+    """A record as the version before deadlines wrote it: ``crc | version | revision |
+    [len | key] | value``, the CRC over the key and the rest."""
+    body = struct.pack(">QQ", version, revision)
+    if len(key) > MAX_INLINE_KEY:
+        body += struct.pack(">I", len(key)) + key
+    body += value
+    return struct.pack(">I", zlib.crc32(body, zlib.crc32(key))) + body
+
+
+def write_previous_version(path: Path, items: Iterable[KVItem], applied: int, term: int) -> None:
+    """A state environment as the previous version left it: old-format records and the
+    applied index; no scan or deadline index, no ``indexes`` marker."""
+    env = Env.open(path / STATE_DIR)
+    try:
+        with env.env.begin(write=True) as txn:
+            for k, v, ver, rev, exp in items:
+                assert exp == 0  # the previous version had no deadlines
+                txn.put(db_key(k), old_record(k, v, ver, rev), db=env.kv_db)
+            txn.put(K_APPLIED, encode_applied(applied, term), db=env.meta_db)
+    finally:
+        env.close()
+
+
+#: Keys of every kind, some sharing their first 510 bytes (only the hash tells them apart).
+MIXED_KEYS = ["", "a", "b", "ключ", "k" * 509, "k" * 510, "k" * 510 + "a", "k" * 511, "k" * 600,
+              "k" * 599 + "j", "j" * 700, "z"]
+
+
+def test_a_record_without_a_deadline_is_stored_in_the_previous_format() -> None:
+    long = b"L" * 600
+    for key in (b"k", b"", long):
+        old = old_record(key, b"value", 7, 42)
+        assert encode_record(key, b"value", 7, 42) == old  # byte for byte: old records stay valid
+        assert decode_record(key, old) == (b"value", 7, 42, 0)
+        timed = encode_record(key, b"value", 7, 42, T0 + 5)
+        assert struct.unpack_from(">Q", timed, 4)[0] == 7 | 1 << 63  # the flag: a deadline follows
+        assert struct.unpack_from(">Q", timed, 20)[0] == T0 + 5
+        assert decode_record(key, timed) == (b"value", 7, 42, T0 + 5)
+        assert len(timed) == len(old) + 8
+    # the CRC covers the deadline (and the flag)
+    timed = encode_record(b"k", b"v", 1, 1, T0)
+    for at in (4, 27):  # the flag bit's byte, a deadline byte
+        with pytest.raises(CorruptionError):
+            decode_record(b"k", _flip(timed, at))
+
+
+def test_the_scan_index_key_is_the_digest_whose_top_63_bits_are_scan_hash() -> None:
+    for key in (b"", b"a", b"k" * 511, "ключ".encode()):
+        digest = kvmod._digest(key)
+        assert len(digest) == 8 and int.from_bytes(digest, "big") >> 1 == scan_hash(key)
+
+
+def test_an_environment_of_the_previous_version_gets_its_indexes_built_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "d"
+    twin = StateMachine(HANDLERS)
+    entries = [make_entry(i, Command.set(k, b"%d" % i)) for i, k in enumerate(MIXED_KEYS, start=1)]
+    entries.append(make_entry(len(entries) + 1, [Command.delete("b"), Command.increment("z2", 5)]))
+    twin.apply_entries(entries)
+    store = LmdbStore.open(data, node_id="n1")
+    store.write_batch(entries=entries)
+    store.close()
+    write_previous_version(data, twin.backend.items(), twin.last_applied, 1)
+    env = Env.open(data / STATE_DIR)
+    try:
+        with pytest.raises(lmdb.NotFoundError):
+            env.env.open_db(b"scan", create=False)
+    finally:
+        env.close()
+
+    node = Node(data, twin=twin)  # opens the state: the indexes are built here, in one transaction
+    try:
+        assert node.kv.applied() == twin.last_applied and node.kv.count() == len(twin)
+        assert_on_disk(node.kv, twin.backend.items())
+        assert_same(node.sm, twin, MIXED_KEYS)
+        with node.kv._e.env.begin(db=node.kv._e.meta_db) as txn:
+            assert txn.get(K_INDEXES) is not None
+        # old records are rewritten only when their key is written again; both read alike
+        node.apply(Command.op("SET", "a", b"ttl", b"", b"", b"PX", 1000), Command.set("c", b"new"))
+        node.flush()
+        assert_on_disk(node.kv, twin.backend.items())
+        assert get_raw(node.kv, b"z") == old_record(b"z", b"12", 1, 12)
+
+        def no_rebuild(self: LmdbKV, applied_raw: bytes | None) -> None:
+            raise AssertionError("the indexes were rebuilt again")
+
+        monkeypatch.setattr(LmdbKV, "_rebuild_indexes", no_rebuild)
+        node.reopen(replay=False)
+        assert_same(node.sm, twin, MIXED_KEYS)
+        assert node.kv.expiring(clock_of(node.twin.last_applied) + 1000, 10) == [b"a"]
+    finally:
+        node.close()
+
+
+def test_a_state_written_without_the_indexes_after_the_upgrade_is_indexed_again(tmp_path: Path) -> None:
+    """A downgrade (the previous version writes the state, knowing nothing of the indexes)
+    then an upgrade: the marker no longer matches the applied index, so open rebuilds."""
+    node = Node(tmp_path / "d")
+    try:
+        node.apply(*[Command.set(k, b"v") for k in MIXED_KEYS])
+        node.flush()
+        # what the previous version's flush of the next entry would write
+        entry = [Command.delete("a"), Command.delete("k" * 600), Command.set("new", b"1")]
+        node.store.write_batch(entries=[make_entry(node.twin.last_applied + 1, entry)])
+        node.twin.apply_entries([make_entry(node.twin.last_applied + 1, entry)])
+        applied = node.twin.last_applied
+        node.close()
+        env = Env.open(node.path / STATE_DIR)
+        try:
+            with env.env.begin(write=True) as txn:
+                txn.delete(db_key(b"a"), db=env.kv_db)
+                txn.delete(db_key(b"k" * 600), db=env.kv_db)
+                txn.put(db_key(b"new"), old_record(b"new", b"1", 1, applied), db=env.kv_db)
+                txn.put(K_APPLIED, encode_applied(applied, 1), db=env.meta_db)
+        finally:
+            env.close()
+        node.disk_applied = applied
+        node.store = LmdbStore.open(node.path, node_id="n1")
+        node.kv = node.store.state()
+        node.sm = StateMachine(HANDLERS, backend=node.kv)
+        assert_on_disk(node.kv, node.twin.backend.items())
+        assert_same(node.sm, node.twin, MIXED_KEYS + ["new"])
+    finally:
+        node.close()
+
+
+def test_the_indexes_are_filled_in_chunks_by_installs_and_rebuilds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kvmod, "_LOAD_CHUNK", 3)  # several chunks while the records stream in
+    src = StateMachine(HANDLERS)
+    expiry: Callable[[int], tuple[bytes | int, ...]] = lambda i: (b"PX", 1000 * i) if i % 2 else (b"", b"")
+    src.apply_entries([make_entry(i, Command.op("SET", k, b"s", b"", b"", *expiry(i)))
+                       for i, k in enumerate(MIXED_KEYS, start=1)])
+    assert len(src) == len(MIXED_KEYS) and 0 < len(deadlines(src.backend.items())) < len(src)
+    node = Node(tmp_path / "d")
+    try:
+        node.kv.install(src.backend.items, src.last_applied, 1, None)
+        node.sm.reset(src.last_applied)
+        assert_on_disk(node.kv, src.backend.items())
+        assert_same_indexes(node.kv, src.backend, src.clock)
+    finally:
+        node.close()
+    data = tmp_path / "old"
+    plain = StateMachine(HANDLERS)
+    entries = [make_entry(i, Command.set(k, b"p")) for i, k in enumerate(MIXED_KEYS, start=1)]
+    plain.apply_entries(entries)
+    store = LmdbStore.open(data, node_id="n1")
+    store.write_batch(entries=entries)
+    store.close()
+    write_previous_version(data, plain.backend.items(), plain.last_applied, 1)
+    old = Node(data, twin=plain)
+    try:
+        assert_on_disk(old.kv, plain.backend.items())
+        assert_same(old.sm, plain, MIXED_KEYS)
+    finally:
+        old.close()
+
+
+def test_range_and_scan_over_long_keys_on_disk_and_in_the_overlays(node: Node) -> None:
+    node.apply(*[Command.set(k, b"%d" % i) for i, k in enumerate(MIXED_KEYS)])
+    node.flush()
+    # the overlay being flushed and the live one: overwrite, delete, re-create, create
+    node.apply(Command.delete("k" * 511, "k" * 510), Command.set("k" * 599 + "j", b"over"),
+               Command.set("k" * 700, b"new long"))
+    assert node.take()
+    node.apply(Command.set("k" * 511, b"back"), Command.delete("j" * 700), Command.set("k" * 512, b"live"))
+    keys = sorted(k for k, *_ in node.twin.backend.items())
+    bounds = sorted({b"", b"\xff" * 600, *keys, *(k + b"\x00" for k in keys), *(k[:-1] for k in keys if k)})
+
+    def check() -> None:
+        kv, twin = node.kv, node.twin.backend
+        for start in bounds:
+            for end in [None, *bounds]:
+                assert kv.range(start, end, 0) == twin.range(start, end, 0), (start[:8], len(start), end)
+            assert kv.range(start, None, 1) == twin.range(start, None, 1)
+        for count in (1, 3, 100):
+            got = full_scan(kv, count, twin)
+            assert sorted(got) == keys
+
+    check()
+    node.write()
+    check()
+    node.done(True)
+    check()
+    node.flush()
+    check()
+    node.reopen(replay=False)
+    check()
+
+
+def test_deadlines_are_indexed_across_flushes_installs_and_reopen(node: Node, tmp_path: Path) -> None:
+    node.apply(
+        Command.op("SET", "a", b"1", b"", b"", b"PX", 3000),  # entry 1: expires at clock_of(31)
+        Command.op("SET", "b", b"1", b"", b"", b"PXAT", clock_of(40)),
+        Command.op("SET", "c", b"1", b"", b"", b"PXAT", clock_of(40)),  # the same deadline as b
+        Command.op("SET", "k" * 600, b"1", b"", b"", b"PX", 1000),  # clock_of(14)
+        Command.set("plain", b"1"),
+    )
+    at = clock_of(50)
+    assert node.kv.expiring(at, 10) == [b"k" * 600, b"a", b"b", b"c"]  # soonest first, ties by key
+    assert node.kv.expiring(at, 2) == [b"k" * 600, b"a"] and node.kv.expiring(clock_of(3), 10) == []
+    node.flush()
+    assert_on_disk(node.kv, node.twin.backend.items())
+    # deadlines go away, move, are kept by a rewrite, go with their key, are set anew
+    node.apply(
+        Command.op("PERSIST", "a"),
+        Command.op("PEXPIREAT", "b", clock_of(60), b""),
+        Command.op("APPEND", "c", b"+"),
+        Command.delete("k" * 600),
+        Command.op("PEXPIRE", "plain", 50, b""),  # entry 10
+    )
+    assert_same(node.sm, node.twin, ["a", "b", "c", "plain"])
+    node.flush()
+    assert_on_disk(node.kv, node.twin.backend.items())
+    node.reopen(replay=False)
+    assert node.kv._due == {b"b": clock_of(60), b"c": clock_of(40), b"plain": clock_of(10) + 50}
+    assert_same(node.sm, node.twin, ["a", "b", "c", "plain"])
+    assert node.kv.expiring(clock_of(45), 10) == [b"plain", b"c"]
+    due = node.kv.expiring(clock_of(11), 10)  # the leader's sweep at the time of entry 11
+    assert due == [b"plain"]
+    assert node.apply(Command.op("PURGE", *due))[0][0].value == 1
+    assert node.kv.expiring(clock_of(45), 10) == [b"c"] and node.kv.count() == 3
+    # an install of another state replaces every deadline
+    src = StateMachine(HANDLERS)
+    src.apply_entries([make_entry(i, Command.op("SET", f"s{i}", b"s", b"", b"", b"PX", 1000 - 150 * i))
+                       for i in range(1, 6)])
+    src.apply_entries([make_entry(i, Command.set(f"t{i}", b"t")) for i in range(6, 40)])
+    meta = SnapshotMeta(LogIndex(src.last_applied), Term(3), MEMBERS)
+    path = tmp_path / "snap.aegis"
+    write_snapshot_file(path, meta, src.snapshot_chunks())
+    node.apply(Command.op("SET", "overlay", b"1", b"", b"", b"PX", 10))  # dropped by the install
+    node.store.install_state_file(path, meta, membership=MEMBERS)
+    node.sm.reset(src.last_applied)
+    assert node.kv._due == deadlines(src.backend.items())
+    assert_on_disk(node.kv, src.backend.items())
+    assert_same_indexes(node.kv, src.backend, src.clock)
+    assert node.kv.expiring(1 << 62, 10) == [b"s5", b"s4", b"s3", b"s2", b"s1"]
+    node.close()
+    node.store = LmdbStore.open(node.path, node_id="n1")
+    kv = node.store.state()
+    assert_on_disk(kv, src.backend.items())
+    assert_same_indexes(kv, src.backend, src.clock)
+
+
+def test_a_state_without_deadlines_never_touches_the_deadline_index(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_deadlines(*args: object) -> bytes:
+        raise AssertionError("a deadline index entry was encoded")
+
+    monkeypatch.setattr(kvmod, "_encode_due", no_deadlines)
+    fill(node)
+    node.flush()
+    node.apply(*[[Command.set(f"k{i}", b"v"), Command.delete(f"k{i - 1}")] for i in range(1, 50)])
+    node.flush()
+    assert node.kv._due == {} and node.kv._due_disk == {} and node.kv._heap == []
+    with node.kv._e.env.begin() as txn:
+        assert txn.stat(node.kv._due_db)["entries"] == 0
+        assert txn.stat(node.kv._scan_db)["entries"] == len(node.twin)
+
+
+def test_the_deadline_heap_does_not_grow_with_rewrites(node: Node) -> None:
+    for rnd in range(3):
+        node.apply(*[[Command.op("PEXPIRE", "k", 10_000 + j, b"") for j in range(400)] for _ in range(3)]
+                   if rnd else [Command.op("SET", "k", b"v", b"", b"", b"PX", 10_000)])
+    assert len(node.kv._heap) <= 2 * len(node.kv._due) + 1024
+    assert node.kv.expiring(1 << 62, 10) == [b"k"] == node.twin.backend.expiring(1 << 62, 10)
+
+
+#: How a scan index entry is damaged: (a write transaction, the state, the victim's entry
+#: ``(digest, db_key)``) -> anything.
+SCAN_CORRUPTIONS: dict[str, Callable[[lmdb.Transaction[bytes], LmdbKV, tuple[bytes, bytes]], object]] = {
+    # an entry for a key that is not stored
+    "names a missing key": lambda txn, kv, e: txn.put(kvmod._digest(b"ghost"), db_key(b"ghost"), db=kv._scan_db),
+    # the entry moved to another position (a flipped bit in its key)
+    "wrong position": lambda txn, kv, e: (txn.delete(e[0], e[1], db=kv._scan_db),
+                                          txn.put(_flip(e[0], 7), e[1], db=kv._scan_db)),
+    # the entry names another stored key
+    "names another key": lambda txn, kv, e: (txn.delete(e[0], e[1], db=kv._scan_db),
+                                             txn.put(e[0], db_key(b"other"), db=kv._scan_db)),
+}
+
+
+@pytest.mark.parametrize("how", sorted(SCAN_CORRUPTIONS))
+@pytest.mark.parametrize("victim", [b"victim", b"victim" + b"#" * 600], ids=["short", "long"])
+def test_a_corrupt_scan_index_entry_is_detected(node: Node, how: str, victim: bytes) -> None:
+    node.apply(Command.set(victim.decode(), b"v"), Command.set("other", b"o"),
+               *[Command.set(f"k{i}", b"x") for i in range(20)])
+    node.flush()
+    with node.kv._e.env.begin(write=True) as txn:
+        SCAN_CORRUPTIONS[how](txn, node.kv, (kvmod._digest(victim), db_key(victim)))
+    with node.kv._e.lock:
+        node.kv._drop_reader()
+    with pytest.raises(CorruptionError, match="scan index") as info:
+        full_scan(node.kv, 5)
+    assert info.value.path is not None and STATE_DIR in info.value.path
+    # everything else still reads
+    assert node.sm.get(victim.decode()).value == b"v"
+    assert [k for k, _ in node.kv.range(b"", None, 0)] == sorted(k for k, *_ in node.twin.backend.items())
+
+
+def test_a_corrupt_deadline_index_entry_refuses_to_open(node: Node) -> None:
+    node.apply(Command.op("SET", "a", b"1", b"", b"", b"PX", 1000), Command.set("b", b"1"))
+    node.flush()
+    with node.kv._e.env.begin(write=True, db=node.kv._due_db) as txn:
+        raw = txn.get(db_key(b"a"))
+        assert raw is not None
+        txn.put(db_key(b"a"), _flip(bytes(raw), 8))
+    node.close()
+    store = LmdbStore.open(node.path, node_id="n1")
+    try:
+        with pytest.raises(CorruptionError, match="deadline index"):
+            store.state()
+    finally:
+        store.close()
+    node.store = LmdbStore.open(node.path, node_id="n1")  # for the fixture's close
+
+
+@pytest.mark.parametrize("marker", [b"", b"\x02" + b"x" * 20, None])
+def test_a_damaged_or_missing_index_marker_only_rebuilds_the_indexes(node: Node, marker: bytes | None) -> None:
+    node.apply(*[Command.set(k, b"v") for k in MIXED_KEYS], Command.op("SET", "ttl", b"1", b"", b"", b"PX", 1000))
+    node.flush()
+    assert node.kv._due_disk
+    with node.kv._e.env.begin(write=True) as txn:
+        txn.drop(node.kv._scan_db, delete=False)  # stale indexes, which the rebuild replaces
+        txn.put(kvmod._digest(b"ghost"), db_key(b"ghost"), db=node.kv._scan_db)
+        txn.drop(node.kv._due_db, delete=False)
+        if marker is None:
+            txn.delete(K_INDEXES, db=node.kv._e.meta_db)
+        else:
+            txn.put(K_INDEXES, marker, db=node.kv._e.meta_db)
+    node.reopen(replay=False)
+    assert_on_disk(node.kv, node.twin.backend.items())
+    assert_same(node.sm, node.twin, MIXED_KEYS + ["ttl"])
