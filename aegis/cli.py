@@ -26,6 +26,16 @@ from typing import Sequence
 EXIT_USAGE = 2
 
 
+def _positive_int(raw: str) -> int:
+    try:
+        n = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host:
@@ -78,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take a snapshot after this many applied entries (default 10000)")
     s.add_argument("--request-timeout", type=float, default=5.0, help="seconds before -TIMEOUT (default 5)")
     s.add_argument("--max-clients", type=int, default=10_000)
+    s.add_argument("--keys-limit", type=_positive_int, default=10_000,
+                   help="KEYS refuses to examine more keys than this; SCAN has no limit (default 10000)")
+    s.add_argument("--range-limit", type=_positive_int, default=10_000,
+                   help="most keys one RANGE/PREFIX reply returns (default 10000)")
     s.add_argument("--fsync", choices=["always", "never"], default="always",
                    help="'never' is UNSAFE: acknowledged writes can be lost on a crash (benchmarks only)")
 
@@ -158,6 +172,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         election_ticks=(args.election_ticks, 2 * args.election_ticks), heartbeat_ticks=args.heartbeat_ticks,
         snapshot_threshold=args.snapshot_threshold, request_timeout=args.request_timeout,
         max_clients=args.max_clients, fsync=args.fsync == "always", join=args.join,
+        keys_limit=args.keys_limit, range_limit=args.range_limit,
     )
 
     async def run() -> None:

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Final, TypeAlias, Union
 
 from .node import MAX_NODE_ID_LEN, parse_address
-from .protocol import OK, Reply, encode, encode_bulk, encode_error, encode_integer
+from .protocol import OK, Reply, encode, encode_array, encode_bulk, encode_error, encode_integer
 from .state import Command, CommandResult, CommandType
 
 __all__ = [
@@ -56,6 +56,16 @@ __all__ = [
     "WriteRequest",
     "ReadRequest",
     "ExistsRequest",
+    "QueryRequest",
+    "ScanRequest",
+    "KeysRequest",
+    "DbsizeRequest",
+    "RangeRequest",
+    "TxnOp",
+    "ChangesRequest",
+    "TxnRequest",
+    "queued_command",
+    "glob_prefix",
     "SnapshotRequest",
     "MAX_SNAPSHOT_READ",
     "InfoRequest",
@@ -157,6 +167,86 @@ class ExistsRequest:
     """EXISTS: how many of `keys` exist (a key named twice counts twice, as in Redis)."""
 
     keys: tuple[str, ...]
+
+    @property
+    def command(self) -> Command:
+        return Command.op("EXISTS", *self.keys)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    """A read-only data command (MGET, STRLEN, TTL, PTTL, GETV): served after ReadIndex with
+    `StateMachine.read(command, now)` and replied with `encode_result`."""
+
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRequest:
+    """SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]: one step of a SCAN (hash order,
+    `KVBackend.scan`); reply ``[next-cursor, [key, ...]]``. `pattern` is a Redis glob."""
+
+    cursor: int
+    pattern: bytes | None = None
+    count: int = 10
+    type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeysRequest:
+    """KEYS pattern: every matching key, in byte order; refused when it would examine more
+    keys than the node's limit (``--keys-limit``). A pattern with a literal prefix only
+    examines the keys under that prefix."""
+
+    pattern: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DbsizeRequest:
+    """DBSIZE: the number of keys (keys past their deadline but not yet purged included,
+    as in Redis)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRequest:
+    """RANGE min max [LIMIT n] [KEYSONLY], PREFIX prefix [LIMIT n] [KEYSONLY]: keys
+    ``start <= key < end`` in byte order (`end` None: no bound), at most `limit` (0: the
+    node's ``--range-limit``). Reply: ``[key, value, key, value, ...]`` or the keys only."""
+
+    start: bytes
+    end: bytes | None
+    limit: int = 0
+    keys_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesRequest:
+    """CHANGES prefix [FROM revision]: follow every committed change to the keys under
+    `prefix`, in commit order. The connection then only receives, until it closes: first
+    ``["changes", prefix, revision]`` (where the stream starts), then one
+    ``["change", revision, [key, value-or-nil, ...]]`` per log entry that changed such keys.
+    With FROM, every change after `revision` comes first (``-COMPACTED`` when the node no
+    longer holds them); without it, the stream starts at the node's current revision."""
+
+    prefix: bytes
+    from_revision: int | None = None
+
+
+class TxnOp(enum.Enum):
+    MULTI = "multi"
+    EXEC = "exec"
+    DISCARD = "discard"
+    WATCH = "watch"
+    UNWATCH = "unwatch"
+
+
+@dataclass(frozen=True, slots=True)
+class TxnRequest:
+    """MULTI, EXEC, DISCARD, WATCH key..., UNWATCH: the connection's transaction state
+    (the server's business). EXEC commits the queued commands as one log entry."""
+
+    op: TxnOp
+    keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +369,13 @@ Request: TypeAlias = Union[
     WriteRequest,
     ReadRequest,
     ExistsRequest,
+    QueryRequest,
+    ScanRequest,
+    KeysRequest,
+    DbsizeRequest,
+    RangeRequest,
+    ChangesRequest,
+    TxnRequest,
     InfoRequest,
     ClusterRequest,
     MemberRequest,
@@ -291,20 +388,49 @@ Request: TypeAlias = Union[
 ]
 
 
+def queued_command(req: Request) -> Command | None:
+    """The command a data request stands for inside MULTI (None: not allowed there)."""
+    if isinstance(req, (WriteRequest, ReadRequest, ExistsRequest, QueryRequest)):
+        return req.command
+    return None
+
+
 def encode_result(command: Command, result: CommandResult, *, resp3: bool = False) -> bytes:
     """The RESP reply for an applied (or read) command: what the client of §4 expects.
 
     SET → ``+OK``; GET → bulk or nil; DEL, INCR*, CAS → integer; a failed result (an
-    INCR of a non-integer, an overflow) → ``-ERR <error>``. `resp3` for connections that
+    INCR of a non-integer, an overflow) → ``-ERR <error>``. OP replies follow Redis's
+    command of that name; a TRANSACTION is the array of its commands' replies (errors
+    inside it), or the nil array when a WATCHed key changed. `resp3` for connections that
     sent ``HELLO 3`` (it only changes how nil is spelled).
     """
     if not result.success:
         return encode_error(f"ERR {result.error}")
-    if command.type == CommandType.SET:
+    t = command.type
+    if t == CommandType.SET:
         return OK
     value = result.value
+    if t == CommandType.TRANSACTION:
+        if value is None:
+            return encode_array(None, resp3=resp3)
+        assert isinstance(value, tuple)
+        out = bytearray(b"*%d\r\n" % len(value))
+        for sub, res in zip(command.commands, value):
+            out += encode_result(sub, res, resp3=resp3)
+        return bytes(out)
+    if t == CommandType.OP:
+        name = command.name
+        if name == "SET":
+            if command.args[3] == b"GET":
+                return encode_bulk(value if isinstance(value, bytes) else None, resp3=resp3)
+            return OK if value == 1 else encode_bulk(None, resp3=resp3)
+        if name == "MSET":
+            return OK
+        if name == "MGET" or name == "GETV":
+            return encode_array(value if isinstance(value, tuple) else None, resp3=resp3)
     if isinstance(value, int):
         return encode_integer(value)
+    assert not isinstance(value, tuple)
     return encode_bulk(value, resp3=resp3)
 
 
@@ -382,6 +508,9 @@ class CommandSpec:
 #: Groups in the order HELP lists them, with a one-line description each.
 GROUPS: Final[Mapping[str, str]] = {
     "keys": "read and write keys (every write is committed by a majority and fsynced)",
+    "expiry": "keys that expire (deadlines on the leader's clock, removed through the log)",
+    "keyspace": "walk the keys: scans, ordered ranges, counts",
+    "transactions": "MULTI/EXEC and optimistic WATCH: several commands in one log entry",
     "cluster": "node status, membership and leadership",
     "connection": "the connection itself",
     "compat": "accepted so Redis tools work (redis-cli, redis-benchmark, client libraries)",
@@ -482,26 +611,283 @@ def _h_get(argv: Sequence[bytes], limits: CommandLimits) -> Request:
     return ReadRequest(_key(argv[1], limits))
 
 
-_SET_UNSUPPORTED: Final = {
-    b"nx": "use CAS for conditional writes",
-    b"xx": "use CAS for conditional writes",
-    b"get": "use GET, then SET (or CAS)",
-    b"ex": "Aegis keys do not expire",
-    b"px": "Aegis keys do not expire",
-    b"exat": "Aegis keys do not expire",
-    b"pxat": "Aegis keys do not expire",
-    b"keepttl": "Aegis keys do not expire",
-}
+def _expire_ms(raw: bytes, unit: int, command: str, *, positive: bool) -> int:
+    """A TTL or deadline argument in ms; Redis's errors for a bad or out-of-range one."""
+    n = _int64(raw)
+    if (positive and n <= 0) or not INT64_MIN <= n * unit <= INT64_MAX:
+        raise _Reject(f"ERR invalid expire time in '{command}' command")
+    return n * unit
 
 
 def _h_set(argv: Sequence[bytes], limits: CommandLimits) -> Request:
-    if len(argv) > 3:
-        option = argv[3]
-        why = _SET_UNSUPPORTED.get(option.lower())
-        if why is None:
+    key, value = _key(argv[1], limits), _value(argv[2], limits)
+    if len(argv) == 3:
+        return WriteRequest(Command.set(key, value))
+    cond = get = mode = b""
+    ttl = 0
+    i = 3
+    while i < len(argv):
+        opt = argv[i].upper()
+        if opt in (b"NX", b"XX") and not cond:
+            cond = opt
+        elif opt == b"GET" and not get:
+            get = b"GET"
+        elif opt == b"KEEPTTL" and not mode:
+            mode = b"KEEPTTL"
+        elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and not mode and i + 1 < len(argv):
+            i += 1
+            ttl = _expire_ms(argv[i], 1000 if opt in (b"EX", b"EXAT") else 1, "set", positive=True)
+            mode = b"PX" if opt in (b"EX", b"PX") else b"PXAT"
+        else:
             return ErrorReply(ERR_SYNTAX)
-        return ErrorReply(f"ERR SET option '{_text(option).upper()}' is not supported: {why}")
-    return WriteRequest(Command.set(_key(argv[1], limits), _value(argv[2], limits)))
+        i += 1
+    return WriteRequest(Command.op("SET", key, value, cond, get, mode, ttl))
+
+
+def _h_setnx(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    return WriteRequest(Command.op("SETNX", _key(argv[1], limits), _value(argv[2], limits)))
+
+
+def _h_setex(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    unit = 1000 if argv[0].lower() == b"setex" else 1
+    ttl = _expire_ms(argv[2], unit, _text(argv[0]).lower(), positive=True)
+    return WriteRequest(Command.op("SET", _key(argv[1], limits), _value(argv[3], limits), b"", b"", b"PX", ttl))
+
+
+def _pairs(argv: Sequence[bytes], limits: CommandLimits, name: str) -> list[bytes | str]:
+    if len(argv) % 2 != 1:
+        raise _Reject(f"ERR wrong number of arguments for '{name}' command")
+    if (len(argv) - 1) // 2 > limits.max_keys:
+        raise _Reject(f"ERR too many keys ({(len(argv) - 1) // 2}; the limit is {limits.max_keys})")
+    out: list[bytes | str] = []
+    for i in range(1, len(argv), 2):
+        out += [_key(argv[i], limits), _value(argv[i + 1], limits)]
+    return out
+
+
+def _h_mset(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    name = "msetnx" if argv[0].lower() == b"msetnx" else "mset"
+    return WriteRequest(Command.op(name.upper(), *_pairs(argv, limits, name)))
+
+
+def _h_mget(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    return QueryRequest(Command.op("MGET", *_keys(argv[1:], limits)))
+
+
+def _h_key_value_op(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    """GETSET key value, APPEND key value."""
+    return WriteRequest(Command.op(_text(argv[0]).upper(), _key(argv[1], limits), _value(argv[2], limits)))
+
+
+def _h_key_write_op(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    """GETDEL key, PERSIST key."""
+    return WriteRequest(Command.op(_text(argv[0]).upper(), _key(argv[1], limits)))
+
+
+def _h_key_read_op(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    """STRLEN, TTL, PTTL, GETV key."""
+    return QueryRequest(Command.op(_text(argv[0]).upper(), _key(argv[1], limits)))
+
+
+_EXPIRE_KINDS: Final = {
+    b"expire": ("PEXPIRE", 1000),
+    b"pexpire": ("PEXPIRE", 1),
+    b"expireat": ("PEXPIREAT", 1000),
+    b"pexpireat": ("PEXPIREAT", 1),
+}
+
+
+def _h_expire(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    name = argv[0].lower()
+    op, unit = _EXPIRE_KINDS[name]
+    key = _key(argv[1], limits)
+    when = _expire_ms(argv[2], unit, _text(name), positive=False)
+    cond = b""
+    for raw in argv[3:]:
+        opt = raw.upper()
+        if opt not in (b"NX", b"XX", b"GT", b"LT"):
+            return ErrorReply(f"ERR Unsupported option {_text(raw)[:64]}")
+        if cond:
+            if {cond, opt} == {b"GT", b"LT"}:
+                return ErrorReply("ERR GT and LT options at the same time are not compatible")
+            return ErrorReply("ERR NX and XX, GT or LT options at the same time are not compatible")
+        cond = opt
+    return WriteRequest(Command.op(op, key, when, cond))
+
+
+def _version_arg(raw: bytes) -> int:
+    n = _int64(raw)
+    if n < 0:
+        raise _Reject("ERR version must not be negative")
+    return n
+
+
+def _h_casv(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    key = _key(argv[1], limits)
+    return WriteRequest(Command.op("CASV", key, _version_arg(argv[2]), _value(argv[3], limits)))
+
+
+def _h_delv(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    return WriteRequest(Command.op("DELV", _key(argv[1], limits), _version_arg(argv[2])))
+
+
+def _h_scan(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    raw = argv[1]
+    if not raw.isdigit() or len(raw) > 20 or int(raw) >= 2**63:
+        return ErrorReply("ERR invalid cursor")
+    pattern: bytes | None = None
+    count = 10
+    kind: str | None = None
+    i = 2
+    while i < len(argv):
+        opt = argv[i].upper()
+        if i + 1 >= len(argv):
+            return ErrorReply(ERR_SYNTAX)
+        arg = argv[i + 1]
+        if opt == b"MATCH":
+            pattern = arg
+        elif opt == b"COUNT":
+            count = _int64(arg)
+            if count < 1:
+                return ErrorReply(ERR_SYNTAX)
+            count = min(count, limits.max_keys)
+        elif opt == b"TYPE":
+            kind = _text(arg).lower()
+        else:
+            return ErrorReply(ERR_SYNTAX)
+        i += 2
+    return ScanRequest(int(raw), pattern, count, kind)
+
+
+def _h_keys(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    return KeysRequest(argv[1])
+
+
+def _h_dbsize(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    return DbsizeRequest()
+
+
+def _lex_bound(raw: bytes, *, lower: bool) -> bytes | None:
+    """A ZRANGEBYLEX-style bound as the half-open [start, end) edge it means: for the lower
+    bound the first key included, for the upper one the first key excluded (None: none)."""
+    if raw == b"-":
+        return b"" if lower else b""
+    if raw == b"+":
+        return None
+    if raw[:1] == b"[":
+        return raw[1:] if lower else raw[1:] + b"\x00"
+    if raw[:1] == b"(":
+        return raw[1:] + b"\x00" if lower else raw[1:]
+    raise _Reject("ERR min or max not valid string range item")
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The first key after every key that starts with `prefix` (None: no such key)."""
+    p = prefix.rstrip(b"\xff")
+    if not p:
+        return None
+    return p[:-1] + bytes([p[-1] + 1])
+
+
+def _range_options(argv: Sequence[bytes]) -> tuple[int, bool]:
+    limit, keys_only = 0, False
+    i = 0
+    while i < len(argv):
+        opt = argv[i].upper()
+        if opt == b"LIMIT" and i + 1 < len(argv):
+            limit = _int64(argv[i + 1])
+            if limit < 0:
+                raise _Reject("ERR LIMIT must not be negative")
+            i += 2
+        elif opt == b"KEYSONLY":
+            keys_only = True
+            i += 1
+        else:
+            raise _Reject(ERR_SYNTAX)
+    return limit, keys_only
+
+
+def _h_range(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    lo, hi = argv[1], argv[2]
+    start = _lex_bound(lo, lower=True)
+    end = _lex_bound(hi, lower=False)
+    limit, keys_only = _range_options(argv[3:])
+    if lo == b"+" or hi == b"-":
+        start, end = b"", b""  # nothing is above + or below -
+    assert start is not None
+    return RangeRequest(start, end, limit, keys_only)
+
+
+def _h_prefix(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    limit, keys_only = _range_options(argv[2:])
+    return RangeRequest(argv[1], prefix_end(argv[1]), limit, keys_only)
+
+
+def _h_changes(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    if len(argv) == 2:
+        return ChangesRequest(argv[1])
+    if len(argv) != 4 or argv[2].upper() != b"FROM":
+        return ErrorReply(ERR_SYNTAX)
+    rev = _int64(argv[3])
+    if rev < 0:
+        return ErrorReply("ERR revision must not be negative")
+    return ChangesRequest(argv[1], rev)
+
+
+def _h_txn(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    op = TxnOp(_text(argv[0]).lower())
+    return TxnRequest(op, _keys(argv[1:], limits) if op == TxnOp.WATCH else ())
+
+
+_GLOB_SPECIAL: Final = frozenset(b"*?[\\")
+
+
+def glob_prefix(pattern: bytes) -> bytes:
+    """The literal prefix of a Redis glob (every matching key starts with it)."""
+    for i, c in enumerate(pattern):
+        if c in _GLOB_SPECIAL:
+            return pattern[:i]
+    return pattern
+
+
+def glob_matcher(pattern: bytes) -> Callable[[bytes], bool]:
+    """Redis's glob (`stringmatchlen`): ``*``, ``?``, ``[abc]``, ``[^a-z]``, ``\\x``."""
+    out = bytearray()
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == ord("*"):
+            out += b".*"
+        elif c == ord("?"):
+            out += b"."
+        elif c == ord("\\") and i + 1 < n:
+            i += 1
+            out += re.escape(pattern[i:i + 1])
+        elif c == ord("["):
+            j = i + 1
+            negate = j < n and pattern[j] == ord("^")
+            if negate:
+                j += 1
+            items = bytearray()
+            while j < n and pattern[j] != ord("]"):
+                if pattern[j] == ord("\\") and j + 1 < n:
+                    j += 1
+                    items += re.escape(pattern[j:j + 1])
+                elif j + 2 < n and pattern[j + 1] == ord("-") and pattern[j + 2] != ord("]"):
+                    a, b = sorted((pattern[j], pattern[j + 2]))
+                    items += re.escape(bytes([a])) + b"-" + re.escape(bytes([b]))
+                    j += 2
+                else:
+                    items += re.escape(pattern[j:j + 1])
+                j += 1
+            # An unterminated class runs to the end of the pattern, as in Redis.
+            out += b"[" + (b"^" if negate else b"") + (bytes(items) or b"^\\x00-\\xff") + b"]"
+            i = j
+        else:
+            out += re.escape(pattern[i:i + 1])
+        i += 1
+    rx = re.compile(bytes(out), re.DOTALL)
+    return lambda key: rx.fullmatch(key) is not None
 
 
 def _h_del(argv: Sequence[bytes], limits: CommandLimits) -> Request:
@@ -782,9 +1168,87 @@ _TABLE: Final[tuple[CommandSpec, ...]] = (
         (Arg("key", K.KEY),), retry_safe=True,
     ),
     _spec(
-        "SET", -3, "Set a key to a value. OK means a majority has it on disk.",
-        "SET key value", "SET greeting hello", "OK", "keys", _h_set,
+        "SET", -3,
+        "Set a key to a value. OK means a majority has it on disk. NX/XX: only if it does not / "
+        "does exist (nil otherwise); GET: reply with the old value; EX/PX/EXAT/PXAT: expire it; "
+        "KEEPTTL: keep its deadline (a plain SET clears it).",
+        "SET key value [NX|XX] [GET] [EX seconds|PX ms|EXAT unix-s|PXAT unix-ms|KEEPTTL]",
+        "SET session:1 alice EX 60", "OK", "keys", _h_set,
+        (Arg("key", K.KEY), Arg("value", K.VALUE),
+         Arg("option", K.KEYWORD, optional=True, multiple=True,
+             choices=("NX", "XX", "GET", "EX", "PX", "EXAT", "PXAT", "KEEPTTL"))),
+        write=True, max_arity=9,
+    ),
+    _spec(
+        "SETNX", 3, "Set a key only if it does not exist: 1 if set, 0 if not.",
+        "SETNX key value", "SETNX lock me", "(integer) 1", "keys", _h_setnx,
         (Arg("key", K.KEY), Arg("value", K.VALUE)), write=True,
+    ),
+    _spec(
+        "SETEX", 4, "Set a key that expires after the given seconds.",
+        "SETEX key seconds value", "SETEX session:1 60 alice", "OK", "keys", _h_setex,
+        (Arg("key", K.KEY), Arg("seconds", K.INTEGER), Arg("value", K.VALUE)), write=True,
+    ),
+    _spec(
+        "PSETEX", 4, "Set a key that expires after the given milliseconds.",
+        "PSETEX key milliseconds value", "PSETEX session:1 1500 alice", "OK", "keys", _h_setex,
+        (Arg("key", K.KEY), Arg("milliseconds", K.INTEGER), Arg("value", K.VALUE)), write=True,
+    ),
+    _spec(
+        "MGET", -2, "Get the values of several keys at one point in time (nil for missing ones).",
+        "MGET key [key ...]", "MGET a b", '1) "1"\n2) (nil)', "keys", _h_mget,
+        (Arg("key", K.KEY, multiple=True),), retry_safe=True,
+    ),
+    _spec(
+        "MSET", -3, "Set several keys in one log entry: all of them or none.",
+        "MSET key value [key value ...]", "MSET a 1 b 2", "OK", "keys", _h_mset,
+        (Arg("key", K.KEY), Arg("value", K.VALUE), Arg("more", K.STRING, optional=True, multiple=True)),
+        write=True,
+    ),
+    _spec(
+        "MSETNX", -3, "Set several keys only if none of them exists: 1 if set, 0 if not.",
+        "MSETNX key value [key value ...]", "MSETNX a 1 b 2", "(integer) 1", "keys", _h_mset,
+        (Arg("key", K.KEY), Arg("value", K.VALUE), Arg("more", K.STRING, optional=True, multiple=True)),
+        write=True,
+    ),
+    _spec(
+        "GETSET", 3, "Set a key and reply with its old value (nil if it did not exist).",
+        "GETSET key value", "GETSET counter 0", '"41"', "keys", _h_key_value_op,
+        (Arg("key", K.KEY), Arg("value", K.VALUE)), write=True,
+    ),
+    _spec(
+        "GETDEL", 2, "Delete a key and reply with the value it had (nil if none).",
+        "GETDEL key", "GETDEL token", '"abc"', "keys", _h_key_write_op,
+        (Arg("key", K.KEY),), write=True,
+    ),
+    _spec(
+        "APPEND", 3, "Append to a key's value (a missing key counts as empty); replies the new length.",
+        "APPEND key value", "APPEND log line1", "(integer) 5", "keys", _h_key_value_op,
+        (Arg("key", K.KEY), Arg("value", K.VALUE)), write=True,
+    ),
+    _spec(
+        "STRLEN", 2, "The length of a key's value (0 when missing).",
+        "STRLEN key", "STRLEN greeting", "(integer) 5", "keys", _h_key_read_op,
+        (Arg("key", K.KEY),), retry_safe=True,
+    ),
+    _spec(
+        "GETV", 2,
+        "A key's value with its version (writes since it was created) and revision (the log "
+        "index that last wrote it): [value, version, revision], or nil.",
+        "GETV key", "GETV config", '1) "v1"\n2) (integer) 3\n3) (integer) 1207', "keys", _h_key_read_op,
+        (Arg("key", K.KEY),), retry_safe=True,
+    ),
+    _spec(
+        "CASV", 4,
+        "Compare-and-swap on version: set key to new only if its version is the given one "
+        "(0: only if it does not exist). 1 if swapped, 0 if not.",
+        "CASV key version new", "CASV config 3 v2", "(integer) 1", "keys", _h_casv,
+        (Arg("key", K.KEY), Arg("version", K.INTEGER), Arg("new", K.VALUE)), write=True,
+    ),
+    _spec(
+        "DELV", 3, "Delete a key only if its version is the given one: 1 if deleted, 0 if not.",
+        "DELV key version", "DELV lock 1", "(integer) 1", "keys", _h_delv,
+        (Arg("key", K.KEY), Arg("version", K.INTEGER)), write=True,
     ),
     _spec(
         "DEL", -2, "Delete keys; replies with how many of them existed.",
@@ -822,6 +1286,130 @@ _TABLE: Final[tuple[CommandSpec, ...]] = (
         "1 if swapped, 0 if not (a missing key matches nothing).",
         "CAS key expected new", "CAS greeting hello bonjour", "(integer) 1", "keys", _h_cas,
         (Arg("key", K.KEY), Arg("expected", K.VALUE), Arg("new", K.VALUE)), write=True,
+    ),
+    # ----- expiry
+    _spec(
+        "EXPIRE", -3,
+        "Make a key expire after the given seconds (0 or less deletes it). NX: only if it has no "
+        "deadline; XX: only if it has one; GT/LT: only if the new deadline is later/earlier. 1 if set.",
+        "EXPIRE key seconds [NX|XX|GT|LT]", "EXPIRE session:1 60", "(integer) 1", "expiry", _h_expire,
+        (Arg("key", K.KEY), Arg("seconds", K.INTEGER),
+         Arg("condition", K.KEYWORD, optional=True, choices=("NX", "XX", "GT", "LT"))),
+        write=True, max_arity=4,
+    ),
+    _spec(
+        "PEXPIRE", -3, "EXPIRE in milliseconds.",
+        "PEXPIRE key milliseconds [NX|XX|GT|LT]", "PEXPIRE session:1 1500", "(integer) 1", "expiry",
+        _h_expire,
+        (Arg("key", K.KEY), Arg("milliseconds", K.INTEGER),
+         Arg("condition", K.KEYWORD, optional=True, choices=("NX", "XX", "GT", "LT"))),
+        write=True, max_arity=4,
+    ),
+    _spec(
+        "EXPIREAT", -3, "Make a key expire at a Unix time in seconds (the past deletes it).",
+        "EXPIREAT key unix-seconds [NX|XX|GT|LT]", "EXPIREAT session:1 1893456000", "(integer) 1",
+        "expiry", _h_expire,
+        (Arg("key", K.KEY), Arg("unix-seconds", K.INTEGER),
+         Arg("condition", K.KEYWORD, optional=True, choices=("NX", "XX", "GT", "LT"))),
+        write=True, max_arity=4,
+    ),
+    _spec(
+        "PEXPIREAT", -3, "EXPIREAT in milliseconds.",
+        "PEXPIREAT key unix-ms [NX|XX|GT|LT]", "PEXPIREAT session:1 1893456000000", "(integer) 1",
+        "expiry", _h_expire,
+        (Arg("key", K.KEY), Arg("unix-ms", K.INTEGER),
+         Arg("condition", K.KEYWORD, optional=True, choices=("NX", "XX", "GT", "LT"))),
+        write=True, max_arity=4,
+    ),
+    _spec(
+        "PERSIST", 2, "Remove a key's deadline: 1 if it had one.",
+        "PERSIST key", "PERSIST session:1", "(integer) 1", "expiry", _h_key_write_op,
+        (Arg("key", K.KEY),), write=True,
+    ),
+    _spec(
+        "TTL", 2, "Seconds until a key expires: -1 if it never does, -2 if it does not exist.",
+        "TTL key", "TTL session:1", "(integer) 59", "expiry", _h_key_read_op,
+        (Arg("key", K.KEY),), retry_safe=True,
+    ),
+    _spec(
+        "PTTL", 2, "TTL in milliseconds.", "PTTL key", "PTTL session:1", "(integer) 59000", "expiry",
+        _h_key_read_op, (Arg("key", K.KEY),), retry_safe=True,
+    ),
+    # ----- the keyspace
+    _spec(
+        "SCAN", -2,
+        "Walk the keys a few at a time: reply [next-cursor, keys]; start and end at 0. Every key "
+        "present for the whole walk is returned at least once, on any node.",
+        "SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]", "SCAN 0 MATCH user:* COUNT 100",
+        '1) "4611686018427387904"\n2) 1) "user:7"', "keyspace", _h_scan,
+        (Arg("cursor", K.INTEGER),
+         Arg("option", K.KEYWORD, optional=True, multiple=True, choices=("MATCH", "COUNT", "TYPE"))),
+        retry_safe=True, max_arity=8,
+    ),
+    _spec(
+        "KEYS", 2,
+        "Every key matching a glob pattern, in byte order; refused on a large keyspace (use SCAN). "
+        "A pattern with a literal prefix (user:*) only examines the keys under it.",
+        "KEYS pattern", "KEYS user:*", '1) "user:1"', "keyspace", _h_keys,
+        (Arg("pattern", K.STRING),), retry_safe=True,
+    ),
+    _spec(
+        "DBSIZE", 1, "The number of keys.", "DBSIZE", "DBSIZE", "(integer) 42", "keyspace", _h_dbsize,
+        retry_safe=True,
+    ),
+    _spec(
+        "RANGE", -3,
+        "Keys in byte order between min and max ([a inclusive, (a exclusive, - and + unbounded, "
+        "as ZRANGEBYLEX): [key, value, ...], at most LIMIT pairs; KEYSONLY for keys alone.",
+        "RANGE min max [LIMIT count] [KEYSONLY]", "RANGE [user: (user; LIMIT 10",
+        '1) "user:1"\n2) "alice"', "keyspace", _h_range,
+        (Arg("min", K.STRING), Arg("max", K.STRING),
+         Arg("option", K.KEYWORD, optional=True, multiple=True, choices=("LIMIT", "KEYSONLY"))),
+        retry_safe=True, max_arity=6,
+    ),
+    _spec(
+        "PREFIX", -2,
+        "Keys that start with a prefix, in byte order (etcd's get --prefix): [key, value, ...].",
+        "PREFIX prefix [LIMIT count] [KEYSONLY]", "PREFIX user: LIMIT 10", '1) "user:1"\n2) "alice"',
+        "keyspace", _h_prefix,
+        (Arg("prefix", K.STRING),
+         Arg("option", K.KEYWORD, optional=True, multiple=True, choices=("LIMIT", "KEYSONLY"))),
+        retry_safe=True, max_arity=5,
+    ),
+    _spec(
+        "CHANGES", -2,
+        "Follow every committed change under a prefix, in commit order, on any node; resume "
+        "after a revision with FROM. The connection then streams [\"change\", revision, "
+        "[key, value-or-nil, ...]] until it closes.",
+        "CHANGES prefix [FROM revision]", "CHANGES user: FROM 1200",
+        '1) "change"\n2) (integer) 1201\n3) 1) "user:7"\n   2) "alice"', "keyspace", _h_changes,
+        (Arg("prefix", K.STRING), Arg("from", K.KEYWORD, optional=True, choices=("FROM",)),
+         Arg("revision", K.INTEGER, optional=True)),
+        retry_safe=True, max_arity=4,
+    ),
+    # ----- transactions
+    _spec(
+        "MULTI", 1, "Start a transaction: later commands are queued until EXEC.",
+        "MULTI", "MULTI", "OK", "transactions", _h_txn,
+    ),
+    _spec(
+        "EXEC", 1,
+        "Commit the queued commands as one log entry: an array of their replies, or nil if a "
+        "WATCHed key changed (then nothing was written).",
+        "EXEC", "EXEC", '1) OK\n2) (integer) 2', "transactions", _h_txn, write=True,
+    ),
+    _spec(
+        "DISCARD", 1, "Drop the queued commands.", "DISCARD", "DISCARD", "OK", "transactions", _h_txn,
+    ),
+    _spec(
+        "WATCH", -2,
+        "Make the next EXEC fail if any of these keys is written (or expires) before it.",
+        "WATCH key [key ...]", "WATCH balance", "OK", "transactions", _h_txn,
+        (Arg("key", K.KEY, multiple=True),), retry_safe=True,
+    ),
+    _spec(
+        "UNWATCH", 1, "Forget the WATCHed keys.", "UNWATCH", "UNWATCH", "OK", "transactions", _h_txn,
+        retry_safe=True,
     ),
     # ----- cluster
     _spec(

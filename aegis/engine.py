@@ -360,7 +360,7 @@ class ReplicationEngine:
         payloads = [c if isinstance(c, bytes) else c.encode() for c in commands]
         return self.raft.propose_batch(payloads)
 
-    def set(self, key: str, value: bytes) -> LogIndex:
+    def set(self, key: str, value: bytes | str) -> LogIndex:
         return self.propose(Command.set(key, value))
 
     def delete(self, key: str, *more_keys: str) -> LogIndex:

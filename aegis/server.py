@@ -38,7 +38,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Final
 
 import msgpack
 import trio
@@ -48,9 +48,10 @@ from .cluster import Cluster, ClusterConfig, ClusterState
 from .log import EntryType, HardState, LogIndex, Membership, SnapshotMeta
 from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
 from .node import NodeId, NodeInfo, NodeStatus
-from .protocol import OK, RespParser, encode, encode_bulk, encode_error, encode_integer, encode_simple
+from .protocol import OK, Reply, RespParser, encode, encode_array, encode_bulk, encode_error, encode_integer, encode_simple
 from .raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Ready, Role
-from .state import StateMachine
+from .feed import ChangeFeed, Compacted
+from .state import Command, CommandType, StateMachine
 from .peers import (
     FRAME_MSG,
     FRAME_PING,
@@ -103,6 +104,36 @@ class ServerConfig:
     state_flush_keys: int = 50_000  # ... or once this many keys changed
     inbox_depth: int = 100_000  # events queued for the Raft task before clients get -TRYAGAIN
     join: bool = False  # start as a new member of a running cluster (see `aegis serve --join`)
+    keys_limit: int = 10_000  # KEYS refuses to examine more keys than this (SCAN has no limit)
+    range_limit: int = 10_000  # RANGE/PREFIX return at most this many keys in one reply
+    expiry_sweep_ms: float = 100.0  # how often the leader looks for keys past their deadline
+    expiry_batch: int = 1_000  # keys removed by one PURGE entry at most
+
+
+#: The first argument of a transaction a follower forwards (its encoded Command follows);
+#: no client can send it: the command table does not know it.
+TXN_FORWARD = b"\x00aegis-txn"
+
+
+#: Marks a forwarded command whose client speaks RESP3 (the leader encodes its reply so).
+RESP3_FORWARD = b"\x00aegis-resp3"
+
+
+def _unwrap_forwarded(argv: tuple[bytes, ...] | list[bytes]) -> tuple[tuple[bytes, ...] | list[bytes], bool]:
+    if len(argv) > 1 and argv[0] == RESP3_FORWARD:
+        return argv[1:], True
+    return argv, False
+
+
+@dataclass(slots=True)
+class _Session:
+    """One client connection's state."""
+
+    authed: bool
+    resp3: bool = False
+    multi: list[Command] | None = None  # the queued commands after MULTI, until EXEC/DISCARD
+    dirty: bool = False  # a command failed to queue: EXEC aborts
+    watches: dict[str, int] = field(default_factory=dict)  # WATCHed key -> revision seen
 
 
 class _Waiter:
@@ -162,7 +193,8 @@ class Node:
         )
         self._clients = 0
         self.stats = {"total_writes": 0, "total_reads": 0, "total_commands": 0, "forwarded": 0,
-                      "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0}
+                      "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0, "expired_keys": 0,
+                      "feed_subscribers": 0}
         self._incoming_snapshot: Path | None = None
         self._snapshotting = False
         self._nursery: trio.Nursery | None = None
@@ -170,6 +202,7 @@ class Node:
         self.raft: RaftNode
         self.sm = StateMachine()
         self.cluster: Cluster
+        self.feed: ChangeFeed
 
     # ------------------------------------------------------------------ startup
     def _open(self) -> None:
@@ -231,6 +264,9 @@ class Node:
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         await trio.to_thread.run_sync(self._open)
+        history = self.kv if hasattr(self.kv, "read_history") else None
+        self.feed = ChangeFeed(self.sm.last_applied, self.kv.durable_applied, history)
+        self.sm.changes = []
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -239,6 +275,7 @@ class Node:
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._raft_loop)
                 nursery.start_soon(self._health_loop)
+                nursery.start_soon(self._expiry_loop)
                 self._ensure_peer_tasks()
                 if self.raft.membership.voters == {self.id} and not self.raft.is_leader():
                     # A cluster of one elects itself at once: nobody else could object.
@@ -265,6 +302,27 @@ class Node:
         while True:
             await trio.sleep(interval)
             self._submit(("tick",))
+
+    def _entry_time(self) -> float:
+        """The timestamp a new entry carries: the leader's clock, never behind the latest
+        applied entry (so the log's time only moves forward, across leader changes too)."""
+        return max(time.time(), self.sm.clock / 1000)
+
+    async def _expiry_loop(self) -> None:
+        """On the leader: remove keys past their deadline through the log (PURGE entries),
+        one entry in flight at a time. Reads hide such keys already; this frees them."""
+        interval = self.cfg.expiry_sweep_ms / 1000
+        while True:
+            await trio.sleep(interval)
+            if not self.raft.is_leader():
+                continue
+            keys = self.sm.backend.expiring(self._read_now(), self.cfg.expiry_batch)
+            if not keys:
+                continue
+            w = _Waiter()
+            if self._client_op(Command.op("PURGE", *keys).encode(), w):
+                await self._wait(w)
+                self.stats["expired_keys"] += int(w.value.value) if w.error is None and w.value else 0
 
     async def _health_loop(self) -> None:
         while True:
@@ -377,7 +435,7 @@ class Node:
                 end += 1
             chunk = proposals[start:end]
             try:
-                idx = raft.propose_commands([p for p, _ in chunk], timestamp=time.time())
+                idx = raft.propose_commands([p for p, _ in chunk], timestamp=self._entry_time())
             except NotLeaderError as exc:
                 for _, w in proposals[start:]:
                     w.fail(f"TRYAGAIN leadership changed before the write was proposed ({exc}); nothing was written")
@@ -401,6 +459,7 @@ class Node:
             await trio.to_thread.run_sync(self._persist, rd, hs)
             if rd.snapshot is not None:
                 self.sm.reset(int(rd.snapshot.meta.index))
+                self.feed.reset(int(rd.snapshot.meta.index))
         elif rd.hard_state is not None:
             # Only the commit index moved: it can be relearned from the leader, so it waits
             # for the next write instead of costing an fsync of its own.
@@ -500,6 +559,10 @@ class Node:
             return
         pending = self._pending
         all_results = self.sm.apply_entries(entries)
+        changes = self.sm.changes
+        if changes is not None:
+            self.sm.changes = []
+            self.feed.publish(changes, self.sm.last_applied)
         self._since_compaction += sum(len(r) for r in all_results)
         if pending:
             for e, results in zip(entries, all_results):
@@ -742,8 +805,8 @@ class Node:
     # ------------------------------------------------------------------ forwarding
     def _serve_forwarded(self, pid: str, req: ClientRequest) -> None:
         """A follower forwarded a client command: submit it now (order matters), reply later."""
-        parsed = C.parse_command(list(req.argv), self.cfg.limits)
-        op = self._prepare(parsed, forwarded=True)
+        argv, resp3 = _unwrap_forwarded(req.argv)
+        op = self._prepare(self._parse_forwarded(argv), forwarded=True, resp3=resp3)
 
         async def finish() -> None:
             reply = await op()
@@ -754,7 +817,10 @@ class Node:
 
     def _serve_forwarded_batch(self, pid: str, req: ClientBatchRequest) -> None:
         """A follower's forwarded commands: start them all now, in order; one reply frame."""
-        ops = [self._prepare(C.parse_command(list(argv), self.cfg.limits), forwarded=True) for argv in req.commands]
+        ops = []
+        for wrapped in req.commands:
+            argv, resp3 = _unwrap_forwarded(wrapped)
+            ops.append(self._prepare(self._parse_forwarded(argv), forwarded=True, resp3=resp3))
 
         async def finish() -> None:
             replies = [await op() for op in ops]
@@ -763,14 +829,26 @@ class Node:
         assert self._nursery is not None
         self._nursery.start_soon(finish)
 
-    def _forward(self, argv: list[bytes]) -> Callable[[], Awaitable[bytes]]:
+    def _parse_forwarded(self, argv: tuple[bytes, ...] | list[bytes]) -> C.Request:
+        if len(argv) == 2 and argv[0] == TXN_FORWARD:  # EXEC on a follower
+            try:
+                command = Command.decode(argv[1])
+            except ValueError as exc:
+                return C.ErrorReply(f"ERR {exc}")
+            if command.type != CommandType.TRANSACTION:
+                return C.ErrorReply("ERR a forwarded transaction must hold a transaction")
+            return C.WriteRequest(command)
+        return C.parse_command(list(argv), self.cfg.limits)
+
+    def _forward(self, argv: list[bytes], resp3: bool = False) -> Callable[[], Awaitable[bytes]]:
         """Send a command to the leader. Commands forwarded in one turn of the event loop,
         from any number of connections, travel as one `ClientBatchRequest`."""
         leader = self.raft.leader_id
         if leader is None or leader == self.id:
             return _const(encode_error("NOLEADER no leader is known; try again shortly"))
         w = _Waiter()
-        self._fwd_buf.append((argv, w))
+        # The leader encodes the reply for the client's protocol (RESP3's nil is not RESP2's).
+        self._fwd_buf.append(([RESP3_FORWARD, *argv] if resp3 else argv, w))
         if not self._fwd_scheduled:
             self._fwd_scheduled = True
             assert self._nursery is not None
@@ -828,7 +906,7 @@ class Node:
             return
         self._clients += 1
         parser = RespParser(max_bulk_len=self.cfg.limits.max_value_len + 1024)
-        state = {"authed": not self.cfg.token, "resp3": False}
+        state = _Session(authed=not self.cfg.token)
         data = first
         try:
             while True:
@@ -846,7 +924,7 @@ class Node:
                         close = True
                         break
                     self.stats["total_commands"] += 1
-                    fast = self._fast_path(cmd, state) if len(cmd) in (2, 3) else None
+                    fast = self._fast_path(cmd, state) if len(cmd) in (2, 3) and state.multi is None else None
                     if fast is not None:
                         kind, op = fast
                         if last_kind and kind != last_kind and ops:
@@ -857,7 +935,7 @@ class Node:
                         ops.append(op)
                         continue
                     req = C.parse_command(cmd, self.cfg.limits)
-                    if not state["authed"] and not C.allowed_before_auth(cmd[0]):
+                    if not state.authed and not C.allowed_before_auth(cmd[0]):
                         ops.append(_const(encode_error(C.ERR_NOAUTH)))
                         continue
                     if isinstance(req, C.AuthRequest):
@@ -870,8 +948,21 @@ class Node:
                         ops.append(_const(req.encoded()))
                         close = True
                         break
-                    kind = "r" if isinstance(req, (C.ReadRequest, C.ExistsRequest, C.SnapshotRequest)) else (
-                        "w" if isinstance(req, (C.WriteRequest, C.MemberRequest, C.LeaderTransferRequest)) else "")
+                    if isinstance(req, C.ChangesRequest) and state.multi is None:
+                        for op in ops:
+                            out += await op()
+                        if out:
+                            await stream.send_all(bytes(out))
+                        await self._serve_changes(stream, req, state)
+                        return
+                    if state.multi is not None or isinstance(req, C.TxnRequest):
+                        queued = self._transaction_step(req, state)
+                        if queued is not None:  # answered at once: queued, or refused
+                            ops.append(_const(queued))
+                            continue
+                        assert isinstance(req, C.TxnRequest)
+                    kind = "r" if isinstance(req, (*_READS, C.SnapshotRequest)) else (
+                        "w" if isinstance(req, (*_WRITES, C.TxnRequest)) else "")
                     if kind and last_kind and kind != last_kind and ops:
                         # A pipeline runs in order: a read sees the writes before it, and a
                         # write is not submitted before the reads ahead of it were served.
@@ -879,7 +970,11 @@ class Node:
                             out += await op()
                         ops = []
                     last_kind = kind or last_kind
-                    ops.append(self._prepare(req, argv=cmd, resp3=state["resp3"]))
+                    if isinstance(req, C.TxnRequest):
+                        ops.append(self._watch(req.keys, state) if req.op == C.TxnOp.WATCH
+                                   else self._exec(state))
+                    else:
+                        ops.append(self._prepare(req, argv=cmd, resp3=state.resp3))
                 for op in ops:
                     out += await op()
                 if out:
@@ -894,19 +989,19 @@ class Node:
         finally:
             self._clients -= 1
 
-    def _fast_path(self, cmd: list[bytes], state: dict[str, bool]) -> tuple[str, Callable[[], Awaitable[bytes]]] | None:
+    def _fast_path(self, cmd: list[bytes], state: _Session) -> tuple[str, Callable[[], Awaitable[bytes]]] | None:
         """Plain SET k v and GET k, the bulk of any load, without building a Request and a
         Command: the same checks, the same log payload (`Command.set(k, v).encode()`), the
         same replies. Anything else (options, limits exceeded, no leader, no AUTH yet) takes
         the general path."""
         name = cmd[0]
         limits = self.cfg.limits
-        if not state["authed"] or self.raft.leader_id is None or len(cmd[1]) > limits.max_key_len:
+        if not state.authed or self.raft.leader_id is None or len(cmd[1]) > limits.max_key_len:
             return None
         if len(cmd) == 3 and (name == b"SET" or name == b"set") and len(cmd[2]) <= limits.max_value_len:
             self.stats["total_writes"] += 1
             if not self.raft.is_leader():
-                return "w", self._to_leader(cmd, False)
+                return "w", self._to_leader(cmd, False, state.resp3)
             w = _Waiter()
             if not self._client_op(b"\x93\x01" + _pack(cmd[1]) + _pack(cmd[2]), w):
                 return "w", _const(OVERLOADED)
@@ -923,7 +1018,7 @@ class Node:
         if len(cmd) == 2 and (name == b"GET" or name == b"get"):
             self.stats["total_reads"] += 1
             key = cmd[1]
-            resp3 = state["resp3"]
+            resp3 = state.resp3
             w = _Waiter()
             if not self._client_op(None, w):
                 return "r", _const(OVERLOADED)
@@ -932,37 +1027,161 @@ class Node:
                 refused = await self._read_point(w)
                 if refused is not None:
                     return refused
-                return encode_bulk(self.sm.get_value(key), resp3=resp3)
+                return encode_bulk(self.sm.get_value(key, self._read_now()), resp3=resp3)
 
             return "r", get_result
         return None
 
-    def _auth(self, req: C.AuthRequest, state: dict[str, bool]) -> bytes:
+    # ------------------------------------------------------------------ the change feed
+    async def _serve_changes(self, stream: trio.SocketStream, req: C.ChangesRequest, state: _Session) -> None:
+        """Stream the changes under a prefix until the client goes away (see ChangesRequest)."""
+        feed = self.feed
+        pos = feed.current if req.from_revision is None else req.from_revision
+        prefix = req.prefix
+        resp3 = state.resp3
+        self.stats["feed_subscribers"] += 1
+        try:
+            await stream.send_all(encode([b"changes", prefix, pos], resp3=resp3))
+            async with trio.open_nursery() as nursery:
+                async def until_closed() -> None:
+                    while True:  # nothing but QUIT or the end of the stream means anything now
+                        data = await stream.receive_some(4096)
+                        if not data or b"QUIT" in data.upper():
+                            nursery.cancel_scope.cancel()
+                            return
+
+                nursery.start_soon(until_closed)
+                while True:
+                    seen = feed.current
+                    got = await feed.read(pos)
+                    if isinstance(got, Compacted):
+                        await stream.send_all(encode_error(
+                            f"COMPACTED the changes after revision {got.after} are no longer held on this "
+                            f"node (it can resume from revision {got.oldest}); read the keys afresh and "
+                            f"follow from the current revision {got.current}"))
+                        nursery.cancel_scope.cancel()
+                        return
+                    if not got:
+                        await feed.wait(max(seen, pos))
+                        continue
+                    out = bytearray()
+                    i = 0
+                    while i < len(got):
+                        rev = got[i][0]
+                        items: list[Reply] = []
+                        while i < len(got) and got[i][0] == rev:
+                            _, key, value = got[i]
+                            if key.startswith(prefix):
+                                items += [key, value]
+                            i += 1
+                        if items:
+                            out += encode([b"change", rev, items], resp3=resp3)
+                    pos = got[-1][0]
+                    if out:
+                        await stream.send_all(bytes(out))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+        finally:
+            self.stats["feed_subscribers"] -= 1
+
+    # ------------------------------------------------------------------ transactions
+    def _transaction_step(self, req: C.Request, state: _Session) -> bytes | None:
+        """MULTI bookkeeping: the immediate reply (QUEUED, an error, OK), or None for the
+        requests that need the cluster (WATCH, and EXEC of a clean transaction)."""
+        if isinstance(req, C.TxnRequest):
+            op = req.op
+            if op == C.TxnOp.MULTI:
+                if state.multi is not None:
+                    return encode_error("ERR MULTI calls can not be nested")
+                state.multi, state.dirty = [], False
+                return OK
+            if op == C.TxnOp.DISCARD:
+                if state.multi is None:
+                    return encode_error("ERR DISCARD without MULTI")
+                state.multi, state.dirty = None, False
+                state.watches.clear()
+                return OK
+            if op == C.TxnOp.EXEC:
+                if state.multi is None:
+                    return encode_error("ERR EXEC without MULTI")
+                if state.dirty:
+                    state.multi, state.dirty = None, False
+                    state.watches.clear()
+                    return encode_error("EXECABORT Transaction discarded because of previous errors.")
+                return None
+            if op == C.TxnOp.WATCH:
+                if state.multi is not None:
+                    return encode_error("ERR WATCH inside MULTI is not allowed")
+                return None
+            state.watches.clear()  # UNWATCH
+            return OK
+        assert state.multi is not None
+        if isinstance(req, C.ErrorReply):
+            state.dirty = True
+            return req.encoded(state.resp3)
+        command = C.queued_command(req)
+        if command is None:
+            if isinstance(req, (C.LocalReply, C.HelloRequest, C.AuthRequest)):
+                state.dirty = True
+                return encode_error("ERR this command is not allowed inside MULTI")
+            state.dirty = True
+            return encode_error("ERR only key commands can be queued in a MULTI (not scans, status or admin)")
+        state.multi.append(command)
+        return encode_simple("QUEUED")
+
+    def _exec(self, state: _Session) -> Callable[[], Awaitable[bytes]]:
+        """EXEC: the queued commands and the watched revisions, as one log entry."""
+        assert state.multi is not None
+        txn = Command.transaction(state.multi, tuple(state.watches.items()))
+        state.multi, state.dirty = None, False
+        state.watches.clear()
+        if not txn.commands and not txn.watches:
+            return _const(encode_array([]))
+        return self._prepare(C.WriteRequest(txn), argv=[TXN_FORWARD, txn.encode()], resp3=state.resp3)
+
+    def _watch(self, keys: tuple[str, ...], state: _Session) -> Callable[[], Awaitable[bytes]]:
+        """WATCH: remember each key's revision at a linearizable point (0: missing)."""
+        read = self._prepare(C.ExistsRequest(keys))  # a read point, like any read
+
+        async def watched() -> bytes:
+            reply = await read()
+            if not reply.startswith(b":"):
+                return reply  # -NOLEADER, -TIMEOUT ...
+            now = self._read_now()
+            for key in keys:
+                if key not in state.watches:  # the first WATCH of a key counts
+                    rec = self.sm.record(key.encode("utf-8", "surrogateescape"), now)
+                    state.watches[key] = rec[2] if rec is not None else 0
+            return OK
+
+        return watched
+
+    def _auth(self, req: C.AuthRequest, state: _Session) -> bytes:
         if not self.cfg.token:
             return encode_error(C.ERR_AUTH_NOT_CONFIGURED)
         if hmac.compare_digest(req.token, self.cfg.token.encode()):
-            state["authed"] = True
+            state.authed = True
             return encode_simple("OK")
         return encode_error(C.ERR_WRONGPASS)
 
-    def _hello(self, req: C.HelloRequest, state: dict[str, bool]) -> bytes:
+    def _hello(self, req: C.HelloRequest, state: _Session) -> bytes:
         if req.auth is not None:
             if not self.cfg.token:
                 return encode_error(C.ERR_AUTH_NOT_CONFIGURED)
             reply = self._auth(req.auth, state)
-            if not state["authed"]:
+            if not state.authed:
                 return reply
-        elif not state["authed"]:
+        elif not state.authed:
             return encode_error(C.ERR_HELLO_NOAUTH)
         if req.protocol is not None:
-            state["resp3"] = req.protocol == 3
-        return req.encoded(state["resp3"])
+            state.resp3 = req.protocol == 3
+        return req.encoded(state.resp3)
 
     def _prepare(self, req: C.Request, *, argv: list[bytes] | None = None,
                  forwarded: bool = False, resp3: bool = False) -> Callable[[], Awaitable[bytes]]:
         """Start a request now (submission order is the apply order); await its reply later."""
         raft = self.raft
-        if (isinstance(req, (C.WriteRequest, C.ReadRequest, C.ExistsRequest)) and raft.leader_id is None
+        if (isinstance(req, (C.WriteRequest, *_READS)) and raft.leader_id is None
                 and not forwarded):
             # Mid-election: give it one election timeout before answering -NOLEADER.
             async def after_election() -> bytes:
@@ -977,7 +1196,7 @@ class Node:
         if isinstance(req, C.WriteRequest):
             self.stats["total_writes"] += 1
             if not raft.is_leader():
-                return self._to_leader(argv, forwarded)
+                return self._to_leader(argv, forwarded, resp3)
             w = _Waiter()
             if not self._client_op(req.command.encode(), w):
                 return _const(OVERLOADED)
@@ -991,7 +1210,7 @@ class Node:
                 return C.encode_result(command, w.value, resp3=resp3)
 
             return write_result
-        if isinstance(req, (C.ReadRequest, C.ExistsRequest)):
+        if isinstance(req, _READS):
             self.stats["total_reads"] += 1
             w = _Waiter()
             if not self._client_op(None, w):
@@ -1001,9 +1220,7 @@ class Node:
                 refused = await self._read_point(w)
                 if refused is not None:
                     return refused
-                if isinstance(req, C.ReadRequest):
-                    return encode_bulk(self.sm.get_value(req.key_bytes), resp3=resp3)
-                return encode_integer(sum(1 for k in req.keys if k in self.sm))
+                return self._serve_read(req, resp3)
 
             return read_result
         if isinstance(req, C.InfoRequest):
@@ -1015,7 +1232,7 @@ class Node:
             return self._member(req, argv, forwarded)
         if isinstance(req, C.LeaderTransferRequest):
             if not raft.is_leader():
-                return self._to_leader(argv, forwarded)
+                return self._to_leader(argv, forwarded, resp3)
             w = _Waiter()
             if not self._submit(("transfer", req.node_id, w)):
                 return _const(OVERLOADED)
@@ -1038,12 +1255,75 @@ class Node:
             return _const(req.encoded(resp3))
         return _const(encode_error("ERR command not supported here"))
 
-    def _to_leader(self, argv: list[bytes] | None, forwarded: bool) -> Callable[[], Awaitable[bytes]]:
+    def _read_now(self) -> int:
+        """The time (ms) a read is served at: this node's clock, and never earlier than the
+        latest entry applied here (whose time came from a leader's clock)."""
+        return max(int(time.time() * 1000), self.sm.clock)
+
+    def _serve_read(self, req: C.Request, resp3: bool) -> bytes:
+        """Answer a read from the local state; its read point has been reached."""
+        now = self._read_now()
+        sm = self.sm
+        if isinstance(req, C.ReadRequest):
+            return encode_bulk(sm.get_value(req.key_bytes, now), resp3=resp3)
+        if isinstance(req, (C.ExistsRequest, C.QueryRequest)):
+            return C.encode_result(req.command, sm.read(req.command, now), resp3=resp3)
+        kv = sm.backend
+        if isinstance(req, C.DbsizeRequest):
+            return encode_integer(kv.count())
+        if isinstance(req, C.ScanRequest):
+            cursor, items = kv.scan(req.cursor, req.count)
+            match = C.glob_matcher(req.pattern) if req.pattern is not None else None
+            keys: list[Reply] = []
+            if req.type is None or req.type == "string":
+                keys = [k for k, rec in items if not (rec[3] and rec[3] <= now) and (match is None or match(k))]
+            return encode([str(cursor).encode(), keys], resp3=resp3)
+        if isinstance(req, C.KeysRequest):
+            prefix = C.glob_prefix(req.pattern)
+            limit = self.cfg.keys_limit
+            found = kv.range(prefix, C.prefix_end(prefix), limit + 1)
+            if len(found) > limit:
+                return encode_error(
+                    f"ERR KEYS would examine more than {limit} keys (--keys-limit); walk them with "
+                    "SCAN, or give the pattern a longer literal prefix")
+            match = C.glob_matcher(req.pattern)
+            matched: list[Reply] = [k for k, rec in found if not (rec[3] and rec[3] <= now) and match(k)]
+            return encode(matched, resp3=resp3)
+        if isinstance(req, C.RangeRequest):
+            return self._serve_range(req, now, resp3)
+        return encode_error("ERR command not supported here")
+
+    def _serve_range(self, req: C.RangeRequest, now: int, resp3: bool) -> bytes:
+        cap = self.cfg.range_limit
+        if req.limit > cap:
+            return encode_error(f"ERR LIMIT {req.limit} is above this node's --range-limit {cap}")
+        want = req.limit or cap
+        kv = self.sm.backend
+        live: list[tuple[bytes, bytes]] = []
+        start = req.start
+        while len(live) <= want:  # one more than wanted, to know whether the range goes on
+            page = want + 1 - len(live)
+            batch = kv.range(start, req.end, page)
+            live += [(k, rec[0]) for k, rec in batch if not (rec[3] and rec[3] <= now)]
+            if len(batch) < page:
+                break
+            start = batch[-1][0] + b"\x00"  # keys past their deadline were skipped: look further
+        if len(live) > want and req.limit == 0:
+            return encode_error(f"ERR the range holds more than {cap} keys (--range-limit); add LIMIT n "
+                                "and page on from the last key: RANGE (last-key max LIMIT n")
+        out: list[Reply] = []
+        for k, v in live[:want]:
+            out.append(k)
+            if not req.keys_only:
+                out.append(v)
+        return encode(out, resp3=resp3)
+
+    def _to_leader(self, argv: list[bytes] | None, forwarded: bool, resp3: bool = False) -> Callable[[], Awaitable[bytes]]:
         """A command only the leader may run, on a node that is not (or no longer) it:
         forward it once; a command that was already forwarded is refused, never bounced on."""
         if forwarded or argv is None:
             return _const(encode_error("TRYAGAIN this node is no longer the leader; nothing was written"))
-        return self._forward(argv)
+        return self._forward(argv, resp3)
 
     def _member(self, req: C.MemberRequest, argv: list[bytes] | None, forwarded: bool) -> Callable[[], Awaitable[bytes]]:
         if req.op == C.MemberOp.LIST:
@@ -1279,6 +1559,11 @@ class Node:
 
 
 # ---------------------------------------------------------------------- helpers
+_READS: Final = (C.ReadRequest, C.ExistsRequest, C.QueryRequest, C.ScanRequest, C.KeysRequest,
+                 C.DbsizeRequest, C.RangeRequest)
+_WRITES: Final = (C.WriteRequest, C.MemberRequest, C.LeaderTransferRequest)
+
+
 def _verify_snapshot_file(path: Path) -> str | None:
     """Read a received snapshot file through: every chunk CRC and the SHA-256. None if good."""
     from storage import StorageError, read_snapshot_file

@@ -32,13 +32,22 @@ again at 1. The revision is the log index of the entry that last wrote the key. 
 * a failed command changes nothing (INCREMENT checks before it writes; a custom handler's
   writes are buffered in a `StateView` and dropped when it fails).
 
-Snapshots are a msgpack stream: a header ``["aegis-sm", 2, applied_index, key_count]``, one
-``[key, value, version, revision]`` record per key in the backend's storage order (byte
-order of the keys; the LMDB backend puts keys over 510 bytes last), so equal states give
-equal bytes, and a trailer ``["end", key_count, crc32]``. Version 1 streams (records
-without the revision) are still read. `SnapshotParser` validates while it streams; a
+Snapshots are a msgpack stream: a header ``["aegis-sm", 3, applied_index, key_count]``, one
+``[key, value, version, revision]`` record per key — ``[key, value, version, revision,
+expires]`` for a key with a deadline — in the backend's storage order (byte order of the
+keys; the LMDB backend puts keys over 510 bytes last), so equal states give equal bytes, and
+a trailer ``["end", key_count, crc32]``. Version 1 streams (records without the revision)
+and version 2 (no deadlines) are still read. `SnapshotParser` validates while it streams; a
 backend's `replace` undoes everything if the stream turns out bad, so garbage never
 half-replaces a state. `Snapshot` wraps the same stream with the index and term it covers.
+
+Beyond the seed's commands, `OP` commands name a built-in operation (`OPS`: MSET, SET with
+NX/XX/GET/expiry, GETDEL, APPEND, EXPIRE, CAS by version, ...) and a `TRANSACTION` holds
+several commands applied in one entry, or none of them when a WATCHed key's revision moved.
+Time comes from the log: an entry's timestamp (the leader's clock when it proposed it) is
+"now" while it applies, so a key's deadline is decided the same on every replica; a key past
+its deadline reads as missing, and a write that meets one deletes it first. The leader
+removes expired keys with PURGE entries.
 
 This module does no I/O and never imports trio, lmdb, socket or time.
 """
@@ -47,6 +56,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import heapq
 import re
 import struct
 import zlib
@@ -68,6 +78,9 @@ __all__ = [
     "NOT_AN_INTEGER",
     "OVERFLOW",
     "read_snapshot_header",
+    "Change",
+    "OPS",
+    "scan_hash",
 ]
 
 INT64_MIN: Final = -(2**63)
@@ -77,7 +90,7 @@ NOT_AN_INTEGER: Final = "value is not an integer or out of range"
 OVERFLOW: Final = "increment or decrement would overflow"
 
 _SNAP_TAG: Final = "aegis-sm"
-_SNAP_VERSION: Final = 2  # version 1 records had no revision; they are still read
+_SNAP_VERSION: Final = 3  # v1 records had no revision, v2 no deadline; both are still read
 _SNAP_END: Final = "end"
 _FILE_TAG: Final = "aegis-snapshot"
 _FILE_VERSION: Final = 1
@@ -122,7 +135,9 @@ def _as_bytes(value: object, what: str) -> bytes:
         return value
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
-    raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
+    if isinstance(value, str):  # the seed's b"value".to_vec() is just bytes; Python users pass text
+        return value.encode("utf-8")
+    raise TypeError(f"{what} must be bytes or str, got {type(value).__name__}")
 
 
 def parse_redis_int(raw: bytes) -> int | None:
@@ -143,6 +158,8 @@ class CommandType(enum.IntEnum):
     COMPARE_AND_SWAP = 3
     INCREMENT = 4
     CUSTOM = 5
+    OP = 6  # a built-in data command by name (MSET, SET with options, EXPIRE, ...): see OPS
+    TRANSACTION = 7  # MULTI/EXEC: commands applied together, guarded by WATCHed revisions
 
     # The seed's CamelCase spellings.
     Get = 0
@@ -151,6 +168,8 @@ class CommandType(enum.IntEnum):
     CompareAndSwap = 3
     Increment = 4
     Custom = 5
+    Op = 6
+    Transaction = 7
 
 
 # Which optional fields each command type uses; every other field must keep its default,
@@ -162,6 +181,8 @@ _USES: Final[dict[CommandType, frozenset[str]]] = {
     CommandType.COMPARE_AND_SWAP: frozenset({"key", "expected", "value"}),
     CommandType.INCREMENT: frozenset({"key", "delta"}),
     CommandType.CUSTOM: frozenset({"name", "args"}),
+    CommandType.OP: frozenset({"name", "args"}),
+    CommandType.TRANSACTION: frozenset({"commands", "watches"}),
 }
 _DEFAULTS: Final[dict[str, object]] = {
     "key": "",
@@ -171,6 +192,8 @@ _DEFAULTS: Final[dict[str, object]] = {
     "keys": (),
     "name": None,
     "args": (),
+    "commands": (),
+    "watches": (),
 }
 _UNUSED: Final[dict[CommandType, tuple[tuple[str, object], ...]]] = {
     t: tuple((f, d) for f, d in _DEFAULTS.items() if f not in uses) for t, uses in _USES.items()
@@ -189,6 +212,8 @@ class Command:
     keys: tuple[str, ...] = ()
     name: str | None = None
     args: tuple[bytes, ...] = ()
+    commands: tuple[Command, ...] = ()
+    watches: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.type, CommandType):
@@ -223,6 +248,22 @@ class Command:
         if "args" in uses:
             if not isinstance(self.args, tuple) or not all(isinstance(a, bytes) for a in self.args):
                 raise TypeError("custom command args must be a tuple of bytes")
+        if self.type == CommandType.OP:
+            spec = OPS.get(self.name or "")
+            if spec is None:
+                raise ValueError(f"unknown built-in operation {self.name!r}")
+            spec.check(self.args)
+        if "commands" in uses:
+            if not isinstance(self.commands, tuple) or not all(
+                isinstance(c, Command) and c.type != CommandType.TRANSACTION for c in self.commands
+            ):
+                raise TypeError("a transaction holds a tuple of commands (no nested transactions)")
+            if not isinstance(self.watches, tuple):
+                raise TypeError("watches must be a tuple of (key, revision)")
+            for w in self.watches:
+                if not (isinstance(w, tuple) and len(w) == 2 and _is_uint(w[1])):
+                    raise TypeError("each watch is a (key, revision) pair")
+                _check_key(w[0])
 
     # --- constructors ----------------------------------------------------------------------
     @classmethod
@@ -230,7 +271,7 @@ class Command:
         return cls(CommandType.GET, key)
 
     @classmethod
-    def set(cls, key: str, value: bytes) -> Command:
+    def set(cls, key: str, value: bytes | str) -> Command:
         return cls(CommandType.SET, key, value=_as_bytes(value, "value"))
 
     @classmethod
@@ -238,7 +279,7 @@ class Command:
         return cls(CommandType.DELETE, key, keys=tuple(more_keys))
 
     @classmethod
-    def compare_and_swap(cls, key: str, expected: bytes, new: bytes) -> Command:
+    def compare_and_swap(cls, key: str, expected: bytes | str, new: bytes | str) -> Command:
         return cls(
             CommandType.COMPARE_AND_SWAP,
             key,
@@ -253,28 +294,55 @@ class Command:
         return cls(CommandType.INCREMENT, key, delta=delta)
 
     @classmethod
-    def custom(cls, name: str, *args: bytes) -> Command:
+    def custom(cls, name: str, *args: bytes | str) -> Command:
         return cls(CommandType.CUSTOM, name=name, args=tuple(_as_bytes(a, "argument") for a in args))
+
+    @classmethod
+    def op(cls, name: str, *args: bytes | str | int) -> Command:
+        """A built-in operation from `OPS` (``Command.op("MSET", "a", b"1", "b", b"2")``);
+        str arguments are UTF-8 (keys: surrogateescape), ints their decimal spelling."""
+        return cls(CommandType.OP, name=name, args=tuple(_op_arg(a) for a in args))
+
+    @classmethod
+    def transaction(cls, commands: Sequence[Command], watches: Sequence[tuple[str, int]] = ()) -> Command:
+        """MULTI/EXEC: `commands` applied in order in one log entry, or none of them when a
+        watched key's revision is no longer the one given (0: the key did not exist)."""
+        return cls(CommandType.TRANSACTION, commands=tuple(commands), watches=tuple(watches))
 
     # --- properties ------------------------------------------------------------------------
     @property
     def all_keys(self) -> tuple[str, ...]:
         """Every key the command names (empty for CUSTOM: a handler picks its own)."""
-        if self.type == CommandType.CUSTOM:
+        t = self.type
+        if t == CommandType.CUSTOM:
             return ()
+        if t == CommandType.OP:
+            return tuple(_key_str(self.args[i]) for i in OPS[self.name or ""].key_positions(len(self.args)))
+        if t == CommandType.TRANSACTION:
+            return tuple(dict.fromkeys(k for c in self.commands for k in c.all_keys))
         return (self.key, *self.keys)
 
     @property
     def is_read_only(self) -> bool:
-        return self.type == CommandType.GET
+        t = self.type
+        if t == CommandType.OP:
+            return OPS[self.name or ""].read_only
+        if t == CommandType.TRANSACTION:
+            return all(c.is_read_only for c in self.commands)
+        return t == CommandType.GET
 
     # --- codec -----------------------------------------------------------------------------
     def encode(self) -> bytes:
         """The compact, safe payload of a COMMAND log entry."""
+        return msgpack.packb(self._wire(), use_bin_type=True)  # type: ignore[no-any-return]
+
+    def _wire(self) -> list[object]:
         t = self.type
         body: list[object]
-        if t == CommandType.CUSTOM:
+        if t == CommandType.CUSTOM or t == CommandType.OP:
             body = [int(t), self.name, list(self.args)]
+        elif t == CommandType.TRANSACTION:
+            body = [int(t), [[_key_bytes(k), r] for k, r in self.watches], [c._wire() for c in self.commands]]
         else:
             body = [int(t), _key_bytes(self.key)]
             if t == CommandType.SET:
@@ -285,7 +353,7 @@ class Command:
                 body += [self.expected, self.value]
             elif t == CommandType.INCREMENT:
                 body.append(self.delta)
-        return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+        return body
 
     @classmethod
     def decode(cls, data: bytes) -> Command:
@@ -309,11 +377,21 @@ class Command:
         t = CommandType(code)
         if len(obj) != _ARITY[t]:
             raise ValueError(f"{t.name} needs {_ARITY[t]} fields, got {len(obj)}")
-        if t == CommandType.CUSTOM:
+        if t == CommandType.CUSTOM or t == CommandType.OP:
             name, args = obj[1], obj[2]
             if not isinstance(name, str) or not isinstance(args, list):
-                raise ValueError("bad CUSTOM fields")
+                raise ValueError(f"bad {t.name} fields")
             return cls(t, name=name, args=tuple(args))
+        if t == CommandType.TRANSACTION:
+            watches, subs = obj[1], obj[2]
+            if not isinstance(watches, list) or not isinstance(subs, list):
+                raise ValueError("bad TRANSACTION fields")
+            ws = []
+            for w in watches:
+                if not isinstance(w, list) or len(w) != 2:
+                    raise ValueError("bad TRANSACTION watch")
+                ws.append((_wire_key(w[0]), w[1]))
+            return cls(t, commands=tuple(cls._from_wire(c) for c in subs), watches=tuple(ws))
         key = _wire_key(obj[1])
         if t == CommandType.GET:
             return cls(t, key)
@@ -335,6 +413,8 @@ _ARITY: Final[dict[int, int]] = {
     CommandType.COMPARE_AND_SWAP: 4,
     CommandType.INCREMENT: 3,
     CommandType.CUSTOM: 3,
+    CommandType.OP: 3,
+    CommandType.TRANSACTION: 3,
 }
 
 
@@ -350,6 +430,325 @@ def _wire_bytes(raw: object) -> bytes:
     return raw
 
 
+def _op_arg(a: bytes | str | int) -> bytes:
+    if isinstance(a, bool):
+        raise TypeError("an operation argument is bytes, str or int, not bool")
+    if isinstance(a, int):
+        return str(a).encode()
+    if isinstance(a, str):
+        return _key_bytes(a)
+    return _as_bytes(a, "argument")
+
+
+# --- built-in operations --------------------------------------------------------------------
+#
+# Each OP command names one of these. Its arguments are bytes in a canonical form (numbers
+# in decimal, flags upper-case, b"" for an absent option) that the command table builds from
+# the client's argv; the state machine checks them again, so a malformed payload fails alone.
+
+
+class _Ctx:
+    """What an operation sees: the view, the entry's index, its time (ms, the leader's clock
+    travelling in the log) and whether it may write (False for a local read)."""
+
+    __slots__ = ("view", "index", "now", "mutate")
+
+    def __init__(self, view: KVView, index: int, now: int, mutate: bool) -> None:
+        self.view = view
+        self.index = index
+        self.now = now
+        self.mutate = mutate
+
+    def live(self, key: bytes) -> Record | None:
+        """The key's record unless it is missing or past its deadline. An expired key met by
+        a write is deleted there and then (deterministic: every replica applies the same
+        entry at the same time)."""
+        rec = self.view.get(key)
+        if rec is not None and rec[3] and rec[3] <= self.now:
+            if self.mutate:
+                self.view.delete(key)
+            return None
+        return rec
+
+    def write(self, key: bytes, value: bytes, expires: int = 0) -> int:
+        rec = self.live(key)
+        version = 1 if rec is None else rec[1] + 1
+        self.view.put(key, value, version, self.index, expires)
+        return version
+
+
+#: One change for the change feed: (revision, key, new value, or None for a deletion).
+Change: TypeAlias = tuple[int, bytes, "bytes | None"]
+
+
+class _Recording:
+    """A view that also notes every change it makes (`StateMachine.changes`)."""
+
+    __slots__ = ("_view", "_out", "_index")
+
+    def __init__(self, view: KVView, out: list[Change], index: int) -> None:
+        self._view = view
+        self._out = out
+        self._index = index
+
+    def get(self, key: bytes) -> Record | None:
+        return self._view.get(key)
+
+    def put(self, key: bytes, value: bytes, version: int, revision: int, expires: int = 0) -> None:
+        self._view.put(key, value, version, revision, expires)
+        self._out.append((self._index, key, value))
+
+    def delete(self, key: bytes) -> bool:
+        if self._view.delete(key):
+            self._out.append((self._index, key, None))
+            return True
+        return False
+
+
+OpFn: TypeAlias = "Callable[[_Ctx, tuple[bytes, ...]], CommandResult]"
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    """A built-in operation: its argument count (`min_args`, `max_args`, None for no bound,
+    `step`: args beyond `min_args` come in groups of it), which arguments are keys (`keys`:
+    "first", "all" or "pairs" — every other one from the first), and whether it only reads."""
+
+    name: str
+    fn: OpFn
+    min_args: int
+    max_args: int | None
+    keys: str = "first"
+    read_only: bool = False
+    step: int = 1
+
+    def key_positions(self, n: int) -> range:
+        if self.keys == "all":
+            return range(n)
+        if self.keys == "pairs":
+            return range(0, n, 2)
+        return range(min(n, 1))
+
+    def check(self, args: tuple[bytes, ...]) -> None:
+        n = len(args)
+        if n < self.min_args or (self.max_args is not None and n > self.max_args) or (n - self.min_args) % self.step:
+            raise ValueError(f"{self.name} takes {self.min_args}{'+' if self.max_args is None else ''} arguments, got {n}")
+        for i in self.key_positions(n):
+            _check_key(_key_str(args[i]))
+
+
+def _num(raw: bytes, what: str) -> int:
+    n = parse_redis_int(raw)
+    if n is None:
+        raise ValueError(f"{what} is not an integer")
+    return n
+
+
+def _choice(raw: bytes, options: tuple[bytes, ...], what: str) -> bytes:
+    if raw not in options:
+        raise ValueError(f"bad {what} {raw!r}")
+    return raw
+
+
+_SET_COND = (b"", b"NX", b"XX")
+_TTL_MODE = (b"", b"PX", b"PXAT", b"KEEPTTL")
+_EXPIRE_COND = (b"", b"NX", b"XX", b"GT", b"LT")
+
+
+def _deadline(ctx: _Ctx, mode: bytes, raw: bytes, old: Record | None) -> int:
+    if mode == b"PX":
+        return ctx.now + _num(raw, "ttl")
+    if mode == b"PXAT":
+        return _num(raw, "deadline")
+    if mode == b"KEEPTTL":
+        return old[3] if old is not None else 0
+    return 0
+
+
+def _op_set(ctx: _Ctx, a: tuple[bytes, ...], *, as_int: bool = False) -> CommandResult:
+    key, value, cond, get, mode, ttl = a
+    _choice(cond, _SET_COND, "condition")
+    _choice(get, (b"", b"GET"), "flag")
+    _choice(mode, _TTL_MODE, "expiry mode")
+    old = ctx.live(key)
+    deadline = _deadline(ctx, mode, ttl, old)
+    old_value = old[0] if old is not None else None
+    if (cond == b"NX" and old is not None) or (cond == b"XX" and old is None):
+        return CommandResult.ok(old_value if get else (0 if as_int else None),
+                                version=old[1] if old else 0, applied_index=ctx.index)
+    if deadline and deadline <= ctx.now:  # already past: Redis stores nothing (and deletes)
+        if old is not None:
+            ctx.view.delete(key)
+        return CommandResult.ok(old_value if get else 1, applied_index=ctx.index)
+    version = ctx.write(key, value, deadline)
+    return CommandResult.ok(old_value if get else 1, version=version, applied_index=ctx.index)
+
+
+def _op_setnx(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    return _op_set(ctx, (a[0], a[1], b"NX", b"", b"", b"0"), as_int=True)
+
+
+def _op_mset(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    for i in range(0, len(a), 2):
+        ctx.write(a[i], a[i + 1])
+    return CommandResult.ok(None, applied_index=ctx.index)
+
+
+def _op_msetnx(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    if any(ctx.live(a[i]) is not None for i in range(0, len(a), 2)):
+        return CommandResult.ok(0, applied_index=ctx.index)
+    _op_mset(ctx, a)
+    return CommandResult.ok(1, applied_index=ctx.index)
+
+
+def _op_getset(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    old = ctx.live(a[0])
+    version = ctx.write(a[0], a[1])
+    return CommandResult.ok(old[0] if old else None, version=version, applied_index=ctx.index)
+
+
+def _op_getdel(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    old = ctx.live(a[0])
+    if old is None:
+        return CommandResult.ok(None, applied_index=ctx.index)
+    ctx.view.delete(a[0])
+    return CommandResult.ok(old[0], applied_index=ctx.index)
+
+
+def _op_append(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    old = ctx.live(a[0])
+    value = (old[0] if old else b"") + a[1]
+    version = ctx.write(a[0], value, old[3] if old else 0)
+    return CommandResult.ok(len(value), version=version, applied_index=ctx.index)
+
+
+def _op_strlen(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    rec = ctx.live(a[0])
+    return CommandResult.ok(len(rec[0]) if rec else 0, version=rec[1] if rec else 0, applied_index=ctx.index)
+
+
+def _op_mget(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    out = []
+    for k in a:
+        rec = ctx.live(k)
+        out.append(rec[0] if rec is not None else None)
+    return CommandResult.ok(tuple(out), applied_index=ctx.index)
+
+
+def _op_exists(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    return CommandResult.ok(sum(1 for k in a if ctx.live(k) is not None), applied_index=ctx.index)
+
+
+def _expire(ctx: _Ctx, key: bytes, deadline: int, cond: bytes) -> CommandResult:
+    _choice(cond, _EXPIRE_COND, "condition")
+    rec = ctx.live(key)
+    if rec is None:
+        return CommandResult.ok(0, applied_index=ctx.index)
+    current = rec[3]
+    if ((cond == b"NX" and current) or (cond == b"XX" and not current)
+            or (cond == b"GT" and (not current or deadline <= current))
+            or (cond == b"LT" and current and deadline >= current)):
+        return CommandResult.ok(0, version=rec[1], applied_index=ctx.index)
+    if deadline <= ctx.now:
+        ctx.view.delete(key)
+        return CommandResult.ok(1, applied_index=ctx.index)
+    ctx.view.put(key, rec[0], rec[1] + 1, ctx.index, deadline)
+    return CommandResult.ok(1, version=rec[1] + 1, applied_index=ctx.index)
+
+
+def _op_pexpire(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    return _expire(ctx, a[0], ctx.now + _num(a[1], "ttl"), a[2])
+
+
+def _op_pexpireat(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    return _expire(ctx, a[0], _num(a[1], "deadline"), a[2])
+
+
+def _op_persist(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    rec = ctx.live(a[0])
+    if rec is None or not rec[3]:
+        return CommandResult.ok(0, applied_index=ctx.index)
+    ctx.view.put(a[0], rec[0], rec[1] + 1, ctx.index, 0)
+    return CommandResult.ok(1, version=rec[1] + 1, applied_index=ctx.index)
+
+
+def _op_pttl(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    rec = ctx.live(a[0])
+    if rec is None:
+        return CommandResult.ok(-2, applied_index=ctx.index)
+    return CommandResult.ok(rec[3] - ctx.now if rec[3] else -1, version=rec[1], applied_index=ctx.index)
+
+
+def _op_ttl(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    r = _op_pttl(ctx, a)
+    ms = r.value
+    assert isinstance(ms, int)
+    return r if ms < 0 else replace(r, value=(ms + 500) // 1000)
+
+
+def _op_getv(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    rec = ctx.live(a[0])
+    if rec is None:
+        return CommandResult.ok(None, applied_index=ctx.index)
+    return CommandResult.ok((rec[0], rec[1], rec[2]), version=rec[1], applied_index=ctx.index)
+
+
+def _op_casv(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    expected = _num(a[1], "version")
+    rec = ctx.live(a[0])
+    if (rec[1] if rec else 0) != expected:
+        return CommandResult.ok(0, version=rec[1] if rec else 0, applied_index=ctx.index)
+    return CommandResult.ok(1, version=ctx.write(a[0], a[2]), applied_index=ctx.index)
+
+
+def _op_delv(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    expected = _num(a[1], "version")
+    rec = ctx.live(a[0])
+    if rec is None or rec[1] != expected:
+        return CommandResult.ok(0, version=rec[1] if rec else 0, applied_index=ctx.index)
+    ctx.view.delete(a[0])
+    return CommandResult.ok(1, applied_index=ctx.index)
+
+
+def _op_purge(ctx: _Ctx, a: tuple[bytes, ...]) -> CommandResult:
+    """The leader's expiry sweep: delete the keys whose deadline has passed by this entry's
+    time (a key rewritten since the leader looked is left alone)."""
+    removed = 0
+    for k in dict.fromkeys(a):
+        rec = ctx.view.get(k)
+        if rec is not None and rec[3] and rec[3] <= ctx.now:
+            ctx.view.delete(k)
+            removed += 1
+    return CommandResult.ok(removed, applied_index=ctx.index)
+
+
+#: The built-in operations, by name.
+OPS: Final[dict[str, OpSpec]] = {
+    s.name: s
+    for s in (
+        OpSpec("SET", _op_set, 6, 6),
+        OpSpec("SETNX", _op_setnx, 2, 2),
+        OpSpec("MSET", _op_mset, 2, None, keys="pairs", step=2),
+        OpSpec("MSETNX", _op_msetnx, 2, None, keys="pairs", step=2),
+        OpSpec("GETSET", _op_getset, 2, 2),
+        OpSpec("GETDEL", _op_getdel, 1, 1),
+        OpSpec("APPEND", _op_append, 2, 2),
+        OpSpec("STRLEN", _op_strlen, 1, 1, read_only=True),
+        OpSpec("MGET", _op_mget, 1, None, keys="all", read_only=True),
+        OpSpec("EXISTS", _op_exists, 1, None, keys="all", read_only=True),
+        OpSpec("PEXPIRE", _op_pexpire, 3, 3),
+        OpSpec("PEXPIREAT", _op_pexpireat, 3, 3),
+        OpSpec("PERSIST", _op_persist, 1, 1),
+        OpSpec("PTTL", _op_pttl, 1, 1, read_only=True),
+        OpSpec("TTL", _op_ttl, 1, 1, read_only=True),
+        OpSpec("GETV", _op_getv, 1, 1, read_only=True),
+        OpSpec("CASV", _op_casv, 3, 3),
+        OpSpec("DELV", _op_delv, 2, 2),
+        OpSpec("PURGE", _op_purge, 1, None, keys="all"),
+    )
+}
+
+
 # --- results ------------------------------------------------------------------------------
 
 
@@ -358,13 +757,15 @@ class CommandResult:
     """The outcome of applying (or reading) a command.
 
     `value` is bytes for GET, an int for DELETE (keys removed), INCREMENT (new value) and
-    COMPARE_AND_SWAP (1 swapped, 0 not), None for SET or a missing key. `version` is the
+    COMPARE_AND_SWAP (1 swapped, 0 not), None for SET or a missing key. An OP's value is
+    its operation's own (a tuple for MGET and GETV); a TRANSACTION's is the tuple of its
+    commands' results, or None when a watched key had changed (nothing was applied). `version` is the
     key's version after the command (0 when the key does not exist). A failed result
     (`success` False) carries `error` and means the state did not change.
     """
 
     success: bool
-    value: bytes | int | None = None
+    value: bytes | int | tuple[Any, ...] | None = None
     version: int = 0
     applied_index: int = 0
     error: str | None = None
@@ -376,7 +777,7 @@ class CommandResult:
             raise ValueError("a failed result needs an error message")
 
     @classmethod
-    def ok(cls, value: bytes | int | None = None, *, version: int = 0, applied_index: int = 0) -> CommandResult:
+    def ok(cls, value: bytes | int | tuple[Any, ...] | None = None, *, version: int = 0, applied_index: int = 0) -> CommandResult:
         return cls(True, value, version, applied_index)
 
     @classmethod
@@ -387,9 +788,19 @@ class CommandResult:
 # --- the backend ----------------------------------------------------------------------------
 
 
-#: One stored record: (value, version, revision). `version` counts the writes since the key
-#: was created (1 on creation); `revision` is the log index of the entry that last wrote it.
-Record: TypeAlias = tuple[bytes, int, int]
+#: One stored record: (value, version, revision, expires). `version` counts the writes since
+#: the key was created (1 on creation); `revision` is the log index of the entry that last
+#: wrote it; `expires` is the key's deadline in milliseconds since the epoch on the leader's
+#: clock (0: it never expires).
+Record: TypeAlias = tuple[bytes, int, int, int]
+
+#: A record with its key: (key, value, version, revision, expires), as snapshots carry them.
+Item: TypeAlias = tuple[bytes, bytes, int, int, int]
+
+
+def scan_hash(key: bytes) -> int:
+    """The 63-bit position of `key` in SCAN order: the same on every node and every run."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 1
 
 
 class KVView(Protocol):
@@ -397,7 +808,7 @@ class KVView(Protocol):
 
     def get(self, key: bytes) -> Record | None: ...
 
-    def put(self, key: bytes, value: bytes, version: int, revision: int) -> None: ...
+    def put(self, key: bytes, value: bytes, version: int, revision: int, expires: int = 0) -> None: ...
 
     def delete(self, key: bytes) -> bool: ...
 
@@ -421,31 +832,53 @@ class KVBackend(Protocol):
 
     def applied(self) -> int: ...
 
-    def items(self) -> Iterator[tuple[bytes, bytes, int, int]]:
-        """A consistent snapshot as of the call, in key order: (key, value, version, revision)."""
+    def items(self) -> Iterator[Item]:
+        """A consistent snapshot as of the call, in storage order (`Item` tuples)."""
         ...
 
     def transact(self, body: Callable[[KVView], _T], applied: int, term: int = 0) -> _T: ...
 
-    def replace(self, records: Iterable[tuple[bytes, bytes, int, int]], applied: int) -> None:
+    def replace(self, records: Iterable[Item], applied: int) -> None:
         """Replace everything with `records` (a snapshot). If iterating raises, nothing changes."""
+        ...
+
+    def range(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, Record]]:
+        """The records of the keys ``start <= key < end`` (no upper bound when `end` is None)
+        in byte order of the keys, at most `limit` of them (no limit when `limit` <= 0)."""
+        ...
+
+    def scan(self, cursor: int, count: int) -> tuple[int, list[tuple[bytes, Record]]]:
+        """SCAN order (`scan_hash`): every key whose position is >= `cursor`, up to (and not
+        including) the returned next cursor, at least `count` of them unless the state ends
+        first; a run of keys sharing one position is never split. The next cursor is 0 when
+        the state is exhausted. Cursor 0 starts from the beginning."""
+        ...
+
+    def expiring(self, now_ms: int, limit: int) -> list[bytes]:
+        """Keys whose record's deadline has passed (``0 < expires <= now_ms``), soonest
+        first, at most `limit`."""
         ...
 
 
 class DictBackend:
-    """`KVBackend` in a Python dict (with a sorted view for snapshots)."""
+    """`KVBackend` in a Python dict: the reference twin of `storage.LmdbKV`. Range reads and
+    scans sort the keys on each call (fine for the simulator and the seed API); deadlines
+    are kept in a heap, checked lazily against the records."""
 
-    __slots__ = ("_data", "_applied")
+    __slots__ = ("_data", "_applied", "_deadlines")
 
     def __init__(self) -> None:
         self._data: dict[bytes, Record] = {}
         self._applied = 0
+        self._deadlines: list[tuple[int, bytes]] = []
 
     def get(self, key: bytes) -> Record | None:
         return self._data.get(key)
 
-    def put(self, key: bytes, value: bytes, version: int, revision: int) -> None:
-        self._data[key] = (value, version, revision)
+    def put(self, key: bytes, value: bytes, version: int, revision: int, expires: int = 0) -> None:
+        self._data[key] = (value, version, revision, expires)
+        if expires:
+            heapq.heappush(self._deadlines, (expires, key))
 
     def delete(self, key: bytes) -> bool:
         return self._data.pop(key, None) is not None
@@ -456,7 +889,7 @@ class DictBackend:
     def applied(self) -> int:
         return self._applied
 
-    def items(self) -> Iterator[tuple[bytes, bytes, int, int]]:
+    def items(self) -> Iterator[Item]:
         data = self._data
         snap = [(k, *data[k]) for k in sorted(data)]  # captured now
         return iter(snap)
@@ -466,16 +899,52 @@ class DictBackend:
         self._applied = applied
         return out
 
-    def replace(self, records: Iterable[tuple[bytes, bytes, int, int]], applied: int) -> None:
+    def replace(self, records: Iterable[Item], applied: int) -> None:
         new: dict[bytes, Record] = {}
         n = 0
-        for k, v, ver, rev in records:
-            new[k] = (v, ver, rev)
+        for k, v, ver, rev, exp in records:
+            new[k] = (v, ver, rev, exp)
             n += 1
         if len(new) != n:
             raise ValueError(f"corrupt snapshot: {n - len(new)} duplicate keys")
         self._data = new
         self._applied = applied
+        self._deadlines = [(rec[3], k) for k, rec in new.items() if rec[3]]
+        heapq.heapify(self._deadlines)
+
+    def range(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, Record]]:
+        data = self._data
+        keys = sorted(k for k in data if k >= start and (end is None or k < end))
+        if limit > 0:
+            keys = keys[:limit]
+        return [(k, data[k]) for k in keys]
+
+    def scan(self, cursor: int, count: int) -> tuple[int, list[tuple[bytes, Record]]]:
+        data = self._data
+        ordered = sorted((h, k) for k in data if (h := scan_hash(k)) >= cursor)
+        out: list[tuple[bytes, Record]] = []
+        for i, (h, k) in enumerate(ordered):
+            if len(out) >= max(count, 1) and h != ordered[i - 1][0]:
+                return h, out
+            out.append((k, data[k]))
+        return 0, out
+
+    def expiring(self, now_ms: int, limit: int) -> list[bytes]:
+        heap = self._deadlines
+        out: list[bytes] = []
+        seen: set[bytes] = set()
+        keep: list[tuple[int, bytes]] = []
+        while heap and heap[0][0] <= now_ms and len(out) < limit:
+            deadline, key = heapq.heappop(heap)
+            rec = self._data.get(key)
+            if rec is None or rec[3] != deadline or key in seen:
+                continue  # stale: the key was deleted, rewritten or given another deadline
+            seen.add(key)
+            out.append(key)
+            keep.append((deadline, key))
+        for item in keep:  # still stored until a log entry deletes it
+            heapq.heappush(heap, item)
+        return out
 
 
 # --- custom handlers ----------------------------------------------------------------------
@@ -483,18 +952,25 @@ class DictBackend:
 
 class StateView:
     """What a custom handler sees: reads go to the state (and the handler's own writes);
-    writes are buffered and applied only if the handler succeeds."""
+    writes are buffered and applied only if the handler succeeds. A key past its deadline
+    reads as missing."""
 
-    __slots__ = ("_data", "_writes")
+    __slots__ = ("_ctx", "_writes")
 
-    def __init__(self, data: KVView) -> None:
-        self._data = data
+    def __init__(self, ctx: _Ctx) -> None:
+        self._ctx = ctx
         self._writes: dict[str, bytes | None] = {}
+
+    def _rec(self, key: str) -> Record | None:
+        rec = self._ctx.view.get(_key_bytes(key))
+        if rec is not None and rec[3] and rec[3] <= self._ctx.now:
+            return None
+        return rec
 
     def get(self, key: str) -> bytes | None:
         if key in self._writes:
             return self._writes[key]
-        rec = self._data.get(_key_bytes(key))
+        rec = self._rec(key)
         return rec[0] if rec is not None else None
 
     def exists(self, key: str) -> bool:
@@ -502,7 +978,7 @@ class StateView:
 
     def version(self, key: str) -> int:
         """The committed version (writes buffered by this handler are not counted yet)."""
-        rec = self._data.get(_key_bytes(key))
+        rec = self._rec(key)
         return rec[1] if rec is not None else 0
 
     def set(self, key: str, value: bytes) -> None:
@@ -559,6 +1035,10 @@ class StateMachine:
     def __init__(self, handlers: Mapping[str, Handler] | None = None, *, backend: KVBackend | None = None) -> None:
         self._kv: KVBackend = backend if backend is not None else DictBackend()
         self._last_applied = self._kv.applied()
+        self._clock = 0  # the time (ms) of the latest applied entry that carried one
+        #: When a list, applying appends every change to it (revision, key, value or None),
+        #: in apply order: the node's change feed drains it. None (the default) costs nothing.
+        self.changes: list[Change] | None = None
         self._handlers: dict[str, Handler] = {}
         self._digest: str | None = None
         for name, fn in (handlers or {}).items():
@@ -581,45 +1061,64 @@ class StateMachine:
         # ``sm or StateMachine()`` never swaps it out behind the caller's back.
         return True
 
+    @property
+    def clock(self) -> int:
+        """The time (ms since the epoch, the leader's clock) of the latest applied entry
+        that carried one: the state's own notion of now, the same on every replica."""
+        return self._clock
+
+    def record(self, key: bytes, now_ms: int | None = None) -> Record | None:
+        """The key's record, or None if it is missing or past its deadline at `now_ms`
+        (default: `clock`)."""
+        rec = self._kv.get(key)
+        if rec is not None and rec[3] and rec[3] <= (self._clock if now_ms is None else now_ms):
+            return None
+        return rec
+
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._kv.get(_key_bytes(key)) is not None
+        return isinstance(key, str) and self.record(_key_bytes(key)) is not None
 
     def keys(self) -> list[str]:
-        return sorted(_key_str(k) for k, *_ in self._kv.items())
+        now = self._clock
+        return sorted(_key_str(k) for k, _v, _ver, _rev, exp in self._kv.items() if not exp or exp > now)
 
     def version(self, key: str) -> int:
-        rec = self._kv.get(_key_bytes(key))
+        rec = self.record(_key_bytes(key))
         return rec[1] if rec is not None else 0
 
     def revision(self, key: str) -> int:
         """The log index of the entry that last wrote `key` (0 if it does not exist)."""
-        rec = self._kv.get(_key_bytes(key))
+        rec = self.record(_key_bytes(key))
         return rec[2] if rec is not None else 0
 
     def get(self, key: str) -> CommandResult:
         """Read local state (not through the log): linearizable only after a ReadIndex wait."""
         return self.get_raw(_key_bytes(key))
 
-    def get_raw(self, key: bytes) -> CommandResult:
-        rec = self._kv.get(key)
+    def get_raw(self, key: bytes, now_ms: int | None = None) -> CommandResult:
+        rec = self.record(key, now_ms)
         if rec is None:
             return CommandResult.ok(None, version=0, applied_index=self._last_applied)
         return CommandResult.ok(rec[0], version=rec[1], applied_index=self._last_applied)
 
-    def get_value(self, key: bytes) -> bytes | None:
+    def get_value(self, key: bytes, now_ms: int | None = None) -> bytes | None:
         """The value alone (the node's GET path)."""
         rec = self._kv.get(key)
-        return rec[0] if rec is not None else None
+        if rec is None or (rec[3] and rec[3] <= (self._clock if now_ms is None else now_ms)):
+            return None
+        return rec[0]
 
     def digest(self) -> str:
         """A stable hash (hex SHA-256) of the contents — keys, values, versions — regardless
         of insertion order or `last_applied`. Replicas that applied the same entries agree."""
         if self._digest is None:
             h = hashlib.sha256()
-            for kb, value, version, _rev in sorted(self._kv.items()):
+            for kb, value, version, _rev, expires in sorted(self._kv.items()):
                 h.update(len(kb).to_bytes(4, "big") + kb)
                 h.update(len(value).to_bytes(8, "big") + value)
                 h.update(version.to_bytes(8, "big"))
+                if expires:
+                    h.update(b"x" + expires.to_bytes(8, "big"))
             self._digest = h.hexdigest()
         return self._digest
 
@@ -642,7 +1141,7 @@ class StateMachine:
         """Apply a committed command at log `index`. Returns None if already applied."""
         if index <= self._last_applied:
             return None
-        result = self._kv.transact(lambda view: self._execute(view, command, index), index)
+        result = self._kv.transact(lambda view: self._execute(_Ctx(view, index, self._clock, True), command), index)
         self._done(index)
         return result
 
@@ -689,60 +1188,84 @@ class StateMachine:
     def _execute_entry(self, view: KVView, entry: LogEntry) -> list[CommandResult]:
         index = int(entry.index)
         t = entry.type
+        if self.changes is not None:
+            view = _Recording(view, self.changes, index)
+        now = int(entry.timestamp * 1000)
+        if now > self._clock:
+            self._clock = now
         if t == EntryType.COMMAND:
             try:
                 command = Command.decode(entry.data)
             except ValueError as exc:
                 return [CommandResult.fail(str(exc), applied_index=index)]
-            return [self._execute(view, command, index)]
+            return [self._execute(_Ctx(view, index, now, True), command)]
         if t == EntryType.BATCH:
             try:
                 objs = _unpack_batch(entry.data)
             except ValueError as exc:
                 return [CommandResult.fail(str(exc), applied_index=index)]
-            return [self._execute_wire(view, obj, index) for obj in objs]
+            ctx = _Ctx(view, index, now, True)
+            return [self._execute_wire(ctx, obj) for obj in objs]
         return []  # NO_OP, CONFIG_CHANGE: the core handles them
 
-    def _execute_wire(self, view: KVView, obj: Any, index: int) -> CommandResult:
+    def _execute_wire(self, ctx: _Ctx, obj: Any) -> CommandResult:
         # The hot path: a SET straight from its wire form, without building a Command.
         if type(obj) is list and len(obj) == 3 and obj[0] == 1 and type(obj[1]) is bytes and type(obj[2]) is bytes:
             key = obj[1]
+            view = ctx.view
             rec = view.get(key)
-            version = 1 if rec is None else rec[1] + 1
-            view.put(key, obj[2], version, index)
-            return CommandResult(True, None, version, index)
+            if rec is None:
+                version = 1
+            elif rec[3] and rec[3] <= ctx.now:  # expired: this SET creates it anew
+                view.delete(key)
+                version = 1
+            else:
+                version = rec[1] + 1
+            view.put(key, obj[2], version, ctx.index)
+            return CommandResult(True, None, version, ctx.index)
         try:
             command = Command._from_wire(obj)
         except (TypeError, ValueError, KeyError, IndexError) as exc:
-            return CommandResult.fail(f"malformed command payload: {exc}", applied_index=index)
-        return self._execute(view, command, index)
+            return CommandResult.fail(f"malformed command payload: {exc}", applied_index=ctx.index)
+        return self._execute(ctx, command)
 
-    def _execute(self, view: KVView, c: Command, index: int) -> CommandResult:
+    def read(self, command: Command, now_ms: int | None = None) -> CommandResult:
+        """Serve a read-only command (GET, or an OP such as MGET, TTL, GETV) from the local
+        state at time `now_ms` (default: the time of the last applied entry). Linearizable
+        only after a ReadIndex wait. Changes nothing (an expired key reads as missing)."""
+        if not command.is_read_only:
+            raise ValueError(f"{command.type.name} is not a read")
+        now = self._clock if now_ms is None else now_ms
+        return self._execute(_Ctx(_ReadOnly(self._kv), self._last_applied, now, False), command)
+
+    def _execute(self, ctx: _Ctx, c: Command) -> CommandResult:
         t = c.type
+        index = ctx.index
         if t == CommandType.GET:
-            rec = view.get(_key_bytes(c.key))
+            rec = ctx.live(_key_bytes(c.key))
             if rec is None:
                 return CommandResult.ok(None, applied_index=index)
             return CommandResult.ok(rec[0], version=rec[1], applied_index=index)
         if t == CommandType.SET:
             assert c.value is not None
-            return CommandResult.ok(None, version=_write(view, _key_bytes(c.key), c.value, index), applied_index=index)
+            return CommandResult.ok(None, version=ctx.write(_key_bytes(c.key), c.value), applied_index=index)
         if t == CommandType.DELETE:
             removed = 0
             for key in dict.fromkeys(c.all_keys):  # DEL k k counts k once, as Redis does
-                if view.delete(_key_bytes(key)):
+                kb = _key_bytes(key)
+                if ctx.live(kb) is not None and ctx.view.delete(kb):
                     removed += 1
             return CommandResult.ok(removed, applied_index=index)
         if t == CommandType.COMPARE_AND_SWAP:
             assert c.value is not None
             kb = _key_bytes(c.key)
-            rec = view.get(kb)
+            rec = ctx.live(kb)
             if rec is None or rec[0] != c.expected:
                 return CommandResult.ok(0, version=rec[1] if rec else 0, applied_index=index)
-            return CommandResult.ok(1, version=_write(view, kb, c.value, index), applied_index=index)
+            return CommandResult.ok(1, version=ctx.write(kb, c.value), applied_index=index)
         if t == CommandType.INCREMENT:
             kb = _key_bytes(c.key)
-            rec = view.get(kb)
+            rec = ctx.live(kb)
             current = 0 if rec is None else parse_redis_int(rec[0])
             version = rec[1] if rec else 0
             if current is None:
@@ -750,15 +1273,30 @@ class StateMachine:
             new = current + c.delta
             if not INT64_MIN <= new <= INT64_MAX:
                 return CommandResult.fail(OVERFLOW, version=version, applied_index=index)
-            return CommandResult.ok(new, version=_write(view, kb, str(new).encode(), index), applied_index=index)
-        return self._custom(view, c, index)
+            # INCR keeps the key's deadline, as in Redis.
+            return CommandResult.ok(new, version=ctx.write(kb, str(new).encode(), rec[3] if rec else 0),
+                                    applied_index=index)
+        if t == CommandType.OP:
+            spec = OPS[c.name or ""]
+            try:
+                return spec.fn(ctx, c.args)
+            except ValueError as exc:  # checked when built; a hand-made payload can still lie
+                return CommandResult.fail(f"{spec.name}: {exc}", applied_index=index)
+        if t == CommandType.TRANSACTION:
+            for key, revision in c.watches:
+                rec = ctx.live(_key_bytes(key))
+                if (rec[2] if rec is not None else 0) != revision:
+                    return CommandResult.ok(None, applied_index=index)  # EXEC aborted: nothing applied
+            return CommandResult.ok(tuple(self._execute(ctx, sub) for sub in c.commands), applied_index=index)
+        return self._custom(ctx, c)
 
-    def _custom(self, data: KVView, c: Command, index: int) -> CommandResult:
+    def _custom(self, ctx: _Ctx, c: Command) -> CommandResult:
         assert c.name is not None
+        index = ctx.index
         fn = self._handlers.get(c.name)
         if fn is None:
             return CommandResult.fail(f"unknown command handler {c.name!r}", applied_index=index)
-        view = StateView(data)
+        view = StateView(ctx)
         try:
             out = fn(view, c.args)
         except Exception as exc:
@@ -771,12 +1309,14 @@ class StateMachine:
             return CommandResult.fail(
                 f"{c.name}: handler returned unsupported {type(out).__name__}", applied_index=index
             )
-        if result.success:
+        if result.success and ctx.mutate:
             for key, value in view._writes.items():
+                kb = _key_bytes(key)
                 if value is None:
-                    data.delete(_key_bytes(key))
+                    if ctx.live(kb) is not None:
+                        ctx.view.delete(kb)
                 else:
-                    _write(data, _key_bytes(key), value, index)
+                    ctx.write(kb, value)
         return result
 
     # --- snapshots -------------------------------------------------------------------------
@@ -806,36 +1346,48 @@ class StateMachine:
         return index
 
 
-def _write(view: KVView, key: bytes, value: bytes, index: int) -> int:
-    rec = view.get(key)
-    version = 1 if rec is None else rec[1] + 1
-    view.put(key, value, version, index)
-    return version
+class _ReadOnly:
+    """A backend seen through a view that refuses writes (local reads)."""
+
+    __slots__ = ("_kv",)
+
+    def __init__(self, kv: KVBackend) -> None:
+        self._kv = kv
+
+    def get(self, key: bytes) -> Record | None:
+        return self._kv.get(key)
+
+    def put(self, key: bytes, value: bytes, version: int, revision: int, expires: int = 0) -> None:
+        raise RuntimeError("a read tried to write")
+
+    def delete(self, key: bytes) -> bool:
+        raise RuntimeError("a read tried to write")
 
 
 # --- the snapshot stream --------------------------------------------------------------------
 
 
-def _record_crc(crc: int, kb: bytes, value: bytes, version: int, revision: int | None = None) -> int:
+def _record_crc(crc: int, kb: bytes, value: bytes, version: int, revision: int | None = None,
+                expires: int = 0) -> int:
     crc = zlib.crc32(kb, crc)
     crc = zlib.crc32(value, crc)
     crc = zlib.crc32(version.to_bytes(8, "big"), crc)
     if revision is not None:
         crc = zlib.crc32(revision.to_bytes(8, "big"), crc)
+    if expires:
+        crc = zlib.crc32(expires.to_bytes(8, "big"), crc)
     return crc
 
 
-def stream_snapshot(
-    items: Iterable[tuple[bytes, bytes, int, int]], index: int, count: int, chunk_size: int = 64 * 1024
-) -> Iterator[bytes]:
+def stream_snapshot(items: Iterable[Item], index: int, count: int, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
     """The snapshot stream of `count` records in key order, as chunks of `chunk_size`."""
     packer = msgpack.Packer(use_bin_type=True)
     buf = bytearray(packer.pack([_SNAP_TAG, _SNAP_VERSION, index, count]))
     crc = 0
     n = 0
-    for kb, value, version, revision in items:
-        crc = _record_crc(crc, kb, value, version, revision)
-        buf += packer.pack([kb, value, version, revision])
+    for kb, value, version, revision, expires in items:
+        crc = _record_crc(crc, kb, value, version, revision, expires)
+        buf += packer.pack([kb, value, version, revision, expires] if expires else [kb, value, version, revision])
         n += 1
         if len(buf) >= chunk_size:
             while len(buf) >= chunk_size:
@@ -862,7 +1414,7 @@ def _parse_header(obj: object) -> tuple[int, int, int]:
         or not _is_uint(obj[3])
     ):
         raise ValueError("not an Aegis state-machine snapshot (bad header)")
-    if obj[1] not in (1, _SNAP_VERSION):
+    if obj[1] not in (1, 2, _SNAP_VERSION):
         raise ValueError(f"unsupported snapshot format version {obj[1]!r}")
     return obj[1], obj[2], obj[3]
 
@@ -909,9 +1461,9 @@ class SnapshotParser:
             except Exception as exc:
                 raise ValueError(f"corrupt snapshot: {_describe(exc)}") from None
 
-    def records(self) -> Iterator[tuple[bytes, bytes, int, int]]:
-        v2 = self.version == _SNAP_VERSION
-        width = 4 if v2 else 3
+    def records(self) -> Iterator[Item]:
+        fmt = self.version
+        widths = (3,) if fmt == 1 else (4,) if fmt == 2 else (4, 5)
         crc = 0
         n = 0
         while True:
@@ -923,19 +1475,21 @@ class SnapshotParser:
                 break
             if (
                 not isinstance(obj, list)
-                or len(obj) != width
+                or len(obj) not in widths
                 or not isinstance(obj[0], bytes)
                 or not isinstance(obj[1], bytes)
                 or not _is_uint(obj[2])
                 or obj[2] < 1
-                or (v2 and not _is_uint(obj[3]))
+                or (len(obj) > 3 and not _is_uint(obj[3]))
+                or (len(obj) > 4 and (not _is_uint(obj[4]) or obj[4] < 1))
             ):
                 raise ValueError("corrupt snapshot: malformed snapshot record")
             kb = obj[0]
-            rev = obj[3] if v2 else 0
-            crc = _record_crc(crc, kb, obj[1], obj[2], rev if v2 else None)
+            rev = obj[3] if len(obj) > 3 else 0
+            exp = obj[4] if len(obj) > 4 else 0
+            crc = _record_crc(crc, kb, obj[1], obj[2], rev if fmt > 1 else None, exp)
             n += 1
-            yield kb, obj[1], obj[2], rev
+            yield kb, obj[1], obj[2], rev, exp
         if self._next() is not None or self._unpacker.read_bytes(1 << 30) or next(self._chunks, None):
             raise ValueError("corrupt snapshot: trailing bytes after the trailer")
         if trailer[1] != self.count or n != self.count:

@@ -105,11 +105,29 @@ def test_binary_keys_round_trip_through_surrogateescape() -> None:
     assert Command.decode(write.command.encode()) == write.command
 
 
-def test_set_options_are_rejected_clearly() -> None:
-    assert error("SET k v NX") == "ERR SET option 'NX' is not supported: use CAS for conditional writes"
-    assert error("SET k v ex 10") == "ERR SET option 'EX' is not supported: Aegis keys do not expire"
-    assert error("SET k v GET") == "ERR SET option 'GET' is not supported: use GET, then SET (or CAS)"
+def test_set_options_parse_into_one_canonical_op() -> None:
+    def op(line: str) -> Command:
+        req = parse(line)
+        assert isinstance(req, WriteRequest), req
+        return req.command
+
+    assert op("SET k v") == Command.set("k", b"v")  # the plain SET keeps its own entry type
+    assert op("SET k v nx").args == (b"k", b"v", b"NX", b"", b"", b"0")
+    assert op("SET k v XX GET").args == (b"k", b"v", b"XX", b"GET", b"", b"0")
+    assert op("SET k v ex 10").args == (b"k", b"v", b"", b"", b"PX", b"10000")
+    assert op("SET k v PX 1500 NX").args == (b"k", b"v", b"NX", b"", b"PX", b"1500")
+    assert op("SET k v EXAT 2000000000").args[4:] == (b"PXAT", b"2000000000000")
+    assert op("SET k v PXAT 5 KEEPTTL".replace(" KEEPTTL", "")).args[4:] == (b"PXAT", b"5")
+    assert op("SET k v KEEPTTL GET").args[3:] == (b"GET", b"KEEPTTL", b"0")
     assert error("SET k v bogus") == "ERR syntax error"
+    assert error("SET k v NX XX") == "ERR syntax error"
+    assert error("SET k v EX 10 PX 5") == "ERR syntax error"
+    assert error("SET k v EX 10 KEEPTTL") == "ERR syntax error"
+    assert error("SET k v EX") == "ERR syntax error"
+    assert error("SET k v EX 0") == "ERR invalid expire time in 'set' command"
+    assert error("SET k v PX -5") == "ERR invalid expire time in 'set' command"
+    assert error("SET k v EX 9223372036854775807") == "ERR invalid expire time in 'set' command"
+    assert error("SET k v EX ten") == "ERR value is not an integer or out of range"
 
 
 def test_key_value_and_key_count_limits() -> None:

@@ -67,14 +67,14 @@ async def test_a_full_raft_inbox_answers_tryagain_and_changes_nothing(tmp_path: 
 
 
 async def test_the_set_get_fast_path_matches_the_general_path(tmp_path: Path) -> None:
-    from aegis.server import Node, ServerConfig
+    from aegis.server import Node, ServerConfig, _Session
     from aegis.state import Command
 
     node = Node(ServerConfig(node_id="solo", port=0, data_dir=str(tmp_path / "solo")))
     node._open()
     try:
         node.raft.campaign(pre_vote=False)
-        state = {"authed": True, "resp3": False}
+        state = _Session(authed=True)
         # SET k v and GET k take it; anything else does not.
         assert node._fast_path([b"SET", b"k", b"\xffv"], state) is not None
         assert node._client_ops[-1][0] == Command.set("k", b"\xffv").encode()  # the general path's payload
@@ -83,7 +83,7 @@ async def test_the_set_get_fast_path_matches_the_general_path(tmp_path: Path) ->
         for argv in ([b"SET", b"k", b"v", b"NX"], [b"SeT", b"k", b"v"], [b"GET", b"k" * 70_000],
                      [b"SET", b"k", b"v" * (node.cfg.limits.max_value_len + 1)], [b"DEL", b"k"]):
             assert node._fast_path(argv, state) is None, argv
-        assert node._fast_path([b"GET", b"k"], {"authed": False, "resp3": False}) is None
+        assert node._fast_path([b"GET", b"k"], _Session(authed=False)) is None
         node.raft.leader_id = None
         assert node._fast_path([b"SET", b"k", b"v"], state) is None  # mid-election: the general path waits
     finally:

@@ -70,7 +70,8 @@ def test_command_type_has_camelcase_aliases() -> None:
     assert CommandType.CompareAndSwap is CommandType.COMPARE_AND_SWAP
     assert CommandType.Increment is CommandType.INCREMENT
     assert CommandType.Custom is CommandType.CUSTOM
-    assert len(list(CommandType)) == 6
+    assert CommandType.Op is CommandType.OP and CommandType.Transaction is CommandType.TRANSACTION
+    assert len(list(CommandType)) == 8
 
 
 def test_constructors_fill_the_right_fields() -> None:
@@ -94,16 +95,27 @@ def test_constructors_accept_bytes_like_values() -> None:
     assert Command.set("k", memoryview(b"v")).value == b"v"
 
 
+def test_str_values_are_utf8_as_the_seed_reads() -> None:
+    # The seed's `b"value".to_vec()` is bytes in Rust; Python users pass text (issue 9, item 9).
+    assert Command.set("k", "text").value == b"text"
+    assert Command.set("k", "héllo").value == "héllo".encode()
+    assert Command.compare_and_swap("k", "old", "new") == Command.compare_and_swap("k", b"old", b"new")
+    assert Command.custom("f", "arg").args == (b"arg",)
+    sm = StateMachine()
+    sm.apply(Command.set("greeting", "hello"), 1)
+    assert sm.get("greeting").value == b"hello"
+
+
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: Command.set("k", "not bytes"),  # type: ignore[arg-type]
+        lambda: Command.set("k", 42),  # type: ignore[arg-type]
         lambda: Command.set(b"k", b"v"),  # type: ignore[arg-type]
         lambda: Command.get(1),  # type: ignore[arg-type]
         lambda: Command.increment("k", 1.5),  # type: ignore[arg-type]
         lambda: Command.increment("k", True),
-        lambda: Command.compare_and_swap("k", "a", b"b"),  # type: ignore[arg-type]
-        lambda: Command.custom("f", "str arg"),  # type: ignore[arg-type]
+        lambda: Command.compare_and_swap("k", 1, b"b"),  # type: ignore[arg-type]
+        lambda: Command.custom("f", None),  # type: ignore[arg-type]
         lambda: Command.delete("a", 3),  # type: ignore[arg-type]
     ],
 )
