@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KEYS refuses to examine more keys than this; SCAN has no limit (default 10000)")
     s.add_argument("--range-limit", type=_positive_int, default=10_000,
                    help="most keys one RANGE/PREFIX reply returns (default 10000)")
+    s.add_argument("--feed-history", type=int, default=100_000,
+                   help="changes kept on disk so CHANGES ... FROM can resume (default 100000; 0: none)")
     s.add_argument("--fsync", choices=["always", "never"], default="always",
                    help="'never' is UNSAFE: acknowledged writes can be lost on a crash (benchmarks only)")
 
@@ -172,7 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         election_ticks=(args.election_ticks, 2 * args.election_ticks), heartbeat_ticks=args.heartbeat_ticks,
         snapshot_threshold=args.snapshot_threshold, request_timeout=args.request_timeout,
         max_clients=args.max_clients, fsync=args.fsync == "always", join=args.join,
-        keys_limit=args.keys_limit, range_limit=args.range_limit,
+        keys_limit=args.keys_limit, range_limit=args.range_limit, feed_history=max(0, args.feed_history),
     )
 
     async def run() -> None:

@@ -31,6 +31,7 @@ leader a client gets `-NOLEADER` at once; when the outcome is unknown, `-TIMEOUT
 
 from __future__ import annotations
 
+import functools
 import hmac
 import itertools
 import logging
@@ -108,6 +109,7 @@ class ServerConfig:
     range_limit: int = 10_000  # RANGE/PREFIX return at most this many keys in one reply
     expiry_sweep_ms: float = 100.0  # how often the leader looks for keys past their deadline
     expiry_batch: int = 1_000  # keys removed by one PURGE entry at most
+    feed_history: int = 100_000  # changes kept on disk for CHANGES ... FROM (0: none; memory only)
 
 
 #: The first argument of a transaction a follower forwards (its encoded Command follows);
@@ -264,8 +266,10 @@ class Node:
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         await trio.to_thread.run_sync(self._open)
-        history = self.kv if hasattr(self.kv, "read_history") else None
-        self.feed = ChangeFeed(self.sm.last_applied, self.kv.durable_applied, history)
+        self.kv.history_keep = self.cfg.feed_history
+        self.feed = ChangeFeed(self.sm.last_applied, self.kv.durable_applied,
+                               self.kv if self.cfg.feed_history else None,
+                               memory_limit=min(100_000, max(self.cfg.feed_history, 1_000)))
         self.sm.changes = []
         try:
             async with trio.open_nursery() as nursery:
@@ -504,6 +508,7 @@ class Node:
         if not due:
             return
         flush = kv.take_flush()
+        history = self.feed.take_flush(flush[1]) if flush is not None else []
         waiters, self._flush_waiters = self._flush_waiters, []
         self._last_flush = time.monotonic()
         if flush is None:
@@ -515,10 +520,11 @@ class Node:
         async def run() -> None:
             ok = False
             try:
-                await trio.to_thread.run_sync(kv.write_flush, *flush)
+                await trio.to_thread.run_sync(functools.partial(kv.write_flush, *flush, history=history))
                 ok = True
             finally:
                 kv.flush_done(ok)
+                self.feed.flush_done(ok)
                 self._flush_done_event.set()
                 for w in waiters:
                     if ok:

@@ -80,7 +80,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import lmdb
 
-from aegis.state import Item, KVView, Record, scan_hash
+from aegis.state import Change, Item, KVView, Record, scan_hash
 
 from .errors import CorruptionError
 
@@ -100,6 +100,7 @@ __all__ = [
 K_APPLIED = b"applied"
 K_BASE = b"base"
 K_INDEXES = b"indexes"
+K_HISTORY_FLOOR = b"history-floor"
 STATE_DIR = "state"
 
 _HEAD = struct.Struct(">IQQ")
@@ -275,6 +276,7 @@ class LmdbKV:
         with e.write_lock, self._lock:  # no other transaction of this environment is open yet
             self._scan_db = self._env.open_db(b"scan", dupsort=True)
             self._due_db = self._env.open_db(b"due")
+            self._hist_db = self._env.open_db(b"history")
         self._live: dict[bytes, Record | None] = {}
         self._created: list[bytes] = []  # keys `_live` created (not on disk; a list: cheaper)
         self._flushing: dict[bytes, Record | None] | None = None
@@ -295,11 +297,16 @@ class LmdbKV:
                 marker = txn.get(K_INDEXES, db=self._meta)
                 self._count = int(txn.stat(self._db)["entries"])
                 current = marker == _INDEX_FORMAT + (raw or b"")
+                floor_raw = txn.get(K_HISTORY_FLOOR, db=self._meta)
                 if current:
                     for k, v in txn.cursor(db=self._due_db):
                         key, deadline = _decode_due(k, v, self._path)
                         self._due_disk[key] = deadline
         self._durable, self._durable_term = _decode_applied(raw, self._path) if raw is not None else (0, 0)
+        # The change history begins where this version first opened the state (or a snapshot
+        # install, or what pruning left): a feed may resume from any revision at or after it.
+        self._hist_floor = _decode_applied(floor_raw, self._path)[0] if floor_raw is not None else self._durable
+        self._hist_keep = 100_000
         if not current:
             self._rebuild_indexes(raw)
         self._set_deadlines(self._due_disk)
@@ -619,12 +626,16 @@ class LmdbKV:
         term: int,
         gen: int = -1,
         created: Sequence[bytes] | None = None,
+        history: Sequence[Change] = (),
     ) -> bool:
         """Write an overlay and the applied index it reaches in ONE durable transaction,
         with the index entries of the keys it creates (`created`; None: any key may be new)
-        and deletes. A flush taken before a snapshot install (`gen` is older) writes
-        nothing: the install replaced what it would change. Returns whether it wrote."""
+        and deletes, and the change feed's `history` (the changes of the entries up to
+        `applied` that are not on disk yet; the oldest are pruned past `history_keep`). A
+        flush taken before a snapshot install (`gen` is older) writes nothing: the install
+        replaced what it would change. Returns whether it wrote."""
         db, meta, scan, due = self._db, self._meta, self._scan_db, self._due_db
+        floor = [self._hist_floor]
         blake = _blake2b
         changed: dict[bytes, int] = {}  # the deadlines this write gives `due` (0: removed)
 
@@ -666,20 +677,94 @@ class LmdbKV:
             if dues:
                 dues.sort(key=_first)
                 txn.cursor(due).putmulti(dues)
+            floor[0] = self._write_history(txn, history)
             applied_raw = encode_applied(applied, term)
             txn.put(K_APPLIED, applied_raw, db=meta)
             txn.put(K_INDEXES, _INDEX_FORMAT + applied_raw, db=meta)
+            txn.put(K_HISTORY_FLOOR, encode_applied(floor[0]), db=meta)
 
         with self._e.write_lock:
             if gen != -1 and gen != self._gen:
                 return False
             self._e.commit(body)
+            self._hist_floor = floor[0]
             for k, d in changed.items():
                 if d:
                     self._due_disk[k] = d
                 else:
                     self._due_disk.pop(k, None)
         return True
+
+    # --- the change feed's history -------------------------------------------------------
+    @property
+    def history_keep(self) -> int:
+        return self._hist_keep
+
+    @history_keep.setter
+    def history_keep(self, n: int) -> None:
+        """How many changes the history keeps at least (whole revisions; 0: none)."""
+        self._hist_keep = max(0, int(n))
+
+    def _write_history(self, txn: lmdb.Transaction[bytes], history: Sequence[Change]) -> int:
+        """Append `history`, prune the oldest revisions beyond `history_keep`; returns the
+        new floor. Caller holds the write lock, inside the flush's transaction."""
+        hist = self._hist_db
+        floor = self._hist_floor
+        if history and self._hist_keep:
+            puts = []
+            seq = 0
+            prev = -1
+            for rev, key, value in history:
+                seq = seq + 1 if rev == prev else 0
+                prev = rev
+                puts.append((_HIST_KEY.pack(rev, seq), _encode_change(key, value)))
+            cur = txn.cursor(db=hist)
+            last = cur.key() if cur.last() else b""
+            cur.putmulti(puts, append=bool(last) and puts[0][0] > last or not last)
+        elif history:  # no history kept: everything before these is gone
+            floor = max(floor, history[-1][0])
+        excess = int(txn.stat(hist)["entries"]) - self._hist_keep
+        if excess > 0:
+            cur = txn.cursor(db=hist)
+            cur.first()
+            dropped = -1
+            while True:
+                k = cur.key()
+                if not k:
+                    break
+                rev = _HIST_KEY.unpack(k)[0]
+                if excess <= 0 and rev != dropped:
+                    break
+                cur.delete()
+                dropped = rev
+                excess -= 1
+            if dropped >= 0:
+                floor = max(floor, dropped)
+        return floor
+
+    def history_floor(self) -> int:
+        """A feed may resume from any revision at or after this one."""
+        return self._hist_floor
+
+    def read_history(self, after: int, limit: int) -> list[Change]:
+        """Changes with revision > `after`, in order, whole revisions, about `limit` of them
+        (safe from a worker thread)."""
+        out: list[Change] = []
+        path = self._path
+        with self._lock:
+            with self._env.begin(db=self._hist_db) as txn:
+                cur = txn.cursor()
+                if not cur.set_range(_HIST_KEY.pack(after + 1, 0)):
+                    return out
+                last = -1
+                for k, v in cur:
+                    rev = _HIST_KEY.unpack(bytes(k))[0]
+                    if len(out) >= limit and rev != last:
+                        break
+                    key, value = _decode_change(bytes(v), path)
+                    out.append((rev, key, value))
+                    last = rev
+        return out
 
     def flush_done(self, ok: bool = True) -> None:
         if self._cancelled:  # the flush this ends was dropped by an install
@@ -705,6 +790,7 @@ class LmdbKV:
     def _installed(self, applied: int, term: int, count: int, dues: dict[bytes, int]) -> None:
         """Called right after a snapshot install committed (under the environment's lock)."""
         self._drop_reader()
+        self._hist_floor = applied
         self._live = {}
         self._created = []
         self._cancelled = self._flushing is not None
@@ -741,6 +827,8 @@ class LmdbKV:
             txn.drop(db, delete=False)
             txn.drop(self._scan_db, delete=False)
             txn.drop(self._due_db, delete=False)
+            txn.drop(self._hist_db, delete=False)  # this node never saw the changes before `applied`
+            txn.put(K_HISTORY_FLOOR, encode_applied(applied), db=meta)
             loader = _ScanLoader(txn, self._scan_db)
             due_puts = []
 
@@ -830,6 +918,23 @@ class KVExport:
 
 
 _APPLIED = struct.Struct(">QQ")
+_HIST_KEY = struct.Struct(">QI")  # revision, sequence within it
+_CLEN = struct.Struct(">I")
+
+
+def _encode_change(key: bytes, value: bytes | None) -> bytes:
+    body = (b"\x00" if value is None else b"\x01") + _CLEN.pack(len(key)) + key + (value or b"")
+    return struct.pack(">I", zlib.crc32(body)) + body
+
+
+def _decode_change(raw: bytes, path: str | None) -> tuple[bytes, bytes | None]:
+    if len(raw) < 9 or struct.unpack_from(">I", raw, 0)[0] != zlib.crc32(memoryview(raw)[4:]):
+        raise CorruptionError("a change in the feed's history is corrupt", path=path)
+    (n,) = _CLEN.unpack_from(raw, 5)
+    key = raw[9:9 + n]
+    if len(key) != n:
+        raise CorruptionError("a change in the feed's history is truncated", path=path)
+    return key, (raw[9 + n:] if raw[4] == 1 else None)
 
 
 def _decode_applied(raw: bytes, path: str | None) -> tuple[int, int]:

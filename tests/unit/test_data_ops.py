@@ -295,3 +295,17 @@ def test_command_helpers_know_the_new_types() -> None:
     assert Command.op("MGET", "x").is_read_only
     assert Command.op("MSET", "x", b"1", "y", b"2").all_keys == ("x", "y")
     assert txn.type is CommandType.TRANSACTION
+
+
+def test_applying_records_every_change_for_the_feed() -> None:
+    r = Replica()
+    r.sm.changes = []
+    r.run("MSET a 1 b 2")
+    r.run("SET e x PX 10")
+    r.run("DEL a nope")
+    r.run("INCR e", at=T0 + 50)  # meets the expired key: deleted, then created anew
+    assert r.sm.changes == [(1, b"a", b"1"), (1, b"b", b"2"), (2, b"e", b"x"), (3, b"a", None),
+                            (4, b"e", None), (4, b"e", b"1")]
+    r.sm.changes = None  # off: nothing is recorded
+    r.run("SET z 1")
+    assert r.sm.changes is None

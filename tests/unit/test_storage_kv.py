@@ -1873,3 +1873,42 @@ def test_a_damaged_or_missing_index_marker_only_rebuilds_the_indexes(node: Node,
     node.reopen(replay=False)
     assert_on_disk(node.kv, node.twin.backend.items())
     assert_same(node.sm, node.twin, MIXED_KEYS + ["ttl"])
+
+
+def test_the_change_history_is_written_with_the_state_pruned_and_reset_by_installs(tmp_path: Path) -> None:
+    from aegis.state import Change
+
+    store = LmdbStore.open(tmp_path / "h", node_id="n1", sync=False)
+    kv = store.state()
+    kv.history_keep = 5
+    assert kv.history_floor() == 0 and kv.read_history(0, 10) == []
+
+    def flush(upto: int, history: list[Change]) -> None:
+        from aegis.log import EntryType, LogEntry
+
+        first = int(store.last_index()) + 1
+        store.write_batch(entries=[LogEntry(i, 1, EntryType.NO_OP) for i in range(first, upto + 1)])
+        kv.put(b"k%d" % upto, b"v", 1, upto)
+        kv.transact(lambda v: None, upto, 1)
+        taken = kv.take_flush()
+        assert taken is not None
+        assert kv.write_flush(*taken, history=history)
+        kv.flush_done(True)
+
+    flush(2, [(1, b"a", b"1"), (1, b"b", None), (2, b"c", b"3")])
+    assert kv.read_history(0, 10) == [(1, b"a", b"1"), (1, b"b", None), (2, b"c", b"3")]
+    assert kv.read_history(1, 10) == [(2, b"c", b"3")]
+    assert kv.read_history(0, 1) == [(1, b"a", b"1"), (1, b"b", None)]  # whole revisions
+    flush(4, [(3, b"d", b"4"), (3, b"e", b"5"), (4, b"f", b"6")])
+    # 6 changes, 5 kept: revision 1 goes whole (both its changes), the floor moves to it.
+    assert kv.history_floor() == 1
+    assert [c[0] for c in kv.read_history(0, 100)] == [2, 3, 3, 4]
+    kv.close()
+    store.close()
+    store = LmdbStore.open(tmp_path / "h", node_id="n1", sync=False)
+    kv = store.state()
+    assert kv.history_floor() == 1 and len(kv.read_history(1, 100)) == 4  # durable, floor too
+    kv.install(lambda: iter([(b"x", b"1", 1, 9, 0)]), 9, 2, None)
+    assert kv.history_floor() == 9 and kv.read_history(0, 100) == []
+    kv.close()
+    store.close()
