@@ -63,6 +63,7 @@ __all__ = [
     "RangeRequest",
     "TxnOp",
     "ChangesRequest",
+    "PubSubRequest",
     "TxnRequest",
     "queued_command",
     "glob_prefix",
@@ -232,6 +233,17 @@ class ChangesRequest:
     from_revision: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PubSubRequest:
+    """SUBSCRIBE / PSUBSCRIBE / UNSUBSCRIBE / PUNSUBSCRIBE channels: Redis's keyspace
+    notifications (``__keyspace@0__:<key>`` carries the event, ``set`` or ``del``;
+    ``__keyevent@0__:<event>`` carries the key), live from the moment of subscribing and
+    not resumable (use CHANGES for that). `op` is the lower-case command name."""
+
+    op: str
+    channels: tuple[bytes, ...] = ()
+
+
 class TxnOp(enum.Enum):
     MULTI = "multi"
     EXEC = "exec"
@@ -375,6 +387,7 @@ Request: TypeAlias = Union[
     DbsizeRequest,
     RangeRequest,
     ChangesRequest,
+    PubSubRequest,
     TxnRequest,
     InfoRequest,
     ClusterRequest,
@@ -832,6 +845,10 @@ def _h_changes(argv: Sequence[bytes], limits: CommandLimits) -> Request:
     if rev < 0:
         return ErrorReply("ERR revision must not be negative")
     return ChangesRequest(argv[1], rev)
+
+
+def _h_pubsub(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    return PubSubRequest(_text(argv[0]).lower(), tuple(argv[1:]))
 
 
 def _h_txn(argv: Sequence[bytes], limits: CommandLimits) -> Request:
@@ -1386,6 +1403,30 @@ _TABLE: Final[tuple[CommandSpec, ...]] = (
         (Arg("prefix", K.STRING), Arg("from", K.KEYWORD, optional=True, choices=("FROM",)),
          Arg("revision", K.INTEGER, optional=True)),
         retry_safe=True, max_arity=4,
+    ),
+    _spec(
+        "SUBSCRIBE", -2,
+        "Redis keyspace notifications, live: __keyspace@0__:<key> says set or del, "
+        "__keyevent@0__:set|del names the key. Not resumable: use CHANGES for that.",
+        "SUBSCRIBE channel [channel ...]", "SUBSCRIBE __keyspace@0__:config",
+        '1) "message"\n2) "__keyspace@0__:config"\n3) "set"', "keyspace", _h_pubsub,
+        (Arg("channel", K.STRING, multiple=True),), retry_safe=True,
+    ),
+    _spec(
+        "PSUBSCRIBE", -2, "SUBSCRIBE to every channel matching a glob pattern.",
+        "PSUBSCRIBE pattern [pattern ...]", "PSUBSCRIBE __keyspace@0__:user:*",
+        '1) "pmessage"\n2) "__keyspace@0__:user:*"\n3) "__keyspace@0__:user:1"\n4) "set"', "keyspace",
+        _h_pubsub, (Arg("pattern", K.STRING, multiple=True),), retry_safe=True,
+    ),
+    _spec(
+        "UNSUBSCRIBE", -1, "Stop receiving channels (all when none is named).",
+        "UNSUBSCRIBE [channel ...]", "UNSUBSCRIBE", '1) "unsubscribe"', "keyspace", _h_pubsub,
+        (Arg("channel", K.STRING, optional=True, multiple=True),), retry_safe=True,
+    ),
+    _spec(
+        "PUNSUBSCRIBE", -1, "Stop receiving patterns (all when none is named).",
+        "PUNSUBSCRIBE [pattern ...]", "PUNSUBSCRIBE", '1) "punsubscribe"', "keyspace", _h_pubsub,
+        (Arg("pattern", K.STRING, optional=True, multiple=True),), retry_safe=True,
     ),
     # ----- transactions
     _spec(

@@ -196,7 +196,7 @@ class Node:
         self._clients = 0
         self.stats = {"total_writes": 0, "total_reads": 0, "total_commands": 0, "forwarded": 0,
                       "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0, "expired_keys": 0,
-                      "feed_subscribers": 0}
+                      "feed_subscribers": 0, "pubsub_clients": 0}
         self._incoming_snapshot: Path | None = None
         self._snapshotting = False
         self._nursery: trio.Nursery | None = None
@@ -961,6 +961,15 @@ class Node:
                             await stream.send_all(bytes(out))
                         await self._serve_changes(stream, req, state)
                         return
+                    if isinstance(req, C.PubSubRequest) and state.multi is None:
+                        for op in ops:
+                            out += await op()
+                        if out:
+                            await stream.send_all(bytes(out))
+                        ops, out, last_kind = [], bytearray(), ""
+                        if await self._serve_pubsub(stream, parser, req, state):
+                            return
+                        continue  # every subscription ended: back to ordinary commands
                     if state.multi is not None or isinstance(req, C.TxnRequest):
                         queued = self._transaction_step(req, state)
                         if queued is not None:  # answered at once: queued, or refused
@@ -1087,8 +1096,133 @@ class Node:
                         await stream.send_all(bytes(out))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
+        except BaseExceptionGroup as group:  # the client went away while a task sent or read
+            _, rest = group.split(_GONE)
+            if rest is not None:
+                raise rest from None
+            return
         finally:
             self.stats["feed_subscribers"] -= 1
+
+    async def _serve_pubsub(self, stream: trio.SocketStream, parser: RespParser, first: C.PubSubRequest,
+                            state: _Session) -> bool:
+        """Redis's subscribed mode over the change feed (keyspace notifications). Returns
+        True when the connection is finished, False when its last subscription ended."""
+        resp3 = state.resp3
+        channels: set[bytes] = set()
+        patterns: dict[bytes, Callable[[bytes], bool]] = {}
+        send_lock = trio.Lock()
+        closed = False
+
+        def frame(items: list[Reply]) -> bytes:
+            if resp3:  # RESP3 clients expect pub/sub traffic as push frames
+                return b">%d\r\n" % len(items) + b"".join(encode(i, resp3=True) for i in items)
+            return encode(items)
+
+        def handle(req: C.PubSubRequest) -> bytes:
+            out = bytearray()
+            op = req.op
+            if op in ("subscribe", "psubscribe"):
+                for ch in req.channels:
+                    if op == "subscribe":
+                        channels.add(ch)
+                    else:
+                        patterns[ch] = C.glob_matcher(ch)
+                    out += frame([op.encode(), ch, len(channels) + len(patterns)])
+                return bytes(out)
+            target: Any = channels if op == "unsubscribe" else patterns
+            names = list(req.channels) or sorted(target)
+            if not names:
+                out += frame([op.encode(), None, len(channels) + len(patterns)])
+            for ch in names:
+                if op == "unsubscribe":
+                    channels.discard(ch)
+                else:
+                    patterns.pop(ch, None)
+                out += frame([op.encode(), ch, len(channels) + len(patterns)])
+            return bytes(out)
+
+        async def send(data: bytes) -> None:
+            async with send_lock:
+                await stream.send_all(data)
+
+        self.stats["pubsub_clients"] += 1
+        try:
+            await send(handle(first))
+            if not channels and not patterns:
+                return False
+            async with trio.open_nursery() as nursery:
+                async def commands() -> None:
+                    nonlocal closed
+                    while True:
+                        while (cmd := parser.next_command()) is not None:
+                            if not isinstance(cmd, list):
+                                await send(cmd.reply)
+                                closed = True
+                                nursery.cancel_scope.cancel()
+                                return
+                            name = cmd[0].lower()
+                            req = C.parse_command(cmd, self.cfg.limits)
+                            if isinstance(req, C.PubSubRequest):
+                                await send(handle(req))
+                            elif name == b"ping":
+                                await send(frame([b"pong", cmd[1] if len(cmd) > 1 else b""]))
+                            elif name == b"quit":
+                                await send(OK)
+                                closed = True
+                                nursery.cancel_scope.cancel()
+                                return
+                            elif isinstance(req, C.ErrorReply):
+                                await send(req.encoded(resp3))
+                            else:
+                                await send(encode_error(
+                                    f"ERR Can't execute '{cmd[0].decode('utf-8', 'replace').lower()[:64]}': only "
+                                    "(P)SUBSCRIBE / (P)UNSUBSCRIBE / PING / QUIT are allowed in this context"))
+                            if not channels and not patterns:
+                                nursery.cancel_scope.cancel()  # back to ordinary commands
+                                return
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            closed = True
+                            nursery.cancel_scope.cancel()
+                            return
+                        parser.feed(data)
+
+                nursery.start_soon(commands)
+                feed = self.feed
+                pos = feed.current
+                while True:
+                    seen = feed.current
+                    got = await feed.read(pos)
+                    if isinstance(got, Compacted):  # fell too far behind: skip ahead (live only)
+                        pos = got.current
+                        continue
+                    if not got:
+                        await feed.wait(max(seen, pos))
+                        continue
+                    out = bytearray()
+                    for _rev, key, value in got:
+                        event = b"set" if value is not None else b"del"
+                        for channel, payload in ((b"__keyspace@0__:" + key, event),
+                                                 (b"__keyevent@0__:" + event, key)):
+                            if channel in channels:
+                                out += frame([b"message", channel, payload])
+                            for pattern, match in patterns.items():
+                                if match(channel):
+                                    out += frame([b"pmessage", pattern, channel, payload])
+                    pos = got[-1][0]
+                    if out:
+                        await send(bytes(out))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return True
+        except BaseExceptionGroup as group:  # the client went away while a task sent or read
+            _, rest = group.split(_GONE)
+            if rest is not None:
+                raise rest from None
+            return True
+        finally:
+            self.stats["pubsub_clients"] -= 1
+        return closed
 
     # ------------------------------------------------------------------ transactions
     def _transaction_step(self, req: C.Request, state: _Session) -> bytes | None:
@@ -1565,6 +1699,9 @@ class Node:
 
 
 # ---------------------------------------------------------------------- helpers
+#: What a client connection that went away raises.
+_GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
 _READS: Final = (C.ReadRequest, C.ExistsRequest, C.QueryRequest, C.ScanRequest, C.KeysRequest,
                  C.DbsizeRequest, C.RangeRequest)
 _WRITES: Final = (C.WriteRequest, C.MemberRequest, C.LeaderTransferRequest)

@@ -136,3 +136,67 @@ def test_change_feed_from_a_forgotten_revision_is_compacted(tmp_path: Path) -> N
         wait_until(compacted, 15, what="history older than --feed-history to be forgotten")
     finally:
         c.stop_all()
+
+
+def test_keyspace_notifications_with_redis_py_pubsub_on_a_follower(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    follower = next(n for n in cluster.nodes if n != leader)
+    for protocol in (3, 2):  # redis-py 8 speaks RESP3 (push frames); older clients RESP2
+        sub = cluster.nodes[follower].client(protocol=protocol).pubsub()
+        sub.psubscribe("__keyspace@0__:user:*")
+        sub.subscribe("__keyevent@0__:del")
+        confirmations = [sub.get_message(timeout=2) for _ in range(2)]
+        assert [m["type"] for m in confirmations if m] == ["psubscribe", "subscribe"]
+        w = cluster.nodes[leader].client()
+        w.set("user:1", "a")
+        w.set("elsewhere", "x")
+        w.delete("user:1")
+        got = []
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            m = sub.get_message(timeout=1)
+            if m:
+                got.append((m["type"], m["channel"], m["data"]))
+        assert got == [("pmessage", b"__keyspace@0__:user:1", b"set"),
+                       ("pmessage", b"__keyspace@0__:user:1", b"del"),
+                       ("message", b"__keyevent@0__:del", b"user:1")]
+        sub.close()
+    # Subscribed mode takes only the pub/sub commands; when the last subscription ends, the
+    # connection is an ordinary one again.
+    import socket
+
+    with socket.create_connection(("127.0.0.1", cluster.nodes[follower].port), timeout=5) as s:
+        s.sendall(b"SUBSCRIBE ch\r\nGET k\r\nUNSUBSCRIBE\r\nSET k v\r\n")
+        data = b""
+        while not data.endswith(b"+OK\r\n"):
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert b"only (P)SUBSCRIBE / (P)UNSUBSCRIBE / PING / QUIT are allowed" in data
+    assert data.index(b"unsubscribe") < data.index(b"+OK")
+
+
+def test_subscribers_that_vanish_mid_stream_do_not_hurt_the_node(cluster: LocalCluster) -> None:
+    import socket
+
+    leader = cluster.leader()
+    node = cluster.nodes[leader]
+    c = node.client()
+    with c.pipeline(transaction=False) as p:
+        for i in range(2000):
+            p.set(f"v:{i}", "x" * 200)
+        p.execute()
+    for command in (b"CHANGES v: FROM 0\r\n", b"PSUBSCRIBE __keyspace@0__:*\r\n"):
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", node.port))
+            s.sendall(command)
+            s.settimeout(5)
+            assert s.recv(64)  # the stream has begun: the node is sending
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()  # a reset, with the server in the middle of sending
+        with c.pipeline(transaction=False) as p:
+            for i in range(500):
+                p.set(f"v:{i}", "y")
+            p.execute()
+    time.sleep(0.5)
+    assert node.alive() and c.set("still", "here") and c.get("still") == b"here"
