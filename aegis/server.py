@@ -179,6 +179,7 @@ class Node:
         self._read_ctx = itertools.count(1)
         self._apply_waiters: list[tuple[int, _Waiter]] = []
         self._fwd_batches: dict[int, list[_Waiter]] = {}  # forwarded batch id -> its commands' waiters
+        self._fwd_leader: dict[int, str] = {}  # forwarded batch id -> the leader it went to
         self._fwd_buf: list[tuple[list[bytes], _Waiter]] = []
         self._fwd_scheduled = False
         self._client_ops: list[tuple[bytes | None, _Waiter]] = []  # see _client_op
@@ -464,6 +465,7 @@ class Node:
             if rd.snapshot is not None:
                 self.sm.reset(int(rd.snapshot.meta.index))
                 self.feed.reset(int(rd.snapshot.meta.index))
+                self._fail_covered_by_snapshot(int(rd.snapshot.meta.index))
         elif rd.hard_state is not None:
             # Only the commit index moved: it can be relearned from the leader, so it waits
             # for the next write instead of costing an fsync of its own.
@@ -554,8 +556,11 @@ class Node:
         except OSError:
             pass
         self.stats["snapshots_installed"] += 1
-        # Proposals covered by the snapshot: their outcome is unknown to this node.
-        for idx in [i for i in self._pending if i <= rd.snapshot.meta.index]:
+
+    def _fail_covered_by_snapshot(self, index: int) -> None:
+        """Proposals a snapshot install covered: their outcome is unknown to this node. (On
+        the trio thread: a waiter is a trio.Event.)"""
+        for idx in [i for i in self._pending if i <= index]:
             for w in self._pending.pop(idx)[1]:
                 w.fail("TIMEOUT the outcome is unknown (this node installed a snapshot); check before retrying")
 
@@ -603,11 +608,22 @@ class Node:
         if rd.soft_state is not None:
             log.info("node %s is %s in term %d (leader: %s)", self.id, rd.soft_state.role.value,
                      self.raft.term, rd.soft_state.leader_id)
+            self._forget_forwards_to_others(rd.soft_state.leader_id)
             if rd.soft_state.role != Role.LEADER:
                 # Reads waiting on a deposed leader's heartbeat round will never complete.
                 for w in list(self._reads.values()):
                     w.fail("TRYAGAIN leadership changed during the read; retry")
                 self._reads.clear()
+
+    def _forget_forwards_to_others(self, leader: str | None) -> None:
+        """Commands forwarded to a node that is no longer the leader will get no answer (it
+        died, or was deposed): say so now rather than after the request timeout."""
+        for rid, to in list(self._fwd_leader.items()):
+            if to != leader:
+                del self._fwd_leader[rid]
+                for w in self._fwd_batches.pop(rid, []):
+                    w.fail(f"TIMEOUT the leader {to} went away before answering; the outcome is "
+                           "unknown (check before retrying)")
 
     def _should_compact(self) -> bool:
         """`--snapshot-threshold` counts applied writes: an entry may carry hundreds (a
@@ -761,6 +777,7 @@ class Node:
                     self._serve_forwarded_batch(pid, msg)
                 elif isinstance(msg, ClientBatchResponse):
                     waiters = self._fwd_batches.pop(msg.request_id, None)
+                    self._fwd_leader.pop(msg.request_id, None)
                     if waiters is not None:
                         for w, reply in zip(waiters, msg.replies):
                             w.set(reply)
@@ -867,6 +884,7 @@ class Node:
                     await w.event.wait()
             if not w.event.is_set():
                 self._fwd_batches.pop(w.ctx, None)
+                self._fwd_leader.pop(w.ctx, None)
                 return encode_error(f"TIMEOUT no answer from the leader {leader}; the outcome is unknown")
             if w.error is not None:
                 return encode_error(w.error)
@@ -899,9 +917,11 @@ class Node:
             for w in waiters:
                 w.ctx = rid
             self._fwd_batches[rid] = waiters
+            self._fwd_leader[rid] = leader
             msg = ClientBatchRequest(request_id=rid, commands=tuple(tuple(a) for a, _ in part))
             if not self._send_peer(leader, FRAME_MSG, msg):
                 self._fwd_batches.pop(rid, None)
+                self._fwd_leader.pop(rid, None)
                 for w in waiters:
                     w.fail(f"TRYAGAIN cannot reach the leader {leader}; nothing was sent")
 

@@ -337,7 +337,8 @@ def run(args: argparse.Namespace, root: Path, cluster: Cluster, out: list[str]) 
     peers = ",".join(f"{n}=127.0.0.1:{ports[n]}" for n in names)
     for name in names:
         argv = [sys.executable, "-m", "aegis.cli", "--log-level", "warning", "serve", "--id", name,
-                "--listen", f"127.0.0.1:{ports[name]}", "--data", str(root / name), "--peers", peers]
+                "--listen", f"127.0.0.1:{ports[name]}", "--data", str(root / name), "--peers", peers,
+                *args.serve_arg]
         cluster.nodes[name] = NodeProc(name, ports[name], argv, root / f"{name}.log")
     for node in cluster.nodes.values():
         cluster.spawn(node)
@@ -453,6 +454,8 @@ def main() -> int:
                    help="seconds to wait for every node to apply the load (default 600)")
     p.add_argument("--restart-timeout", type=float, default=120.0,
                    help="seconds a restarted follower has to answer the GET (default 120)")
+    p.add_argument("--serve-arg", action="append", default=[],
+                   help="an extra `aegis serve` argument (repeat: --serve-arg=--feed-history --serve-arg=0)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data and node logs) afterwards")
     args = p.parse_args()
     if args.keys < 2:
