@@ -1633,6 +1633,8 @@ class Node:
             "keys": len(self.sm),
             "state_durable_index": self.kv.durable_applied,  # applied state on disk (the log replays the rest)
             "state_pending_keys": self.kv.overlay_keys(),
+            "feed_revision": self.feed.current if hasattr(self, "feed") else self.sm.last_applied,
+            "feed_history_floor": self.kv.history_floor(),  # CHANGES ... FROM resumes from here on
             "connected_clients": self._clients,
             "tcp_port": self.port,
             "data_dir": os.path.abspath(self.cfg.data_dir),
