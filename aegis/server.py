@@ -79,6 +79,8 @@ from .transport import (
 
 log = logging.getLogger("aegis.server")
 
+LINGER_S: Final = 10.0  # how long a departed member stays reachable
+
 OVERLOADED = encode_error("TRYAGAIN the node is overloaded; nothing was done")
 
 
@@ -180,6 +182,8 @@ class Node:
         self._apply_waiters: list[tuple[int, _Waiter]] = []
         self._fwd_batches: dict[int, list[_Waiter]] = {}  # forwarded batch id -> its commands' waiters
         self._fwd_leader: dict[int, str] = {}  # forwarded batch id -> the leader it went to
+        self._peer_addrs: dict[str, str] = {}  # the members' addresses when last looked at
+        self._lingering: dict[str, tuple[float, str]] = {}  # departed member -> (until, address)
         self._fwd_buf: list[tuple[list[bytes], _Waiter]] = []
         self._fwd_scheduled = False
         self._client_ops: list[tuple[bytes | None, _Waiter]] = []  # see _client_op
@@ -260,7 +264,8 @@ class Node:
         self.cluster.set_leader(self.raft.leader_id if self.raft.leader_id in m.members else None)
 
     def _addresses(self) -> dict[str, str]:
-        addrs = self.raft.membership.address_map()
+        addrs = {pid: addr for pid, (_, addr) in self._lingering.items()}
+        addrs.update(self.raft.membership.address_map())
         addrs.update(self.cfg.peers)
         addrs[self.id] = f"{self.cfg.host}:{self.port}"
         return addrs
@@ -333,6 +338,8 @@ class Node:
         while True:
             await trio.sleep(max(self.cfg.tick_ms / 1000, 0.05))
             self.cluster.check_failures()
+            if self._lingering:
+                self._ensure_peer_tasks()  # let departed members go once their time is up
 
     # ------------------------------------------------------------------ the Raft loop
     async def _raft_loop(self) -> None:
@@ -685,7 +692,16 @@ class Node:
 
     # ------------------------------------------------------------------ peers: sending
     def _ensure_peer_tasks(self) -> None:
-        wanted = (set(self.raft.membership.members) | set(self.cfg.peers)) - {self.id}
+        members = self.raft.membership.members
+        now = time.monotonic()
+        # A member that leaves stays reachable for a while: a leader being removed must still
+        # hear the acknowledgements that commit its own removal (issue 10).
+        for pid in self._peer_addrs.keys() - members - {self.id}:
+            self._lingering.setdefault(pid, (now + LINGER_S, self._peer_addrs[pid]))
+        for pid in [p for p, (until, _) in self._lingering.items() if p in members or until <= now]:
+            del self._lingering[pid]
+        self._peer_addrs = {p: a for p, a in self.raft.membership.address_map().items()}
+        wanted = (set(members) | set(self.cfg.peers) | set(self._lingering)) - {self.id}
         self.pool.retain(wanted)
 
     def _send_messages(self, msgs: tuple[RaftMessage, ...]) -> None:
@@ -1485,12 +1501,37 @@ class Node:
             return _const(encode_error("TRYAGAIN this node is no longer the leader; nothing was written"))
         return self._forward(argv, resp3)
 
+    def _member_refusal(self, req: C.MemberRequest) -> str | None:
+        """A membership change that would change nothing, or not what it says, is refused
+        before anything is written (issue 10: MEMBER ADD of a voter used to commit an entry
+        and silently re-address it)."""
+        m = self.raft.membership
+        nid = req.node_id
+        if req.op == C.MemberOp.ADD:
+            if nid in m.voters:
+                return f"ERR {nid} is already a voter"
+            if nid in m.learners and req.learner:
+                return f"ERR {nid} is already a learner"
+            if nid in m.learners:
+                return f"ERR {nid} is a learner: make it a voter with MEMBER PROMOTE {nid}"
+        elif req.op == C.MemberOp.REMOVE and nid not in m.members:
+            return f"ERR {nid} is not a member"
+        elif req.op == C.MemberOp.PROMOTE:
+            if nid in m.voters:
+                return f"ERR {nid} is already a voter"
+            if nid not in m.learners:
+                return f"ERR {nid} is not a member; add it with MEMBER ADD {nid} host:port LEARNER"
+        return None
+
     def _member(self, req: C.MemberRequest, argv: list[bytes] | None, forwarded: bool) -> Callable[[], Awaitable[bytes]]:
         if req.op == C.MemberOp.LIST:
             return _const(encode([line.encode() for line in self.member_lines()]))
         if not self.raft.is_leader():
             return self._to_leader(argv, forwarded)
         assert req.node_id is not None
+        refused = self._member_refusal(req)
+        if refused is not None:
+            return _const(encode_error(refused))
         if req.op == C.MemberOp.ADD:
             ctype = ConfigChangeType.ADD_LEARNER if req.learner else ConfigChangeType.ADD_VOTER
         elif req.op == C.MemberOp.REMOVE:

@@ -419,8 +419,13 @@ def test_member_add_join_promote_and_remove(cluster: LocalCluster, tmp_path: Pat
         cluster.start(victim)
         with pytest.raises(redis.ResponseError, match="another membership change|not a member|ERR"):
             lc.execute_command("MEMBER", "REMOVE", "nobody")
-        assert lc.execute_command("MEMBER", "REMOVE", "n4") in (b"OK", "OK", True)
+        # The joined node leads, then removes itself: its followers must stay connected to it
+        # until the removal commits, so it is answered OK, not -TIMEOUT (issue 10).
+        assert lc.execute_command("LEADER", "TRANSFER", "n4") in (b"OK", "OK", True)
+        wait_until(lambda: cluster.info("n4")["role"] == "leader", 10, what="n4 to lead")
+        assert new.client(protocol=2).execute_command("MEMBER", "REMOVE", "n4") in (b"OK", "OK", True)
         wait_until(lambda: cluster.info(leader)["voters"] == "n1,n2,n3", 10, what="n4 to be removed")
+        cluster.leader(["n1", "n2", "n3"])
     except BaseException:
         print(cluster.logs())
         raise
@@ -691,3 +696,23 @@ def test_writes_forwarded_to_a_leader_that_dies_are_answered_once_a_new_one_is_k
         assert all("TIMEOUT" in str(e) or "TRYAGAIN" in str(e) or "NOLEADER" in str(e) for e in errors)
     finally:
         c.stop_all()
+
+
+def test_membership_changes_that_change_nothing_are_refused_and_write_nothing(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    c = cluster.nodes[leader].client()
+    before = cluster.info(leader)["commit_index"]
+    voter = next(n for n in cluster.nodes if n != leader)
+    for args, message in (
+        (("MEMBER", "ADD", voter, cluster.addr(voter)), f"{voter} is already a voter"),
+        (("MEMBER", "ADD", voter, "127.0.0.1:1"), f"{voter} is already a voter"),
+        (("MEMBER", "PROMOTE", voter), f"{voter} is already a voter"),
+        (("MEMBER", "PROMOTE", "n9"), "n9 is not a member"),
+        (("MEMBER", "REMOVE", "n9"), "n9 is not a member"),
+    ):
+        with pytest.raises(redis.ResponseError, match=message):
+            c.execute_command(*args)
+    time.sleep(0.3)
+    assert cluster.info(leader)["commit_index"] == before  # nothing was proposed
+    lines = [x.decode() if isinstance(x, bytes) else x for x in c.execute_command("MEMBER", "LIST")]
+    assert any(cluster.addr(voter) in line for line in lines)  # the address did not change
