@@ -29,6 +29,10 @@ Invariants this module keeps (dissertation section in brackets):
   uncommitted, and none before the leader has committed an entry of its term [4.1, 4.4].
 * PreVote [9.6], CheckQuorum [6.2], and a leader-lease check on votes so a removed or
   partitioned server cannot disrupt a stable leader [4.2.3].
+* Terms stay at or below `MAX_TERM` (2**62 - 1, encodable with room to spare): a message
+  whose term is `MAX_TERM` or more, or leads ours by more than `MAX_TERM_JUMP`, is refused
+  with `ImpossibleTermError` before anything changes; only the leader of our current term
+  can make us campaign with TimeoutNow [3.10].
 * ReadIndex [6.4]: a read is safe at the leader's commit index once a quorum confirmed
   leadership after that index was recorded and the leader has committed in its term.
 
@@ -89,6 +93,9 @@ __all__ = [
     "NotLeaderError",
     "ProposalDroppedError",
     "ConfigChangeError",
+    "ImpossibleTermError",
+    "MAX_TERM",
+    "MAX_TERM_JUMP",
     # messages re-exported
     "VoteRequest",
     "VoteResponse",
@@ -123,6 +130,23 @@ class ProposalDroppedError(RaftError):
 
 class ConfigChangeError(RaftError):
     """A membership change that is invalid or not allowed now: nothing written."""
+
+
+class ImpossibleTermError(RaftError):
+    """A peer sent a term no honest peer can hold; the message was refused, nothing changed.
+
+    The remote side broke the protocol (h11's RemoteProtocolError): the driver logs it and
+    carries on, as if the message had been lost."""
+
+
+#: The highest term a node ever holds. Far below the codec's 2**63 - 1, so every term the
+#: core can produce (a candidate's term + 1 included) is encodable; a node at MAX_TERM no
+#: longer campaigns rather than reach a term no peer could decode.
+MAX_TERM: Term = Term((1 << 62) - 1)
+#: The furthest a message may lead this node's term. An honest node gains one term per
+#: election timeout while cut off (none with PreVote), so 2**32 is over a century of
+#: elections; a forged message cannot push a cluster to MAX_TERM in fewer than 2**30 steps.
+MAX_TERM_JUMP: int = 1 << 32
 
 
 class Role(enum.Enum):
@@ -750,7 +774,8 @@ class RaftNode:
             self._broadcast_heartbeat()
 
     def _promotable(self) -> bool:
-        return self.id in self.membership.voters and self.log.pending_snapshot is None
+        return (self.id in self.membership.voters and self.log.pending_snapshot is None
+                and self.term < MAX_TERM)
 
     def _check_quorum_active(self) -> bool:
         """CheckQuorum [6.2]: a leader that has not heard from a majority steps down."""
@@ -775,6 +800,8 @@ class RaftNode:
         voter). A cluster of one wins at once. With the seed's in-memory cycle, the
         per-peer copies are in `take_messages()` at once; a driver gets them from `ready()`.
         """
+        if self.term >= MAX_TERM:
+            raise RaftError(f"{self.id} is at the highest term ({MAX_TERM}) and cannot stand for election")
         if not self._promotable():
             raise ConfigChangeError(f"{self.id} is not a voter and cannot stand for election")
         return self.campaign(pre_vote=False)
@@ -783,6 +810,8 @@ class RaftNode:
         """Stand for election (a pre-vote round first if `pre_vote`); returns the request
         sent to each voter (receiver blank), or, when this node won at once, the one it
         would have sent."""
+        if self.term >= MAX_TERM:
+            raise RaftError(f"{self.id} is at the highest term ({MAX_TERM}) and cannot stand for election")
         if pre_vote:
             self._become_pre_candidate()
             term = Term(self.term + 1)
@@ -830,6 +859,19 @@ class RaftNode:
         sender = m.sender
         if sender == self.id:
             return
+        if m.term >= MAX_TERM or m.term - self.term > MAX_TERM_JUMP:
+            # Refused before anything changes, so the term is never persisted: adopting it
+            # would let one forged message brick the cluster at a term it cannot pass.
+            raise ImpossibleTermError(
+                f"refused {type(m).__name__} from {sender!r} with term {m.term}: "
+                + ("terms stop below 2**62" if m.term >= MAX_TERM else
+                   f"it leads this node's term {self.term} by more than {MAX_TERM_JUMP}"))
+        if isinstance(m, TimeoutNow) and (m.term != self.term or sender != self.leader_id):
+            # Only the leader this node follows in its current term may make it campaign
+            # [3.10]: that leader sends TimeoutNow once this node caught up with it, so it
+            # has heard from it in this term. Anything else is stale or forged; ignoring it
+            # is as safe as losing it.
+            return
         if (isinstance(m, (VoteRequest, TimeoutNow)) and sender not in self.membership.members
                 and self.membership.voters):
             # A stranger, or a server removed from the configuration, cannot make us vote or
@@ -852,7 +894,7 @@ class RaftNode:
                 if not m.vote_granted:
                     self.become_follower(m.term, None)
                 # a granted pre-vote carries our future term: no change
-            elif isinstance(m, (AppendEntriesRequest, InstallSnapshotRequest, TimeoutNow)):
+            elif isinstance(m, (AppendEntriesRequest, InstallSnapshotRequest)):
                 self.become_follower(m.term, sender)
             else:
                 self.become_follower(m.term, None)

@@ -50,7 +50,7 @@ from .log import EntryType, HardState, LogIndex, Membership, SnapshotMeta
 from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
 from .node import NodeId, NodeInfo, NodeStatus
 from .protocol import OK, Reply, RespParser, encode, encode_array, encode_bulk, encode_error, encode_integer, encode_simple
-from .raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Ready, Role
+from .raft import ConfigChangeError, ImpossibleTermError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Ready, Role
 from .feed import ChangeFeed, Compacted
 from .state import Command, CommandType, StateMachine
 from .peers import (
@@ -377,6 +377,8 @@ class Node:
         elif kind == "msg":
             try:
                 raft.step(ev[1])
+            except ImpossibleTermError as exc:
+                log.warning("%s (a forged or broken peer; nothing changed)", exc)
             except Exception:
                 log.exception("step failed on %r", ev[1])
                 raise
@@ -412,7 +414,10 @@ class Node:
             self._flush_waiters.append(ev[1])
         elif kind == "snapshot_in":
             self._incoming_snapshot = ev[2]
-            raft.step(ev[1])
+            try:
+                raft.step(ev[1])
+            except ImpossibleTermError as exc:
+                log.warning("%s (a forged or broken peer; nothing changed)", exc)
 
     def _start_read(self, w: _Waiter) -> None:
         ctx = next(self._read_ctx)
