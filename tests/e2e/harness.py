@@ -2,7 +2,8 @@
 
 Every node reaches every other one only through the addresses in its own `--peers`; with
 `proxies=True` each directed link a→b goes through its own `LinkProxy`, so a test can cut
-links (partitions, isolation) without touching the nodes. Everything started here is
+links (partitions, isolation) or drop their connections (`drop_link`, seeded by
+`fault_seed`) without touching the nodes; a proxy drops nothing unless asked. Everything started here is
 stopped by PID in `stop_all()`; ports come from the kernel (bind to port 0).
 """
 
@@ -108,7 +109,11 @@ def info_at(port: int, timeout: float = 5.0) -> dict[str, str]:
 
 
 class LinkProxy:
-    """A one-way TCP relay for the link a→b that can be cut and healed."""
+    """A one-way TCP relay for the link a→b that can be cut, healed, or dropped on purpose.
+
+    An established connection has no timeout: peer links are one-way, so the direction back
+    to the caller is idle for as long as the link lives, and a read timeout there would tear
+    every link down on its own. Connection drops happen only when a test asks (`drop`)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -118,6 +123,7 @@ class LinkProxy:
         self.sock.listen(64)
         self.port = int(self.sock.getsockname()[1])
         self.cut = False
+        self.accepted = 0  # connections relayed so far: each reconnect of the link counts one
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -137,8 +143,10 @@ class LinkProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the 2 s was for connecting only
             with self._lock:
                 self._conns += [client, upstream]
+                self.accepted += 1
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -157,18 +165,26 @@ class LinkProxy:
                     s.close()
                 except OSError:
                     pass
+            with self._lock:
+                self._conns = [c for c in self._conns if c not in (src, dst)]
+
+    def drop(self) -> int:
+        """Reset the connections now relayed (the link stays up: the caller reconnects).
+        Returns how many connections were dropped."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+        return len(conns) // 2
 
     def set_cut(self, cut: bool) -> None:
         self.cut = cut
         if cut:
-            with self._lock:
-                conns, self._conns = self._conns, []
-            for c in conns:
-                try:
-                    c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                c.close()
+            self.drop()
 
     def close(self) -> None:
         self._closed = True
@@ -198,8 +214,9 @@ class NodeProc:
 
 class LocalCluster:
     def __init__(self, root: Path, n: int = 3, *, proxies: bool = False, tick_ms: int = 20,
-                 snapshot_threshold: int = 10_000, extra: list[str] | None = None) -> None:
+                 snapshot_threshold: int = 10_000, extra: list[str] | None = None, fault_seed: int = 0) -> None:
         self.root = root
+        self.faults = random.Random(fault_seed)  # every fault a test injects at random draws from this
         self.tick_ms = tick_ms
         self.snapshot_threshold = snapshot_threshold
         self.extra = extra or []
@@ -287,6 +304,14 @@ class LocalCluster:
         for (a, b), link in self.links.items():
             if nid in (a, b):
                 link.set_cut(True)
+
+    def drop_link(self, a: str | None = None, b: str | None = None) -> tuple[str, str]:
+        """A deliberate connection drop on the proxied link a→b (a seeded random link if
+        not given): its connections are reset, and a reconnects at once. Returns the link."""
+        if a is None or b is None:
+            a, b = self.faults.choice(sorted(self.links))
+        self.links[(a, b)].drop()
+        return a, b
 
     def heal(self) -> None:
         for link in self.links.values():
