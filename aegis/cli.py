@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take a snapshot after this many applied entries (default 10000)")
     s.add_argument("--request-timeout", type=float, default=5.0, help="seconds before -TIMEOUT (default 5)")
     s.add_argument("--max-clients", type=int, default=10_000)
+    s.add_argument("--client-buffer-mb", type=_positive_int, default=256,
+                   help="MiB all clients together may hold in unfinished requests; a connection that "
+                        "would pass it gets -ERR and is closed (default 256; 64 KiB each before AUTH)")
     s.add_argument("--keys-limit", type=_positive_int, default=10_000,
                    help="KEYS refuses to examine more keys than this; SCAN has no limit (default 10000)")
     s.add_argument("--range-limit", type=_positive_int, default=10_000,
@@ -173,7 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token, tick_ms=args.tick_ms,
         election_ticks=(args.election_ticks, 2 * args.election_ticks), heartbeat_ticks=args.heartbeat_ticks,
         snapshot_threshold=args.snapshot_threshold, request_timeout=args.request_timeout,
-        max_clients=args.max_clients, fsync=args.fsync == "always", join=args.join,
+        max_clients=args.max_clients, client_buffer_bytes=args.client_buffer_mb << 20, fsync=args.fsync == "always", join=args.join,
         keys_limit=args.keys_limit, range_limit=args.range_limit, feed_history=max(0, args.feed_history),
     )
 

@@ -335,6 +335,18 @@ class RespParser:
         return len(self._buf) - self._pos
 
     @property
+    def held(self) -> int:
+        """Bytes kept for the command in progress: what is buffered plus the arguments (and
+        headers) of a multibulk parsed so far. Zero between commands; what a node's input
+        budget charges a connection for."""
+        held = len(self._buf) - self._pos
+        if self._argv is not None:
+            # `_request_bytes` counts the current bulk's declared size once its header is
+            # read; the part of it that has arrived is already in the buffered bytes.
+            held += self._request_bytes - (self._bulk_len + 2 if self._bulk_len >= 0 else 0)
+        return held
+
+    @property
     def in_request(self) -> bool:
         """Whether a partial command is buffered (an EOF now would cut a request short)."""
         return self._argv is not None or self._pos < len(self._buf)

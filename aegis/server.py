@@ -45,6 +45,7 @@ import msgpack
 import trio
 
 from . import commands as C
+from .budget import Account, ByteBudget
 from .cluster import Cluster, ClusterConfig, ClusterState
 from .log import EntryType, HardState, LogIndex, Membership, SnapshotMeta
 from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
@@ -99,6 +100,8 @@ class ServerConfig:
     snapshot_threshold: int = 10_000
     request_timeout: float = 5.0
     max_clients: int = 10_000
+    client_buffer_bytes: int = 256 << 20  # unfinished client requests, node-wide (--client-buffer-mb)
+    client_preauth_bytes: int = 64 << 10  # ... and per connection before AUTH (with a token)
     fsync: bool = True
     limits: C.CommandLimits = C.DEFAULT_LIMITS
     max_batch: int = 4096
@@ -138,6 +141,7 @@ class _Session:
     multi: list[Command] | None = None  # the queued commands after MULTI, until EXEC/DISCARD
     dirty: bool = False  # a command failed to queue: EXEC aborts
     watches: dict[str, int] = field(default_factory=dict)  # WATCHed key -> revision seen
+    input: Account | None = None  # its share of the node's budget for unfinished requests
 
 
 class _Waiter:
@@ -199,6 +203,7 @@ class Node:
             stream_snapshot=self._stream_snapshot,
         )
         self._clients = 0
+        self._client_input = ByteBudget(cfg.client_buffer_bytes, "unfinished client requests")
         self.stats = {"total_writes": 0, "total_reads": 0, "total_commands": 0, "forwarded": 0,
                       "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0, "expired_keys": 0,
                       "feed_subscribers": 0, "pubsub_clients": 0}
@@ -953,7 +958,7 @@ class Node:
             return
         self._clients += 1
         parser = RespParser(max_bulk_len=self.cfg.limits.max_value_len + 1024)
-        state = _Session(authed=not self.cfg.token)
+        state = _Session(authed=not self.cfg.token, input=self._client_input.account())
         data = first
         try:
             while True:
@@ -1031,6 +1036,9 @@ class Node:
                                    else self._exec(state))
                     else:
                         ops.append(self._prepare(req, argv=cmd, resp3=state.resp3))
+                if not close and (refused := self._input_refused(parser, state)) is not None:
+                    ops.append(_const(refused))
+                    close = True
                 for op in ops:
                     out += await op()
                 if out:
@@ -1043,7 +1051,22 @@ class Node:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
         finally:
+            if state.input is not None:
+                state.input.close()
             self._clients -= 1
+
+    def _input_refused(self, parser: RespParser, state: _Session) -> bytes | None:
+        """The -ERR that closes a connection whose unfinished request would pass its
+        allowance (before AUTH) or the node's budget (--client-buffer-mb); else None."""
+        if state.input is None:
+            return None
+        authed = state.authed
+        why = state.input.hold(parser.held, None if authed else self.cfg.client_preauth_bytes,
+                               "this connection" if authed else "a connection that has not authenticated")
+        if why is None:
+            return None
+        log.info("closing a client connection: %s", why)
+        return encode_error(f"ERR client input limit: {why}; closing the connection")
 
     def _fast_path(self, cmd: list[bytes], state: _Session) -> tuple[str, Callable[[], Awaitable[bytes]]] | None:
         """Plain SET k v and GET k, the bulk of any load, without building a Request and a
@@ -1222,6 +1245,11 @@ class Node:
                             if not channels and not patterns:
                                 nursery.cancel_scope.cancel()  # back to ordinary commands
                                 return
+                        if (refused := self._input_refused(parser, state)) is not None:
+                            await send(refused)
+                            closed = True
+                            nursery.cancel_scope.cancel()
+                            return
                         data = await stream.receive_some(65536)
                         if not data:
                             closed = True
@@ -1682,6 +1710,8 @@ class Node:
             "feed_revision": self.feed.current if hasattr(self, "feed") else self.sm.last_applied,
             "feed_history_floor": self.kv.history_floor(),  # CHANGES ... FROM resumes from here on
             "connected_clients": self._clients,
+            "client_input_bytes": self._client_input.held,  # in unfinished requests (--client-buffer-mb)
+            "client_input_refused": self._client_input.refused,
             "tcp_port": self.port,
             "data_dir": os.path.abspath(self.cfg.data_dir),
             "fsync": "always" if self.cfg.fsync else "never (UNSAFE)",

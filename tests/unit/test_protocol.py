@@ -500,3 +500,22 @@ def test_fuzz_reply_parser_random_bytes_never_crash(data: bytes) -> None:
     except RespProtocolError:
         pass
     assert parser.buffered <= len(data)
+
+
+def test_held_counts_what_an_unfinished_request_keeps() -> None:
+    """`held` is what a node's input budget charges: buffered bytes plus the arguments
+    parsed so far; never the declared size of a bulk not yet received."""
+    p = RespParser()
+    assert p.held == 0
+    head = b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n"
+    p.feed(head + b"$1000000\r\n")
+    assert p.next_command() is None
+    assert len(head) <= p.held <= len(head) + 12  # the 1 MB declared is not counted
+    p.feed(b"x" * 5000)
+    assert p.next_command() is None
+    assert len(head) + 5000 <= p.held <= len(head) + 5012
+    p.feed(b"x" * 995_000 + b"\r\n")
+    assert p.next_command() == [b"SET", b"key", b"x" * 1_000_000]
+    assert p.next_command() is None and p.held == 0
+    p.feed(b"PING")  # inline, no line end yet
+    assert p.next_command() is None and p.held == 4
