@@ -16,6 +16,12 @@ The first frame is a `Handshake` naming the caller's node id and cluster: identi
 name, never by source address, so proxies and NAT in between are fine. The receiver refuses
 strangers and other clusters with a reason and closes.
 
+Until its handshake is accepted a connection is a stranger's, and may make the node hold
+little: at most `HANDSHAKE_FRAME_LIMIT` for the frame (a larger declared length is refused
+from its 4-byte header, before any of it is buffered), `PREAUTH_PEER_BYTES` in all, within
+a node-wide `ByteBudget` shared by every connection still shaking hands, and for at most
+`HANDSHAKE_TIMEOUT`. Only an accepted peer may send frames of up to `MAX_PEER_FRAME`.
+
 Connections are one-way: each node keeps one *outgoing* connection per peer
 (`ConnectionPool`), fed by a bounded queue, reconnecting with exponential back-off; what it
 receives arrives on the peers' outgoing connections. A full queue drops the message — Raft
@@ -33,6 +39,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 import trio
 
+from .budget import Account, ByteBudget
 from .messages import InstallSnapshotRequest
 from .node import parse_address
 from .transport import Handshake, PayloadPacker, decode, encode
@@ -47,6 +54,10 @@ FRAME_PING = b"P"
 FRAME_ACCEPT = b"A"
 FRAME_REJECT = b"R"
 MAX_PEER_FRAME = 64 << 20
+HANDSHAKE_FRAME_LIMIT = 4 << 10  # a handshake is ~100 bytes: ids, cluster name, token
+PREAUTH_PEER_BYTES = 8 << 10  # all a connection may make the node hold before it is accepted
+PREAUTH_PEER_BUDGET = 4 << 20  # ... all such connections together (see `handshake_budget`)
+HANDSHAKE_TIMEOUT = 5.0
 SNAPSHOT_CHUNK = 256 << 10
 QUEUE_DEPTH = 4096
 CONNECT_TIMEOUT = 2.0
@@ -60,21 +71,34 @@ def frame(body: bytes) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-async def read_frame(stream: trio.abc.ReceiveStream, buf: bytearray) -> bytes | None:
-    """The next frame from `stream` (None at EOF); `buf` carries bytes between calls."""
+def handshake_budget() -> ByteBudget:
+    """The node-wide budget of the connections that have not completed a handshake."""
+    return ByteBudget(PREAUTH_PEER_BUDGET, "input from unaccepted peers")
+
+
+async def read_frame(stream: trio.abc.ReceiveStream, buf: bytearray, limit: int = MAX_PEER_FRAME,
+                     account: Account | None = None, allowance: int | None = None) -> bytes | None:
+    """The next frame from `stream` (None at EOF); `buf` carries bytes between calls.
+
+    A frame longer than `limit` is refused from its header (ValueError). With an `account`,
+    `buf` is charged to it after every read (and `allowance` caps it); a refusal is a
+    ValueError with the reason."""
+    chunk = 1 << 20 if allowance is None else allowance
     while True:
         if len(buf) >= 4:
             size = int.from_bytes(buf[:4], "big")
-            if size > MAX_PEER_FRAME:
-                raise ValueError(f"peer frame of {size} bytes exceeds the limit of {MAX_PEER_FRAME}")
+            if size > limit:
+                raise ValueError(f"peer frame of {size} bytes exceeds the limit of {limit}")
             if len(buf) >= 4 + size:
                 body = bytes(buf[4 : 4 + size])
                 del buf[: 4 + size]
                 return body
-        data = await stream.receive_some(1 << 20)
+        data = await stream.receive_some(chunk)
         if not data:
             return None
         buf += data
+        if account is not None and (why := account.hold(len(buf), allowance, "this peer connection")):
+            raise ValueError(why)
 
 
 async def safe_send(stream: trio.abc.SendStream, data: bytes) -> None:
@@ -86,25 +110,51 @@ async def safe_send(stream: trio.abc.SendStream, data: bytes) -> None:
 
 
 async def accept_handshake(
-    stream: trio.SocketStream, buf: bytearray, refuse: Callable[[Handshake], str | None]
+    stream: trio.abc.Stream, buf: bytearray, refuse: Callable[[Handshake], str | None],
+    budget: ByteBudget | None = None,
 ) -> Handshake | None:
     """The receiving side of a peer connection, after the first bytes were read into `buf`.
 
     Returns the caller's handshake once accepted, or None after refusing it (the reason is
-    sent to the caller, who logs it)."""
+    sent to the caller, who logs it). Until then the connection's bytes are charged to
+    `budget` (the node's `handshake_budget()`), within `PREAUTH_PEER_BYTES` of its own."""
+    account = (budget or handshake_budget()).account()
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            return await _accept_handshake(stream, buf, refuse, account)
+    except trio.TooSlowError:
+        log.info("refused a peer connection: no handshake within %g s", HANDSHAKE_TIMEOUT)
+        await safe_send(stream, frame(FRAME_REJECT + f"no handshake within {HANDSHAKE_TIMEOUT:g} s".encode()))
+        return None
+    finally:
+        account.close()
+
+
+async def _accept_handshake(
+    stream: trio.abc.Stream, buf: bytearray, refuse: Callable[[Handshake], str | None], account: Account
+) -> Handshake | None:
     while len(buf) < len(PEER_MAGIC):
-        more = await stream.receive_some(65536)
+        more = await stream.receive_some(len(PEER_MAGIC) - len(buf))
         if not more:
             return None
         buf += more
     if bytes(buf[: len(PEER_MAGIC)]) != PEER_MAGIC:
         await safe_send(stream, b"-ERR Protocol error: not a RESP request or an Aegis peer\r\n")
         return None
-    del buf[: len(PEER_MAGIC)]
     try:
-        with trio.fail_after(5):
-            body = await read_frame(stream, buf)
-        hs = decode(body[1:]) if body and body[:1] == FRAME_MSG else None
+        why = account.hold(len(buf), PREAUTH_PEER_BYTES, "this peer connection")
+        if why is not None:
+            raise ValueError(why)
+        del buf[: len(PEER_MAGIC)]
+        body = await read_frame(stream, buf, HANDSHAKE_FRAME_LIMIT, account, PREAUTH_PEER_BYTES)
+    except ValueError as exc:  # too long, or too much held: refused before it is buffered
+        log.info("refused a peer connection before its handshake: %s", exc)
+        await safe_send(stream, frame(FRAME_REJECT + f"handshake refused: {exc}".encode()))
+        return None
+    if body is None:
+        return None
+    try:
+        hs = decode(body[1:]) if body[:1] == FRAME_MSG else None
     except Exception as exc:  # noqa: BLE001 - any malformed handshake is refused the same way
         await safe_send(stream, frame(FRAME_REJECT + f"malformed handshake: {exc}".encode()))
         return None

@@ -63,6 +63,7 @@ from .peers import (
     ConnectionPool,
     accept_handshake,
     fsync_close,
+    handshake_budget,
     read_frame,
     safe_send,
     send_snapshot_file,
@@ -204,6 +205,8 @@ class Node:
         )
         self._clients = 0
         self._client_input = ByteBudget(cfg.client_buffer_bytes, "unfinished client requests")
+        self._handshakes = handshake_budget()  # what peers not yet accepted may make us hold
+        self._peer_streams: dict[str, trio.abc.Stream] = {}  # the newest inbound connection per peer
         self.stats = {"total_writes": 0, "total_reads": 0, "total_commands": 0, "forwarded": 0,
                       "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0, "expired_keys": 0,
                       "feed_subscribers": 0, "pubsub_clients": 0}
@@ -764,12 +767,19 @@ class Node:
             await self._handle_client(stream, first)
 
     async def _handle_peer(self, stream: trio.SocketStream, buf: bytearray) -> None:
-        hs = await accept_handshake(stream, buf, self._refuse_peer)
+        hs = await accept_handshake(stream, buf, self._refuse_peer, self._handshakes)
         if hs is None:
             return
         from storage import unpack_payload
 
         pid = hs.node_id
+        # A peer keeps one outgoing connection to us, so a new one means the old is dead: close
+        # it. Each member then has at most one frame in flight here, whoever claims its id.
+        old = self._peer_streams.get(pid)
+        self._peer_streams[pid] = stream
+        if old is not None:
+            log.info("a new connection from peer %s replaces its previous one", pid)
+            await old.aclose()
         snapshot_file = None
         snapshot_msg: InstallSnapshotRequest | None = None
         try:
@@ -830,6 +840,8 @@ class Node:
             log.warning("closing connection from peer %s: %s", pid, exc)
             return
         finally:
+            if self._peer_streams.get(pid) is stream:
+                del self._peer_streams[pid]
             if snapshot_file is not None:
                 snapshot_file.close()
 

@@ -1,0 +1,120 @@
+"""Forged peers against real nodes (issue 11): frames in flight cannot make a node hold
+more than a handshake before a peer is accepted, nor more than one frame per member after."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from aegis.peers import FRAME_ACCEPT, FRAME_MSG, FRAME_REJECT, HANDSHAKE_FRAME_LIMIT, MAX_PEER_FRAME, PEER_MAGIC, frame
+from aegis.transport import Handshake, encode
+
+from .harness import LocalCluster, wait_until
+from .test_hostile_clients import rss_anon_mb
+
+FORGERS = 16
+SEND = 48 << 20  # of a declared 64 MiB frame: 768 MiB in all if it were held
+
+
+def read_reply(s: socket.socket) -> bytes:
+    buf = b""
+    while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+        more = s.recv(65536)
+        if not more:
+            return b""
+        buf += more
+    return buf[4 : 4 + int.from_bytes(buf[:4], "big")]
+
+
+def send_big_frame(s: socket.socket) -> None:
+    """A legal frame header (64 MiB) and most of its body; stops if the node closes."""
+    chunk = b"\x00" * (1 << 20)
+    try:
+        s.sendall(MAX_PEER_FRAME.to_bytes(4, "big") + FRAME_MSG)
+        for _ in range(SEND // len(chunk)):
+            s.sendall(chunk)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path, n=getattr(request, "param", 3))
+    try:
+        c.start()
+        yield c
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
+
+
+def test_a_stranger_may_send_only_a_small_handshake_frame(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path, n=1, extra=["--token", "s3cret"])
+    try:
+        c.start(wait=False)
+        n1 = c.nodes["n1"]
+        wait_until(lambda: n1.client(password="s3cret").ping(), 15, what="n1 to serve")
+        assert n1.proc is not None
+        baseline = rss_anon_mb(n1.proc.pid)
+        socks = []
+        for _ in range(FORGERS):
+            s = socket.create_connection(("127.0.0.1", n1.port), timeout=10)
+            socks.append(s)
+            s.sendall(PEER_MAGIC)
+            send_big_frame(s)  # as its "handshake"
+        grown = rss_anon_mb(n1.proc.pid) - baseline
+        replies = [read_reply(s) for s in socks]
+        for s in socks:
+            s.close()
+        print(f"{FORGERS} strangers with 64 MiB frames: RssAnon +{grown:.0f} MiB")
+        assert grown < 20, f"RssAnon grew by {grown:.0f} MiB"
+        # Refused from the frame's header, or as soon as the connection holds more than a
+        # handshake's worth (when the header arrived with the first 64 KiB of the body).
+        too_big = FRAME_REJECT + (f"handshake refused: peer frame of {MAX_PEER_FRAME} bytes exceeds the limit "
+                                  f"of {HANDSHAKE_FRAME_LIMIT}").encode()
+        too_much = FRAME_REJECT + b"handshake refused: this peer connection would hold"
+        assert all(r == too_big or r.startswith(too_much) for r in replies), replies
+        assert n1.client(password="s3cret").set("k", "v")
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
+
+
+def test_forged_members_hold_at_most_one_frame_each(cluster: LocalCluster) -> None:
+    """Without --token anyone may claim a member's id; 16 such forgers each sending a 64 MiB
+    frame used to push a leader past 1 GiB. Now a member has one connection in at a time."""
+    leader = cluster.leader()
+    node = cluster.nodes[leader]
+    assert node.proc is not None
+    members = [n for n in cluster.nodes if n != leader]
+    baseline = rss_anon_mb(node.proc.pid)
+    peak = 0.0
+    socks = []
+    for i in range(FORGERS):
+        s = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+        socks.append(s)
+        hs = Handshake(node_id=members[i % len(members)], cluster="aegis", auth=b"")
+        s.sendall(PEER_MAGIC + frame(FRAME_MSG + encode(hs)))
+        assert read_reply(s) == FRAME_ACCEPT
+        send_big_frame(s)
+        peak = max(peak, rss_anon_mb(node.proc.pid) - baseline)
+    time.sleep(0.5)
+    peak = max(peak, rss_anon_mb(node.proc.pid) - baseline)
+    for s in socks:
+        s.close()
+    print(f"{FORGERS} forged members with 64 MiB frames: RssAnon peak +{peak:.0f} MiB")
+    # Two members' frames (and their copies while parsed) at most, not sixteen.
+    assert peak < 2 * 64 * 2 + 40, f"RssAnon grew by {peak:.0f} MiB"
+    # The real members got their connections back: the cluster writes and replicates.
+    c = cluster.nodes[cluster.leader()].client()
+    assert c.set("after", "forgers")
+    for nid in cluster.nodes:
+        wait_until(lambda: cluster.nodes[nid].client().get("after") == b"forgers", 10, what=f"{nid} to replicate")

@@ -1,0 +1,112 @@
+"""aegis.peers: framing and the receiving side of the handshake, over in-memory streams.
+
+A connection that has not been accepted is a stranger's: it may make the node hold only a
+small handshake frame, within a node-wide budget, for a few seconds (issue 11)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from aegis.budget import ByteBudget
+from aegis.peers import (
+    FRAME_ACCEPT,
+    FRAME_MSG,
+    FRAME_REJECT,
+    HANDSHAKE_FRAME_LIMIT,
+    HANDSHAKE_TIMEOUT,
+    MAX_PEER_FRAME,
+    PEER_MAGIC,
+    PREAUTH_PEER_BYTES,
+    accept_handshake,
+    frame,
+    read_frame,
+)
+from aegis.transport import Handshake, encode
+
+HELLO = PEER_MAGIC + frame(FRAME_MSG + encode(Handshake(node_id="n2", cluster="aegis", auth=b"t")))
+
+
+def accept_all(hs: Handshake) -> str | None:
+    return None
+
+
+async def answer(caller: trio.abc.Stream) -> bytes:
+    """The frame the receiver sent back (ACCEPT, or REJECT + reason)."""
+    body = await read_frame(caller, bytearray())
+    assert body is not None
+    return body
+
+
+async def handshake(first: bytes, more: bytes = b"", budget: ByteBudget | None = None) -> tuple[Handshake | None, bytes]:
+    caller, receiver = trio.testing.memory_stream_pair()
+    if more:
+        await caller.send_all(more)
+    hs = await accept_handshake(receiver, bytearray(first), accept_all, budget)
+    return hs, await answer(caller)
+
+
+async def test_an_honest_handshake_is_accepted_and_holds_nothing_after() -> None:
+    budget = ByteBudget(1 << 20, "input from unaccepted peers")
+    hs, reply = await handshake(HELLO[:3], HELLO[3:], budget)
+    assert hs is not None and hs.node_id == "n2" and reply == FRAME_ACCEPT
+    assert budget.held == 0
+
+
+async def test_a_stranger_cannot_declare_a_big_frame_before_it_is_accepted() -> None:
+    # A legal 64 MiB frame, from a connection that has not been accepted: refused from its
+    # header, before a byte of it is buffered.
+    budget = ByteBudget(1 << 20, "input from unaccepted peers")
+    hs, reply = await handshake(PEER_MAGIC + MAX_PEER_FRAME.to_bytes(4, "big") + b"x" * 1000, budget=budget)
+    assert hs is None
+    assert reply == FRAME_REJECT + (f"handshake refused: peer frame of {MAX_PEER_FRAME} bytes exceeds the "
+                                    f"limit of {HANDSHAKE_FRAME_LIMIT}").encode()
+    assert budget.held == 0
+
+
+async def test_a_stranger_cannot_send_more_than_its_allowance_before_it_is_accepted() -> None:
+    hs, reply = await handshake(PEER_MAGIC + b"\x00" * 65536)
+    assert hs is None
+    assert reply.startswith(FRAME_REJECT + b"handshake refused: this peer connection would hold")
+    assert f"its limit is {PREAUTH_PEER_BYTES >> 10} KiB".encode() in reply
+
+
+async def test_strangers_together_stay_within_the_node_budget() -> None:
+    budget = ByteBudget(5000, "input from unaccepted peers")
+    half = PEER_MAGIC + HANDSHAKE_FRAME_LIMIT.to_bytes(4, "big") + b"h" * 3000  # a frame left unfinished
+    results: list[tuple[Handshake | None, bytes]] = []
+    first_caller, first_receiver = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        async def slow() -> None:
+            hs = await accept_handshake(first_receiver, bytearray(half), accept_all, budget)
+            results.append((hs, await answer(first_caller)))
+
+        nursery.start_soon(slow)
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.held == len(half)
+        # A second stranger would take the node past its budget: it is refused, the first waits.
+        hs, reply = await handshake(half, budget=budget)
+        assert hs is None
+        assert reply.startswith(FRAME_REJECT + b"handshake refused: the node's budget for input from "
+                                               b"unaccepted peers (5000 bytes) is used up")
+        assert budget.held == len(half)
+        await first_caller.send_all(b"h" * (HANDSHAKE_FRAME_LIMIT - 3000))
+    assert results[0][0] is None and results[0][1] == FRAME_REJECT + b"expected a handshake"
+    assert budget.held == 0
+    hs, reply = await handshake(HELLO, budget=budget)  # room again
+    assert hs is not None and reply == FRAME_ACCEPT
+
+
+async def test_a_stranger_that_stalls_is_dropped(autojump_clock: trio.abc.Clock) -> None:
+    caller, receiver = trio.testing.memory_stream_pair()
+    start = trio.current_time()
+    hs = await accept_handshake(receiver, bytearray(PEER_MAGIC[:1]), accept_all)
+    assert hs is None and trio.current_time() - start == HANDSHAKE_TIMEOUT
+    assert await answer(caller) == FRAME_REJECT + b"no handshake within 5 s"
+
+
+async def test_an_accepted_peer_may_send_frames_up_to_the_limit() -> None:
+    caller, receiver = trio.testing.memory_stream_pair()
+    await caller.send_all(frame(b"M" + b"e" * (HANDSHAKE_FRAME_LIMIT * 4)))
+    body = await read_frame(receiver, bytearray())
+    assert body is not None and len(body) == HANDSHAKE_FRAME_LIMIT * 4 + 1
