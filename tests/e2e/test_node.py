@@ -666,7 +666,7 @@ def test_compaction_counts_writes_not_only_entries(tmp_path: Path) -> None:
 def test_writes_forwarded_to_a_leader_that_dies_are_answered_once_a_new_one_is_known(tmp_path: Path) -> None:
     import threading
 
-    c = LocalCluster(tmp_path, extra=["--request-timeout", "8"])  # the last flag wins
+    c = LocalCluster(tmp_path, extra=["--request-timeout", "15"])  # the last flag wins
     try:
         c.start()
         leader = c.leader()
@@ -677,7 +677,7 @@ def test_writes_forwarded_to_a_leader_that_dies_are_answered_once_a_new_one_is_k
         def load() -> None:
             cl = c.nodes[follower].client(socket_timeout=20)
             with cl.pipeline(transaction=False) as p:
-                for i in range(20000):
+                for i in range(10000):
                     p.set(f"f{i}", "x")
                 replies.extend(p.execute(raise_on_error=False))
             finished.append(time.monotonic())
@@ -690,9 +690,11 @@ def test_writes_forwarded_to_a_leader_that_dies_are_answered_once_a_new_one_is_k
         t.join(30)
         assert finished, "the pipeline never finished"
         errors = [r for r in replies if isinstance(r, Exception)]
-        assert len(replies) == 20000
-        # Waiting out the 8 s request timeout is what this guards against.
-        assert finished[0] - killed < 5, f"replies took {finished[0] - killed:.1f}s after the kill"
+        assert len(replies) == 10000
+        # Waiting out the 15 s request timeout is what this guards against (an election and
+        # the rest of the pipeline take a second or two; more on a busy machine).
+        kinds = sorted({str(e)[:60] for e in errors})
+        assert finished[0] - killed < 10, f"replies took {finished[0] - killed:.1f}s after the kill: {kinds}"
         assert all("TIMEOUT" in str(e) or "TRYAGAIN" in str(e) or "NOLEADER" in str(e) for e in errors)
     finally:
         c.stop_all()
