@@ -31,6 +31,12 @@ Retrying is where a client can lose or double a write, so the rules are strict:
   at all. No connecting, no resending, no retrying, and ``-NOLEADER`` keeps the connection;
   if it is gone, `ConnectionGoneError` (nothing was sent, but that state went with it).
 
+* ``stream(...)`` is for a command after which the server only pushes (CHANGES, SUBSCRIBE):
+  it connects as usual (nothing is sent before), the first reply must come by the deadline,
+  later ones are read as they come, and nothing is resent. The connection is the stream's
+  alone while the block runs and is closed when it exits, which is how a client stops a
+  stream; the next command connects afresh.
+
 Any exception or cancellation between sending a request and reading its reply closes the
 connection: a late reply would otherwise be read as the answer to the next command.
 
@@ -73,6 +79,7 @@ from .protocol import (
 
 __all__ = [
     "AegisClient",
+    "ReplyStream",
     "open_client",
     "ConnectionState",
     "RetryPolicy",
@@ -325,6 +332,36 @@ class _Connection:
         await trio.aclose_forcefully(self.stream)
 
 
+class ReplyStream:
+    """The replies of a streaming command, in order, as the server sends them (see
+    `AegisClient.stream`). Only valid inside the ``async with`` that made it."""
+
+    __slots__ = ("address", "_conn", "_first")
+
+    def __init__(self, conn: _Connection, first: Reply) -> None:
+        self.address = conn.address
+        self._conn = conn
+        self._first: list[Reply] = [first]
+
+    async def receive(self) -> Reply:
+        """The next reply, however long the stream stays quiet. An error reply raises its
+        `AegisError` (the server ends a CHANGES stream with one); a lost connection
+        raises `ConnectionLostError`."""
+        if self._first:
+            reply = self._first.pop()
+        else:
+            try:
+                reply = await self._conn.read_reply()
+            except (OSError, _Closed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                why = "the node closed it" if isinstance(exc, _Closed) else _describe(exc)
+                raise ConnectionLostError(f"lost the stream from {self.address} ({why})") from None
+            except RespProtocolError as exc:
+                raise ProtocolError(f"{self.address} sent a malformed reply: {exc}") from None
+        if isinstance(reply, RespError):
+            raise error_from_reply(reply)
+        return reply
+
+
 # --------------------------------------------------------------------------- the client
 
 
@@ -495,6 +532,55 @@ class AegisClient:
             if trio.current_time() + delay >= deadline:
                 raise error
             await trio.sleep(delay)
+
+    @asynccontextmanager
+    async def stream(self, *args: Arg, timeout: float | None = None) -> AsyncIterator[ReplyStream]:
+        """Send a command after which the connection only receives (``CHANGES``,
+        ``SUBSCRIBE``) and read its replies with `ReplyStream.receive`::
+
+            async with client.stream("CHANGES", "user:") as changes:
+                while True:
+                    print(await changes.receive())
+
+        Connecting fails over across the seeds as `execute` does; the first reply must come
+        within `timeout` (`RequestTimeoutError`), and an error reply or a lost connection
+        before it raises on entry. Nothing is ever resent. Until the block exits the
+        client carries nothing else (its lock is held); then the connection is closed,
+        which ends the stream on the server.
+        """
+        if not args:
+            raise ValueError("stream() needs a command")
+        payload = encode_command(args)
+        deadline = trio.current_time() + (self.timeout if timeout is None else timeout)
+        async with self._lock:
+            conn = await self._ensure(deadline)
+            try:
+                first: Reply | NeedData = NeedData()
+                with trio.move_on_at(deadline):
+                    await conn.send(payload)
+                    first = await conn.read_reply()
+                if isinstance(first, NeedData):
+                    raise RequestTimeoutError(f"{conn.address} did not start the stream in time")
+                if isinstance(first, RespError):
+                    raise error_from_reply(first)
+            except (OSError, _Closed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                await self._drop(_describe(exc), advance=True)
+                raise ConnectionLostError(
+                    f"lost the connection to {conn.address} ({_describe(exc)}) before the stream started"
+                ) from None
+            except RespProtocolError as exc:
+                await self._drop(f"protocol error: {exc}", advance=True)
+                raise ProtocolError(f"{conn.address} sent a malformed reply: {exc}") from None
+            except BaseException:
+                # Refused, too slow or cancelled: whatever the server does next on this
+                # connection is not for the next command.
+                await self._drop(None, advance=False)
+                raise
+            stream = ReplyStream(conn, first)
+            try:
+                yield stream
+            finally:
+                await self._drop(None, advance=False)
 
     async def pipeline(
         self,

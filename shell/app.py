@@ -18,6 +18,13 @@ A dangerous command (MEMBER REMOVE, LEADER TRANSFER) asks for confirmation; in s
 mode it is refused unless ``--no-confirm`` (alias ``--yes``) says not to ask — except a
 one-shot command typed at a terminal, which asks there.
 
+A stream (``aegis-shell --json CHANGES user:``, SUBSCRIBE, PSUBSCRIBE) prints each change as
+it arrives — one JSON object a line with ``--json``: ``{"type": "change", "revision": …,
+"changes": [{"key": …, "value": … or null}]}`` after a first ``{"type": "changes", …}`` —
+until SIGINT (exit 130) or until it fails (exit 1); the command that resumes it,
+``CHANGES prefix FROM <last revision printed>``, goes to stderr. Lines after it run only if
+it fails.
+
 Transactions work in scripts as at the prompt (``printf 'MULTI\nINCR a\nEXEC\n' |
 aegis-shell``): the connection keeps MULTI's state (see `connection`), and EXEC's replies
 are rendered, or put in JSON, item by item.
@@ -39,6 +46,7 @@ from rich.text import Text
 
 from aegis.client import normalize_address
 from aegis.commands import COMMANDS, lookup
+from aegis.protocol import Reply
 
 from .bridge import TrioBridge
 from .connection import ShellConnection, describe_error
@@ -54,6 +62,7 @@ from .grammar import (
 from .history import make_history
 from .render import help_command, help_overview, json_reply, raw_text, render_error, render_reply
 from .repl import Repl, ShellOptions, confirmation_question
+from .stream import StreamEvent, follow, is_stream_command, json_event, render_event
 
 __all__ = ["main", "build_parser", "parse_args", "run_script", "Mode"]
 
@@ -212,6 +221,14 @@ def run_script(
             if answer.strip().lower() not in ("y", "yes"):
                 fail(f"ERR {spec.name} not confirmed; nothing was sent")
                 continue
+        if is_stream_command(argv) and not connection.session.in_multi:
+            code = _follow_in_script(argv, connection, bridge, mode=mode, console=console,
+                                     stdout=stdout, stderr=errors, keys=ask_tty)
+            if code == EXIT_INTERRUPTED:
+                return code
+            if code != EXIT_OK:
+                failed = True
+            continue
         outcome = bridge.run(connection.execute, argv)
         if outcome.error is not None:
             fail(describe_error(outcome.error))
@@ -225,6 +242,46 @@ def run_script(
             console.print(render_reply(argv, outcome.reply, outcome.queued))
         stdout.flush()
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _follow_in_script(
+    argv: list[bytes],
+    connection: ShellConnection,
+    bridge: TrioBridge,
+    *,
+    mode: str,
+    console: Console,
+    stdout: TextIO,
+    stderr: Console,
+    keys: bool,
+) -> int:
+    """A stream in a script: each event as it comes (one JSON object a line with --json,
+    redis-cli's raw lines when piped), flushed at once, until SIGINT or the stream fails.
+    Where to resume goes to stderr; an interrupt ends the script (exit 130)."""
+
+    def show(event: StreamEvent, reply: Reply) -> None:
+        if mode == Mode.JSON:
+            stdout.write(json.dumps(json_event(event), ensure_ascii=False) + "\n")
+        elif mode == Mode.RAW:
+            stdout.write(raw_text(reply) + "\n")
+        else:
+            console.print(render_event(event))
+        stdout.flush()
+
+    result = follow(bridge, connection.stream_client, argv, show, keys=keys)
+    progress = result.progress
+    if result.error is not None:
+        message = describe_error(result.error)
+        if mode == Mode.JSON:
+            stdout.write(json.dumps({"error": message}) + "\n")
+            stdout.flush()
+        else:
+            stderr.print(render_error(message))
+    if result.error is None or progress.started:
+        stderr.print(Text(f"{progress.summary()} · {progress.resume_hint()}", style="yellow"))
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if result.error is not None else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

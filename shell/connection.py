@@ -14,7 +14,8 @@ round trip, and the only way to notice a role change caused by someone else), an
 background `monitor` that probes the node every couple of seconds on a connection of its
 own, so the toolbar says "down" while the user is still typing. The monitor never touches
 the command connection: moving the shell to another node is left to the next command,
-which is when the client's failover runs.
+which is when the client's failover runs. Nor does a stream (CHANGES, SUBSCRIBE): it gets a
+client of its own (`stream_client`), since a connection that sent one only receives.
 
 Every member address the node reports (INFO ``members``, CLUSTER NODES) becomes a fallback
 seed of the client, so when the node the shell talks to dies, the next command goes to a
@@ -143,6 +144,17 @@ class ShellConnection:
         self._announced_leader = ""
 
     # -- commands
+
+    def stream_client(self) -> AegisClient:
+        """A client of its own for a stream (CHANGES, SUBSCRIBE; see `stream`): the node
+        the shell talks to first, the other known members after. Never the command
+        connection, which would only receive from then on."""
+        first = self.client.address
+        seeds = [first] + [a for a in self.client.seeds if a != first]
+        return AegisClient(
+            seeds, token=self._token, timeout=self._timeout,
+            connect_timeout=self._connect_timeout, client_name="aegis-shell-stream",
+        )
 
     async def execute(self, argv: Sequence[bytes]) -> Outcome:
         before = self.view

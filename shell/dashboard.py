@@ -54,7 +54,10 @@ from .connection import describe_error
 from .render import HEALTH_STYLES, LEADER_MARK, ROLE_STYLES, STATE_STYLES
 from .status import MemberRow, info_int, parse_member_lines, parse_members_field, pick, reply_text
 
-__all__ = ["MemberStatus", "Snapshot", "Collector", "render_snapshot", "run_dashboard", "derive_state"]
+__all__ = [
+    "MemberStatus", "Snapshot", "Collector", "render_snapshot", "run_dashboard", "derive_state",
+    "keyboard_quiet", "quit_key_pressed",
+]
 
 _WRITE_COUNTERS: Final = ("total_writes", "writes_total", "total_write_commands", "writes", "proposals_total", "total_proposals")
 _READ_COUNTERS: Final = ("total_reads", "reads_total", "total_read_commands", "reads")
@@ -408,7 +411,7 @@ def render_snapshot(snapshot: Snapshot, *, interval: float, width: int | None = 
 
 
 @contextlib.contextmanager
-def _keyboard_quiet() -> Iterator[bool]:
+def keyboard_quiet() -> Iterator[bool]:
     """No echo, no line buffering (Ctrl-C still signals); yields whether stdin is a TTY."""
     try:
         import termios
@@ -429,7 +432,7 @@ def _keyboard_quiet() -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
 
-def _quit_key_pressed(fd: int, wait: float) -> bool:
+def quit_key_pressed(fd: int, wait: float) -> bool:
     """Wait up to `wait` seconds for a key; True if it was q, Q or Esc."""
     readable, _, _ = select.select([fd], [], [], max(0.0, wait))
     if not readable:
@@ -460,7 +463,7 @@ def run_dashboard(
     ticks = 0
     snapshot = Snapshot(members=())
     try:
-        with _keyboard_quiet() as tty, Live(
+        with keyboard_quiet() as tty, Live(
             Text("connecting…"), console=console, screen=True, auto_refresh=False,
             redirect_stdout=False, redirect_stderr=False, transient=True,
         ) as live:
@@ -479,7 +482,7 @@ def run_dashboard(
                         live.update(render_snapshot(snapshot, interval=interval, width=console.width), refresh=True)
                     step = min(left, 0.1)
                     if tty:
-                        if _quit_key_pressed(sys.stdin.fileno(), step):
+                        if quit_key_pressed(sys.stdin.fileno(), step):
                             return
                     else:
                         time.sleep(step)

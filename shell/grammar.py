@@ -39,6 +39,7 @@ __all__ = [
     "Analysis",
     "MetaCommand",
     "META_COMMANDS",
+    "STREAM_COMMANDS",
     "LineSyntaxError",
     "tokenize",
     "split_line",
@@ -224,6 +225,10 @@ META_COMMANDS: Final[Mapping[str, MetaCommand]] = {
 
 #: Words that leave the shell (QUIT is a server command, but in the shell it means this).
 EXIT_WORDS: Final = frozenset({"EXIT", "QUIT"})
+
+#: Commands after which a connection only receives: the shell follows them live on a
+#: connection of their own (see `shell.stream`).
+STREAM_COMMANDS: Final = frozenset({"CHANGES", "SUBSCRIBE", "PSUBSCRIBE"})
 
 BARE_WATCH: Final = (
     "WATCH needs keys: WATCH key [key ...] makes the next EXEC fail if one of them changes "

@@ -45,7 +45,7 @@ from aegis.client import parse_info_sections
 from aegis.commands import COMMANDS, GROUPS, CommandSpec, prefix_end
 from aegis.protocol import Reply, RespError
 
-from .grammar import META_COMMANDS, MetaCommand, quote_word
+from .grammar import META_COMMANDS, STREAM_COMMANDS, MetaCommand, quote_word
 from .status import MemberRow, members_from_reply, reply_text
 
 __all__ = [
@@ -473,6 +473,9 @@ def help_command(spec: CommandSpec | MetaCommand) -> RenderableType:
     parts.append(Text("  " + spec.summary))
     group = spec.group
     parts.append(Text(f"  group: {group}", style="dim"))
+    if spec.name in STREAM_COMMANDS:
+        parts.append(Text("  in this shell: shown live, on a connection of its own, until Ctrl-C (or q); "
+                          "then how to resume", style="dim"))
     if spec.subcommands:
         parts.append(Text(""))
         for sub in spec.subcommands:

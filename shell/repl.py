@@ -14,6 +14,11 @@ are queued and which keys are WATCHed; the connection keeps them on one connecti
 `connection`). CONNECT is refused while it holds any, since the server forgets them with the
 old connection; a transaction lost with its connection (a dead node, Ctrl-C) is announced.
 
+Streams: CHANGES, SUBSCRIBE and PSUBSCRIBE are shown live, change by change, on a
+connection of their own (see `stream`), until Ctrl-C or q; then the shell says how to
+resume (``CHANGES prefix FROM <last revision seen>``) and the prompt is back, its
+connection as it was (inside MULTI they go to the node, which refuses them there).
+
 Keys: Ctrl-C at the prompt clears the line (prompt-toolkit raises KeyboardInterrupt, the
 loop goes on); Ctrl-C during a command cancels it (the bridge cancels the trio task) and
 says whether it may have been applied; Ctrl-D on an empty line exits; Ctrl-R searches
@@ -26,6 +31,8 @@ is typing shows as ``(down)`` before the next command is even sent.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,6 +49,7 @@ from rich.text import Text
 
 from aegis.commands import COMMANDS, CommandSpec, lookup
 from aegis.errors import UnknownOutcomeError
+from aegis.protocol import Reply
 
 from .bridge import BridgeClosedError, TrioBridge
 from .completer import AegisCompleter, Knowledge
@@ -51,11 +59,13 @@ from .grammar import EXIT_WORDS, META_COMMANDS, LineSyntaxError, shell_refusal, 
 from .lexer import SHELL_STYLE, AegisLexer, AegisValidator, syntax_hint
 from .render import help_command, help_overview, print_paged, render_error, render_reply
 from .status import members_from_reply
+from .stream import Change, FollowResult, Message, StreamEvent, follow, is_stream_command, render_event
 from .transaction import NO_SESSION, Session
 
 __all__ = ["ShellOptions", "Repl", "prompt_text", "confirmation_question"]
 
 SLOW_REPLY: Final = 1.0  # seconds after which the time a command took is shown
+STOP_HINT: Final = "Ctrl-C (or q) returns to the prompt"
 
 
 @dataclass(slots=True)
@@ -278,6 +288,9 @@ class Repl:
         if name in META_COMMANDS and name not in COMMANDS:
             self.meta(name, argv[1:])
             return True
+        if is_stream_command(argv) and not self.conn.session.in_multi:  # in MULTI the node refuses it
+            self.follow(argv)
+            return True
         spec = _spec_for(argv)
         if spec is not None and spec.dangerous and self.confirm:
             if not self.ask(confirmation_question(spec, argv)):
@@ -350,6 +363,31 @@ class Repl:
         print_paged(self.console, render_reply(argv, outcome.reply, outcome.queued), pager=self.options.pager)
         if outcome.elapsed >= SLOW_REPLY:
             self.console.print(Text(f"({outcome.elapsed:.2f}s)", style="dim"))
+
+    def follow(self, argv: list[bytes], *, stop: threading.Event | None = None) -> FollowResult:
+        """CHANGES / SUBSCRIBE / PSUBSCRIBE, live on a connection of their own, until
+        Ctrl-C (or q, or `stop`); then how to resume. The command connection is untouched."""
+
+        def show(event: StreamEvent, reply: Reply) -> None:
+            if isinstance(event, Change):
+                for key, _value in event.items:
+                    self.knowledge.keys.add(key.decode("utf-8", "replace"))
+            elif isinstance(event, Message) and event.key_event is not None:
+                self.knowledge.keys.add(event.key_event[0].decode("utf-8", "replace"))
+            self.console.print(render_event(event, at=time.strftime("%H:%M:%S"), hint=STOP_HINT))
+
+        result = follow(self.bridge, self.conn.stream_client, argv, show, keys=True, stop=stop)
+        progress = result.progress
+        if result.error is not None:
+            self.failures += 1
+            self.console.print(render_error(describe_error(result.error)))
+            if progress.started:
+                self.console.print(Text(f"{progress.summary()} · {progress.resume_hint()}", style="dim"))
+            return result
+        self.console.print(Text.assemble(
+            (progress.summary(), "yellow"), (" · ", "dim"), (progress.resume_hint(), "bold"),
+        ))
+        return result
 
     # -- meta-commands
 

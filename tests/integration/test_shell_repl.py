@@ -9,10 +9,12 @@ Every process started here is killed by PID in a `finally`; every wait has a dea
 
 from __future__ import annotations
 
+import _thread
 import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -370,6 +372,96 @@ def test_a_transaction_lost_with_its_node_is_discarded(own_cluster: LocalCluster
         assert shell.run("SET after 1\r").strip().endswith("OK")
 
 
+# --------------------------------------------------------------------------- streams
+
+
+def follow_in_background(shell: Shell, keys: str, writes: Callable[[], None], until: str) -> str:
+    """Type `keys` at the prompt and run the line, as the user would, on the main thread;
+    meanwhile, once the
+    stream has started, do `writes` and, when the output shows `until`, press Ctrl-C
+    (KeyboardInterrupt on the main thread, as the terminal's SIGINT gives). What it printed."""
+    line = shell.type(keys)
+    before = len(shell.out.getvalue())
+    failure: list[BaseException] = []
+
+    def driver() -> None:
+        try:
+            wait_until(lambda: " · Ctrl-C" in shell.out.getvalue()[before:], 10, 0.02, "the stream to start")
+            writes()
+            wait_until(lambda: until in shell.out.getvalue()[before:], 10, 0.02, f"{until!r} to be shown",
+                       detail=lambda: shell.out.getvalue()[before:])
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            failure.append(exc)
+        finally:
+            _thread.interrupt_main()
+
+    thread = threading.Thread(target=driver, daemon=True)
+    thread.start()
+    try:
+        assert shell.repl.handle_line(line)
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C must end the follow, not escape it
+        pytest.fail("Ctrl-C escaped the follow")
+    thread.join(10)
+    if failure:
+        raise failure[0]
+    return shell.out.getvalue()[before:]
+
+
+def test_changes_live_then_ctrl_c_returns_to_a_working_prompt(shell: Shell, cluster: LocalCluster) -> None:
+    leader = cluster.leader(timeout=START_TIMEOUT)
+    writer = cluster.nodes[leader].client()
+    address = shell.repl.conn.client.address
+
+    def writes() -> None:
+        writer.set("live:a", "1")
+        writer.mset({"live:b": "2", "live:c": "3"})
+        writer.set("elsewhere", "x")  # not under the prefix: not shown
+        writer.delete("live:a")
+
+    out = follow_in_background(shell, "CHANGES live:\r", writes, "deleted")
+    lines = [line.rstrip() for line in out.splitlines()]
+    assert "following changes under \"live:\" after revision" in lines[0] and "Ctrl-C" in lines[0]
+    # "HH:MM:SS revision  key  value" per entry; an entry's further keys on indented lines.
+    revisions = [int(m[1]) for line in lines if (m := re.match(r"\d\d:\d\d:\d\d (\d+)  ", line))]
+    assert revisions == sorted(revisions) and len(revisions) == 3
+    assert any('"live:a"  "1"' in line for line in lines)
+    assert any('"live:b"  "2"' in line for line in lines) and any('"live:c"  "3"' in line for line in lines)
+    assert any('"live:a"  deleted' in line for line in lines) and "elsewhere" not in out
+    last = revisions[-1]
+    assert f"stopped after 3 changes (last revision {last})" in out
+    assert f"resume with: CHANGES live: FROM {last}" in out
+    # The stream's connection is closed; the shell's own is where it was, and works.
+    wait_until(lambda: cluster.info(leader)["feed_subscribers"] == "0", 5, 0.05, "the stream to be closed")
+    assert shell.repl.conn.client.connected and shell.repl.conn.client.address == address
+    assert shell.run("GET live:b\r").strip() == '"2"'
+    assert "live:c" in shell.repl.knowledge.keys  # keys a stream showed complete at the prompt
+    # Resuming from the revision it printed gives what came after, nothing twice.
+    writer.set("live:d", "4")
+    stop = threading.Event()
+    before = len(shell.out.getvalue())
+    threading.Thread(target=lambda: (wait_until(lambda: "live:d" in shell.out.getvalue()[before:], 10, 0.02),
+                                     stop.set()), daemon=True).start()
+    result = shell.repl.follow([b"CHANGES", b"live:", b"FROM", str(last).encode()], stop=stop)
+    again = shell.out.getvalue()[before:]
+    assert result.progress.changes == 1 and '"live:d"  "4"' in again and "live:a" not in again
+
+
+def test_psubscribe_live_on_a_follower(shell: Shell, cluster: LocalCluster) -> None:
+    leader = cluster.leader(timeout=START_TIMEOUT)
+    follower = next(n for n in cluster.nodes if n != leader)
+    shell.run(f"CONNECT {cluster.addr(follower)}\r")
+    writer = cluster.nodes[leader].client()
+    out = follow_in_background(
+        shell, "PSUBSCRIBE __keyspace@0__:ks:*\r",
+        lambda: (writer.set("ks:1", "a"), writer.delete("ks:1")), '"ks:1"  del',
+    )
+    assert 'subscribed to pattern "__keyspace@0__:ks:*" (1 subscription)' in out
+    assert '"ks:1"  set' in out and "unsubscribed after 2 messages" in out
+    assert "CHANGES ks: FROM <revision>" in out  # what resumes, since this does not
+    wait_until(lambda: cluster.info(follower)["pubsub_clients"] == "0", 5, 0.05, "the subscription to be closed")
+    assert shell.run("PING\r").strip() == "PONG"
+
+
 # --------------------------------------------------------------------------- scripted use
 
 
@@ -378,6 +470,35 @@ def aegis_shell(*args: str, stdin: str = "", env: dict[str, str] | None = None) 
         [sys.executable, "-m", "shell", *args], input=stdin, capture_output=True, text=True,
         cwd=ROOT, timeout=30, env={**os.environ, **(env or {})},
     )
+
+
+def test_json_changes_in_a_script_until_sigint(cluster: LocalCluster) -> None:
+    leader = cluster.leader(timeout=START_TIMEOUT)
+    follower = next(n for n in cluster.nodes if n != leader)
+    writer = cluster.nodes[leader].client()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shell", "--addr", cluster.addr(follower), "--json", "CHANGES", "script:"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["type"] == "changes" and first["prefix"] == "script:"
+        writer.set("script:1", "one")
+        writer.delete("script:1")
+        got = [json.loads(proc.stdout.readline()) for _ in range(2)]  # each as it is committed
+        assert [g["changes"] for g in got] == [[{"key": "script:1", "value": "one"}],
+                                               [{"key": "script:1", "value": None}]]
+        assert got[0]["revision"] < got[1]["revision"]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 130 and out == ""
+    assert f"resume with: CHANGES script: FROM {got[1]['revision']}" in err
+    wait_until(lambda: cluster.info(follower)["feed_subscribers"] == "0", 5, 0.05, "the stream to be closed")
 
 
 def test_one_command_piped_lines_json_and_exit_codes(cluster: LocalCluster) -> None:
