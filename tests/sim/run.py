@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(seeds) == 1:
                 print(f"{name} seed {seed}: ok, committed {sim.committed_max()} entries, "
                       f"{len(sim.acked)} acknowledged, {max(sim.leaders_by_term)} terms")
+                print(f"  data checks: {sim.stats}")
         print(f"{name}: {ok} passed, {len(seeds) - ok} failed in {time.process_time() - t0:.1f}s CPU", flush=True)
     return 1 if failures else 0
 

@@ -3,12 +3,26 @@
 N `RaftNode`s talk over an in-memory network with a fake clock (integer ticks) and a
 seeded fault schedule: drops, delays (and so reordering), duplicates, partitions (including
 the leader and partial connectivity), crashes and restarts that keep only what a node
-persisted through `Ready`. A client workload proposes the seed's commands.
+persisted through `Ready`. A client workload proposes the seed's commands and, with
+`FaultRates.op_rate`, the data API's OP commands (SET with NX/XX/PX/PXAT/KEEPTTL, MSET,
+PEXPIRE, PERSIST, CASV, GETDEL, APPEND, ...) and TRANSACTIONs with watches, over the same
+eight keys; the leader sweeps expired keys with PURGE entries, as the node does.
+
+Time: the fake clock is integer ticks; a node's clock reads ``EPOCH_MS + ticks * TICK_MS +
+its skew`` (`FaultRates.clock_skew`), and every proposal carries the proposer's clock as its
+timestamp, never earlier than the latest entry it applied (the node's `_entry_time`).
 
 After every step the simulator checks Raft's safety properties (dissertation Figure 3.2):
 election safety, log matching, leader completeness, state-machine safety, commit index
-monotonicity, and that every acknowledged proposal is in the committed log. Any failure
-raises `SafetyViolation` naming the seed, so `python -m tests.sim.run --seed N` replays it.
+monotonicity, and that every acknowledged proposal is in the committed log. An entry is
+its term, payload *and timestamp* (the timestamp decides expiry). Applying is checked
+against an independent model of the data commands (`model.py`) at every entry, replicas'
+stored records (deadlines included; `len(sm)`) at every index, the log's time never
+going backwards, and every ReadIndex read is served and checked: it hides each key whose
+deadline is at or before the moment the read began, on the serving node's clock (README,
+"The data API", Expiry), and returns what the model holds at the index it was served at.
+Any failure raises `SafetyViolation` naming the seed, so `python -m tests.sim.run --seed N`
+replays it.
 
 Nothing here reads the wall clock or uses trio: the same seed gives the same run.
 """
@@ -19,11 +33,41 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from aegis.log import LogEntry, LogIndex, MemoryLogStore, Membership
+from aegis.log import EntryType, LogEntry, LogIndex, MemoryLogStore, Membership
 from aegis.messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest
 from aegis.raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Role
-from aegis.state import Command, StateMachine, encode_batch
+from aegis.state import Command, CommandResult, CommandType, Item, StateMachine, decode_batch, encode_batch
 from aegis.transport import InMemoryTransport
+
+from .model import ModelKV
+
+EPOCH_MS = 1_700_000_000_000  # the fake clock's tick 0, in ms since the epoch
+TICK_MS = 10  # one tick: election timeouts of 10-20 ticks are 100-200 ms
+KEYS = tuple(f"k{i}" for i in range(8))
+
+#: What identifies a log entry: (term, payload, timestamp).
+EntryKey = tuple[int, bytes, float]
+
+
+def _entry_key(e: LogEntry) -> EntryKey:
+    return (int(e.term), bytes(e.data), float(e.timestamp))
+
+
+def _live(items: list[Item], now: int) -> dict[bytes, tuple[bytes, int, int, int]]:
+    return {k: (v, ver, rev, exp) for k, v, ver, rev, exp in items if not exp or exp > now}
+
+
+def _diff(got: dict[bytes, tuple[bytes, int, int, int]], want: dict[bytes, tuple[bytes, int, int, int]]) -> str:
+    keys = sorted(got.keys() | want.keys())
+    return "; ".join(f"{k!r}: {got.get(k)} != model {want.get(k)}" for k in keys if got.get(k) != want.get(k))
+
+
+def _commands_of(e: LogEntry) -> list[Command]:
+    if e.type == EntryType.COMMAND:
+        return [Command.decode(e.data)]
+    if e.type == EntryType.BATCH:
+        return decode_batch(e.data)
+    return []
 
 
 class SafetyViolation(AssertionError):
@@ -43,6 +87,11 @@ class FaultRates:
     membership_changes: bool = False
     read_rate: float = 0.2  # linearizable reads per tick, on random live nodes
     batch_rate: float = 0.25  # share of proposals that are a BATCH entry of 2-4 commands
+    op_rate: float = 0.15  # share of commands that are OP or TRANSACTION commands
+    ttl_ms: int = 400  # PX and PEXPIRE times are drawn up to this
+    clock_skew: int = 0  # each node's clock is off by up to this many ms either way
+    purge_every: int = 10  # ticks between the leader's expiry sweeps (the node: 100 ms)
+    purge_limit: int = 4  # keys one PURGE entry removes at most
 
 
 @dataclass
@@ -54,6 +103,8 @@ class SimNode:
     sm: StateMachine = field(default_factory=StateMachine)
     alive: bool = True
     last_commit: int = 0
+    skew: int = 0  # ms this node's clock is ahead of the fake clock (negative: behind)
+    waiting_reads: list[tuple[int, int, int]] = field(default_factory=list)  # (ctx, read index, start ms)
 
 
 class Simulation:
@@ -80,26 +131,48 @@ class Simulation:
         self.net.drop_rate = self.faults.drop
         self.net.duplicate_rate = self.faults.duplicate
         self.nodes: dict[str, SimNode] = {}
+        # The data workload, the clocks and the reads draw from their own generators, so
+        # that they do not perturb the fault schedule.
+        self.cmd_rng = random.Random(f"{seed}/commands")
+        clock_rng = random.Random(f"{seed}/clocks")
+        # Records of the data checks: the model after each index, the first applier's
+        # stored records there (deadlines, revisions, expired-but-unpurged keys and all),
+        # each entry's commands, the log's time so far.
+        self.model = ModelKV()
+        self.model_index = 0
+        self.model_at: dict[int, ModelKV] = {0: self.model.copy()}
+        self.stored_at: dict[int, list[Item]] = {}
+        self.time_at: dict[int, int] = {0: 0}  # index -> the log's time (ms) there
+        self.commands_at: dict[int, list[Command]] = {}
+        self.log_time = 0
+        self.purge_inflight: tuple[str, int] | None = None
+        #: Evidence that the data checks bit: see `test_ttl_checks_are_not_vacuous`.
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("deadlines_set", "keys_expired", "purged", "reads_checked", "expired_hidden", "leader_crashes",
+             "txn_aborted", "txn_applied", "shown_late"), 0)
+        self.kinds: dict[str, int] = {}  # committed commands by kind (OP: by operation)
         for nid in ids + learner_ids:
             disk = MemoryLogStore(self.membership)
-            self.nodes[nid] = SimNode(nid, disk)
+            skew = clock_rng.randint(-self.faults.clock_skew, self.faults.clock_skew)
+            self.nodes[nid] = SimNode(nid, disk, skew=skew)
             self._boot(self.nodes[nid])
         # Global records for the safety checks.
         self.leaders_by_term: dict[int, str] = {}
-        self.committed: dict[int, tuple[int, bytes]] = {}  # index -> (term, data)
+        self.committed: dict[int, EntryKey] = {}  # index -> (term, data, timestamp)
         # index -> an upper bound on the term in which it was committed: the highest term any
         # live node had when the commit was first seen. Leader Completeness speaks of leaders
         # of *later* terms: a stale leader may lack what a newer leader committed.
         self.committed_in: dict[int, int] = {}
-        self.applied: dict[int, tuple[int, bytes]] = {}
-        self.acked: dict[int, tuple[int, bytes]] = {}  # acknowledged proposals
-        self.pending: dict[str, list[tuple[int, int, bytes]]] = {nid: [] for nid in self.nodes}
+        self.applied: dict[int, EntryKey] = {}
+        self.acked: dict[int, EntryKey] = {}  # acknowledged proposals
+        self.pending: dict[str, list[tuple[int, EntryKey]]] = {nid: [] for nid in self.nodes}
         self.restart_at: dict[str, int] = {}
         self.client_seq = 0
         self.proposed = 0
         self.steps = 0
         self.violation_hooks: list[Callable[[], None]] = []
         self.reads: dict[tuple[str, int], int] = {}  # (node, ctx) -> highest ack when the read began
+        self.read_start: dict[tuple[str, int], int] = {}  # (node, ctx) -> its clock (ms) then
         self.read_ctx = 0
         self.read_rng = random.Random(f"{seed}/reads")  # reads do not perturb the fault schedule
         self.reads_served = 0
@@ -116,10 +189,23 @@ class Simulation:
             seed=self.rng.randrange(1 << 30),
         )
 
+    def clock_ms(self, node: SimNode) -> int:
+        """The node's own clock."""
+        return EPOCH_MS + self.now * TICK_MS + node.skew
+
+    def read_now(self, node: SimNode) -> int:
+        """The time a read is served at (the node's `_read_now`): its clock, never earlier
+        than the latest entry it applied."""
+        return max(self.clock_ms(node), node.sm.clock)
+
+    def _entry_time(self, node: SimNode) -> float:
+        """The timestamp a proposal carries (the node's `_entry_time`)."""
+        return max(self.clock_ms(node), node.sm.clock) / 1000
+
     def _boot(self, node: SimNode) -> None:
         node.sm = StateMachine()
         if node.snapshot_data:
-            node.sm.restore_chunks([node.snapshot_data])
+            self._check_restored(node, node.sm.restore_chunks([node.snapshot_data]))
         node.raft = RaftNode(node.id, self._config(node.id), node.disk)
         node.alive = True
         node.last_commit = node.raft.commit_index
@@ -130,6 +216,7 @@ class Simulation:
             return
         node.alive = False
         node.raft = None
+        node.waiting_reads = []
         self.net.crash(nid)
         self.pending[nid] = []  # clients of a crashed node see an unknown outcome
 
@@ -152,7 +239,7 @@ class Simulation:
             rd.persist_to(node.disk)
             if rd.snapshot is not None:
                 node.snapshot_data = rd.snapshot.data
-                node.sm.restore_chunks([rd.snapshot.data])
+                self._check_restored(node, node.sm.restore_chunks([rd.snapshot.data]))
             for m in rd.messages:
                 if isinstance(m, InstallSnapshotRequest) and not m.data:
                     m = InstallSnapshotRequest(
@@ -168,9 +255,14 @@ class Simulation:
                     self.fail(f"{node.id}: read {rs.ctx} got read index {rs.index}, but a write at {floor} "
                               "was acknowledged before the read began (not linearizable)")
                 self.reads_served += floor is not None
+                start = self.read_start.pop((node.id, rs.ctx), None)
+                if start is not None:
+                    node.waiting_reads.append((rs.ctx, int(rs.index), start))
             raft.advance(rd)
             if raft.should_snapshot():
                 self._take_snapshot(node)
+            if node.waiting_reads:
+                self._serve_reads(node)
 
     def _take_snapshot(self, node: SimNode) -> None:
         raft = node.raft
@@ -183,7 +275,7 @@ class Simulation:
         raft.compacted(meta)
 
     def _apply(self, node: SimNode, e: LogEntry) -> None:
-        key = (int(e.term), bytes(e.data))
+        key = _entry_key(e)
         seen = self.applied.get(e.index)
         if seen is None:
             self.applied[e.index] = key
@@ -192,17 +284,123 @@ class Simulation:
         # Only committed entries are handed out for applying.
         if self.committed.setdefault(e.index, key) != key:
             self.fail(f"{node.id} applies {key} at {e.index}, but {self.committed[e.index]} was committed")
-        self.committed_in.setdefault(e.index, self._highest_term())
-        node.sm.apply_entry(e)
+        if e.index not in self.committed_in:
+            self.committed_in[e.index] = self._highest_term()
+        if e.index <= node.sm.last_applied:
+            self.fail(f"{node.id} is handed entry {e.index} again (applied up to {node.sm.last_applied})")
+        results = node.sm.apply_entries([e])[0]
+        self._check_applied(node, e, seen is None, results)
         # Acknowledge the client whose proposal this was, if it was proposed on this node.
         still = []
-        for idx, term, data in self.pending[node.id]:
+        for idx, pkey in self.pending[node.id]:
             if idx == e.index:
-                if term == e.term and data == bytes(e.data):
-                    self.acked[idx] = (term, data)
+                if pkey == key:
+                    self.acked[idx] = pkey
             elif idx > e.index:
-                still.append((idx, term, data))
+                still.append((idx, pkey))
         self.pending[node.id] = still
+
+    # ------------------------------------------------------------------ the data checks
+    def _check_applied(self, node: SimNode, e: LogEntry, first: bool, results: list[CommandResult]) -> None:
+        """After `node` applied `e`: the model (advanced by the first replica to apply each
+        index, in index order), the replicas' stored state, and the log's time."""
+        idx = int(e.index)
+        commands = _commands_of(e) if first else self.commands_at[idx]
+        now = int(e.timestamp * 1000)
+        stored = list(node.sm.backend.items())
+        if commands and not now:
+            self.fail(f"entry {idx} carries commands but no timestamp")
+        if first:
+            if idx != self.model_index + 1:
+                self.fail(f"entry {idx} applied first, but the model is at {self.model_index}")
+            if commands:
+                if now < self.log_time:
+                    self.fail(f"the log's time went backwards at {idx}: {now} ms after {self.log_time} ms")
+                # keys that expired since the previous entry (this entry is the log point
+                # at which every replica stops seeing them)
+                self.stats["keys_expired"] += len(self.model.live(self.log_time).keys() - self.model.live(now).keys())
+                self.log_time = now
+                for c in commands:
+                    self._count(c, now)
+                    self.model.apply(c, idx, now)
+            self.model_index = idx
+            self.time_at[idx] = self.log_time
+            self.model_at[idx] = self.model.copy()
+            self.stored_at[idx] = stored
+            self.commands_at[idx] = commands
+            if commands and commands[0].name == "PURGE" and results:
+                removed = results[0].value
+                self.stats["purged"] += removed if isinstance(removed, int) else 0
+        else:
+            # The replicas store the same records (the digest's contents and revisions),
+            # expired keys not yet purged included, so they agree on len(sm) too.
+            if len(node.sm) != len(self.stored_at[idx]):
+                self.fail(f"{node.id}: len(sm) after {idx} is {len(node.sm)}, the first replica's "
+                          f"{len(self.stored_at[idx])}")
+            if stored != self.stored_at[idx]:
+                self.fail(f"{node.id}: stored state after {idx} differs from the first replica's: "
+                          f"{sorted(set(stored) ^ set(self.stored_at[idx]))}")
+        if commands:
+            got = _live(stored, now)
+            want = self.model_at[idx].live(now)
+            if got != want:
+                self.fail(f"{node.id}: live state after {idx} at {now} ms differs from the model: "
+                          f"{_diff(got, want)}")
+
+    def _count(self, c: Command, now: int) -> None:
+        kind = c.name if c.type == CommandType.OP and c.name else c.type.name
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if c.type == CommandType.TRANSACTION:
+            ok = all((rec[2] if (rec := self.model.get(k.encode(), now)) else 0) == r for k, r in c.watches)
+            self.stats["txn_applied" if ok else "txn_aborted"] += 1
+        elif c.name in ("PEXPIRE", "PEXPIREAT") or (c.name == "SET" and c.args[4] in (b"PX", b"PXAT")):
+            self.stats["deadlines_set"] += 1
+
+    def _check_restored(self, node: SimNode, index: int) -> None:
+        want = self.stored_at.get(index)
+        if want is not None and list(node.sm.backend.items()) != want:
+            self.fail(f"{node.id}: the snapshot at {index} does not hold the state applied there")
+
+    def _serve_reads(self, node: SimNode) -> None:
+        """Serve the reads whose read point this node reached, as the node's `_serve_read`
+        does, and check each of them."""
+        sm = node.sm
+        applied = sm.last_applied
+        ready = [r for r in node.waiting_reads if r[1] <= applied]
+        if not ready:
+            return
+        node.waiting_reads = [r for r in node.waiting_reads if r[1] > applied]
+        now = self.read_now(node)
+        model = self.model_at[applied].live(now)
+        for ctx, _index, start in ready:
+            self.stats["reads_checked"] += 1
+            for k in KEYS:
+                kb = k.encode()
+                rec = sm.record(kb, now)
+                res = sm.read(Command.get(k), now)
+                if not res.success or (res.value, res.version) != ((rec[0], rec[1]) if rec else (None, 0)):
+                    self.fail(f"{node.id}: read {ctx} of {k}: GET answered {res}, the record is {rec}")
+                # README, "The data API", Expiry: a read hides every key whose deadline is at
+                # or before the moment it is served, on the serving node's clock, and never
+                # earlier than the time of the last entry that node applied; on the leader, a
+                # key whose deadline passed before the read began is never returned.
+                if rec is not None and rec[3] and rec[3] <= self.time_at[applied]:
+                    self.fail(f"{node.id}: read {ctx} (served at {now} ms, applied {applied}) returned {k} "
+                              f"whose deadline {rec[3]} ms is before the time of the entry applied last, "
+                              f"{self.time_at[applied]} ms")
+                if rec is not None and rec[3] and rec[3] <= start:
+                    self.fail(f"{node.id}: read {ctx} (began at {start} ms, served at {now} ms, applied "
+                              f"{applied}) returned {k} whose deadline {rec[3]} ms had passed")
+                # ... so a node whose clock is behind shows a key up to that much after its
+                # deadline on the fake clock (the README's caveat), and never more.
+                if rec is not None and rec[3] and rec[3] <= start - node.skew:
+                    self.stats["shown_late"] += 1
+                if rec != model.get(kb):
+                    self.fail(f"{node.id}: read {ctx} of {k} at {applied} ({now} ms) returned {rec}, "
+                              f"the model holds {model.get(kb)}")
+                stored = sm.backend.get(kb)
+                if rec is None and stored is not None:
+                    self.stats["expired_hidden"] += 1
 
     def _highest_term(self) -> int:
         return max((n.raft.term for n in self.nodes.values() if n.alive and n.raft is not None), default=0)
@@ -225,27 +423,55 @@ class Simulation:
             return False
         if self.faults.batch_rate and self.rng.random() < self.faults.batch_rate:
             # A batch of commands in one entry, as the node proposes a turn's writes.
-            payloads = [self._command().encode() for _ in range(self.rng.randrange(2, 5))]
-            data = encode_batch(payloads)
-            try:
-                idx = node.raft.propose_commands(payloads)
-            except (NotLeaderError, ProposalDroppedError):
-                return False
+            payloads = [self._command(node).encode() for _ in range(self.rng.randrange(2, 5))]
         else:
-            data = self._command().encode()
-            try:
-                idx = node.raft.propose(data)
-            except (NotLeaderError, ProposalDroppedError):
-                return False
-        self.proposed += 1
-        self.pending[node.id].append((idx, node.raft.term, data))
-        self._drain(node)
-        return True
+            payloads = [self._command(node).encode()]
+        return self._propose_payloads(node, payloads) is not None
 
-    def _command(self) -> Command:
+    def _propose_payloads(self, node: SimNode, payloads: list[bytes]) -> int | None:
+        raft = node.raft
+        assert raft is not None
+        ts = self._entry_time(node)
+        try:
+            if len(payloads) > 1:
+                idx = raft.propose_commands(payloads, timestamp=ts)
+                data = encode_batch(payloads)
+            else:
+                idx = raft.propose(payloads[0], timestamp=ts)
+                data = payloads[0]
+        except (NotLeaderError, ProposalDroppedError):
+            return None
+        self.proposed += 1
+        self.pending[node.id].append((idx, (raft.term, data, ts)))
+        self._drain(node)
+        return idx
+
+    def sweep_expired(self) -> None:
+        """The leader's expiry sweep (the node's `_expiry_loop`): one PURGE entry in flight
+        at a time, for the keys its state holds past their deadline."""
+        if self.purge_inflight is not None:
+            nid, idx = self.purge_inflight
+            owner = self.nodes[nid]
+            if (owner.alive and owner.raft is not None and owner.raft.role == Role.LEADER
+                    and owner.sm.last_applied < idx):
+                return
+            self.purge_inflight = None
+        lead = self.leader()
+        if lead is None or lead.raft is None:
+            return
+        keys = lead.sm.backend.expiring(self.read_now(lead), self.faults.purge_limit)
+        if not keys:
+            return
+        proposed = self._propose_payloads(lead, [Command.op("PURGE", *keys).encode()])
+        if proposed is not None:
+            self.purge_inflight = (lead.id, proposed)
+
+    def _command(self, node: SimNode) -> Command:
         self.client_seq += 1
         key = f"k{self.rng.randrange(8)}"
         r = self.rng.random()
+        if self.faults.op_rate and self.cmd_rng.random() < self.faults.op_rate:
+            return self._data_command(node, key)
         if r < 0.5:
             cmd = Command.set(key, f"v{self.client_seq}".encode())
         elif r < 0.75:
@@ -255,6 +481,66 @@ class Simulation:
         else:
             cmd = Command.compare_and_swap(key, f"v{self.client_seq - 1}".encode(), f"v{self.client_seq}".encode())
         return cmd
+
+    def _data_command(self, node: SimNode, key: str) -> Command:
+        """An OP command or a TRANSACTION, as the data API proposes them. Versions and
+        revisions come from the proposer's state (a client that just read them), so they
+        are sometimes current and sometimes stale."""
+        g = self.cmd_rng
+        if g.random() < 0.15:
+            subs = [self._simple_op(node, f"k{g.randrange(8)}") for _ in range(g.randint(1, 3))]
+            watches = []
+            for k in g.sample(KEYS, g.randint(0, 2)):
+                rev = self._seen(node, k)[2]
+                if g.random() < 0.3:
+                    rev = max(0, rev - g.randint(1, 3)) if rev and g.random() < 0.7 else g.randrange(0, self.model_index + 2)
+                watches.append((k, rev))
+            return Command.transaction(subs, watches)
+        return self._simple_op(node, key)
+
+    def _seen(self, node: SimNode, key: str) -> tuple[bytes, int, int, int]:
+        rec = node.sm.record(key.encode(), self.read_now(node))
+        return rec if rec is not None else (b"", 0, 0, 0)
+
+    def _simple_op(self, node: SimNode, key: str) -> Command:
+        g = self.cmd_rng
+        value = f"v{self.client_seq}".encode()
+        ttl = self.faults.ttl_ms
+        r = g.random()
+        if r < 0.35:
+            cond = g.choice((b"", b"", b"NX", b"XX"))
+            get = g.choice((b"", b"GET"))
+            mode = g.choice((b"", b"PX", b"PX", b"PX", b"PXAT", b"KEEPTTL"))
+            when = 0
+            if mode == b"PX":
+                when = g.randint(1, ttl)
+            elif mode == b"PXAT":  # sometimes already past
+                when = self.read_now(node) + g.randint(-ttl // 4, ttl)
+            return Command.op("SET", key, value, cond, get, mode, when)
+        if r < 0.45:
+            other = f"k{g.randrange(8)}"
+            return Command.op(g.choice(("MSET", "MSET", "MSETNX")), key, value, other, value + b"m")
+        if r < 0.57:
+            cond = g.choice((b"", b"", b"NX", b"XX", b"GT", b"LT"))
+            if g.random() < 0.8:
+                return Command.op("PEXPIRE", key, g.randint(-ttl // 8, ttl), cond)
+            return Command.op("PEXPIREAT", key, self.read_now(node) + g.randint(-ttl // 8, ttl), cond)
+        if r < 0.65:
+            return Command.op("PERSIST", key)
+        if r < 0.77:
+            version = self._seen(node, key)[1]
+            if g.random() < 0.3:
+                version = max(0, version + g.choice((-1, 1)))
+            if g.random() < 0.85:
+                return Command.op("CASV", key, version, value)
+            return Command.op("DELV", key, version)
+        if r < 0.85:
+            return Command.op("GETDEL", key)
+        if r < 0.95:
+            return Command.op("APPEND", key, b"+a")
+        if r < 0.98:
+            return Command.op("GETSET", key, value)
+        return Command.increment(key, g.randint(1, 3))
 
     def change_membership(self) -> None:
         node = self.leader()
@@ -277,7 +563,7 @@ class Simulation:
         if change is None:
             return
         try:
-            node.raft.propose_config_change(change)
+            node.raft.propose_config_change(change, timestamp=self._entry_time(node))
         except (ConfigChangeError, NotLeaderError, ProposalDroppedError):
             return
         self._drain(node)
@@ -306,6 +592,8 @@ class Simulation:
             alive = [nid for nid in ids if self.nodes[nid].alive]
             if len(alive) > 1:
                 victim = self.rng.choice(alive)
+                lead = self.leader()
+                self.stats["leader_crashes"] += lead is not None and lead.id == victim
                 self.crash(victim)
                 lo, hi = f.restart_after
                 self.restart_at[victim] = self.now + self.rng.randint(lo, hi)
@@ -343,7 +631,10 @@ class Simulation:
                 assert reader.raft is not None
                 if reader.raft.read_index(self.read_ctx):
                     self.reads[(reader.id, self.read_ctx)] = max(self.acked, default=0)
+                    self.read_start[(reader.id, self.read_ctx)] = self.clock_ms(reader)
                     self._drain(reader)
+        if self.faults.purge_every and self.steps % self.faults.purge_every == 0:
+            self.sweep_expired()
         if workload:
             while self.rng.random() < self.faults.propose_rate:
                 self.propose()
@@ -398,6 +689,7 @@ class Simulation:
 
     def check(self, full: bool = False) -> None:
         alive = [n for n in self.nodes.values() if n.alive and n.raft is not None]
+        highest = self._highest_term()  # no term changes while checking
         for node in alive:
             raft = node.raft
             assert raft is not None
@@ -413,11 +705,12 @@ class Simulation:
             # Record committed entries; they must never change.
             lo = max(raft.log.first_index(), raft.commit_index - 20 if not full else 0, 1)
             for e in raft.log.slice(LogIndex(lo), LogIndex(raft.commit_index + 1)) if lo <= raft.commit_index else []:
-                key = (int(e.term), bytes(e.data))
-                seen = self.committed.setdefault(e.index, key)
-                self.committed_in.setdefault(e.index, self._highest_term())
-                if seen != key:
-                    self.fail(f"committed entry {e.index} differs: {node.id} has {key}, before {seen}")
+                seen = self.committed.get(e.index)
+                if seen is None:
+                    self.committed[e.index] = _entry_key(e)
+                    self.committed_in.setdefault(e.index, highest)
+                elif seen[0] != e.term or seen[2] != e.timestamp or seen[1] != e.data:
+                    self.fail(f"committed entry {e.index} differs: {node.id} has {_entry_key(e)}, before {seen}")
         # Leader completeness: a leader holds every committed entry (of earlier terms).
         for node in alive:
             raft = node.raft
@@ -465,7 +758,8 @@ class Simulation:
                         top = k
                         break
                 for k in range(top + 1):
-                    if ea[k].term != eb[k].term or bytes(ea[k].data) != bytes(eb[k].data):
+                    x, y = ea[k], eb[k]
+                    if x.term != y.term or x.timestamp != y.timestamp or bytes(x.data) != bytes(y.data):
                         self.fail(
                             f"log matching: {alive[i].id} and {alive[j].id} agree at "
                             f"{ea[top].index} but differ at {ea[k].index}"
