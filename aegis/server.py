@@ -187,6 +187,7 @@ class Node:
         self._apply_waiters: list[tuple[int, _Waiter]] = []
         self._fwd_batches: dict[int, list[_Waiter]] = {}  # forwarded batch id -> its commands' waiters
         self._fwd_leader: dict[int, str] = {}  # forwarded batch id -> the leader it went to
+        self._log_time = 0.0  # on a leader: the latest timestamp in its log when it took over
         self._peer_addrs: dict[str, str] = {}  # the members' addresses when last looked at
         self._lingering: dict[str, tuple[float, str]] = {}  # departed member -> (until, address)
         self._fwd_buf: list[tuple[list[bytes], _Waiter]] = []
@@ -324,7 +325,7 @@ class Node:
     def _entry_time(self) -> float:
         """The timestamp a new entry carries: the leader's clock, never behind the latest
         applied entry (so the log's time only moves forward, across leader changes too)."""
-        return max(time.time(), self.sm.clock / 1000)
+        return max(time.time(), self.sm.clock / 1000, self._log_time)
 
     async def _expiry_loop(self) -> None:
         """On the leader: remove keys past their deadline through the log (PURGE entries),
@@ -629,11 +630,28 @@ class Node:
             log.info("node %s is %s in term %d (leader: %s)", self.id, rd.soft_state.role.value,
                      self.raft.term, rd.soft_state.leader_id)
             self._forget_forwards_to_others(rd.soft_state.leader_id)
+            if rd.soft_state.role == Role.LEADER:
+                self._log_time = self._latest_log_time()
             if rd.soft_state.role != Role.LEADER:
                 # Reads waiting on a deposed leader's heartbeat round will never complete.
                 for w in list(self._reads.values()):
                     w.fail("TRYAGAIN leadership changed during the read; retry")
                 self._reads.clear()
+
+    def _latest_log_time(self) -> float:
+        """The latest entry time in the log, applied or not: a new leader stamps nothing
+        earlier, so the log's time never goes backwards across leaders (a predecessor's
+        entries it has not applied yet may carry a later clock than its own)."""
+        log_ = self.raft.log
+        lo = max(int(log_.first_index()), self.sm.last_applied + 1)
+        hi = int(log_.last_index())
+        if lo > hi:
+            return 0.0
+        try:
+            return max((e.timestamp for e in log_.slice(LogIndex(lo), LogIndex(hi + 1))), default=0.0)
+        except Exception:  # noqa: BLE001 - a compacted range: the applied clock covers it
+            log.exception("reading the log's latest entry times")
+            return 0.0
 
     def _forget_forwards_to_others(self, leader: str | None) -> None:
         """Commands forwarded to a node that is no longer the leader will get no answer (it
