@@ -9,6 +9,7 @@ stopped by PID in `stop_all()`; ports come from the kernel (bind to port 0).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import redis
 
@@ -320,3 +321,20 @@ class LocalCluster:
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{p.log.read_text(errors='replace')[-3000:]}"
                          for n, p in self.nodes.items() if p.log.exists())
+
+
+@contextlib.contextmanager
+def running(cluster: LocalCluster, *, leader: bool = False) -> Iterator[LocalCluster]:
+    """Start `cluster` (and wait for a leader if asked), print its logs if the body fails,
+    and stop every process it started however the body ends: what each e2e fixture does."""
+    try:
+        cluster.start()
+        if leader:
+            cluster.leader()
+        yield cluster
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.stop_all()
+

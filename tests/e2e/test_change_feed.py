@@ -10,21 +10,13 @@ from typing import Iterator
 import pytest
 import redis
 
-from .harness import LocalCluster, wait_until
+from .harness import LocalCluster, running, wait_until
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path)
-    try:
-        c.start()
-        c.leader()
+    with running(LocalCluster(tmp_path), leader=True) as c:
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
 
 
 class FeedReader:

@@ -13,21 +13,13 @@ from typing import Iterator
 import pytest
 import redis
 
-from .harness import LocalCluster, raw_command, wait_until
+from .harness import LocalCluster, raw_command, running, wait_until
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path, extra=["--keys-limit", "500", "--range-limit", "300"])
-    try:
-        c.start()
-        c.leader()
+    with running(LocalCluster(tmp_path, extra=["--keys-limit", "500", "--range-limit", "300"]), leader=True) as c:
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
 
 
 def follower_of(cluster: LocalCluster) -> str:

@@ -13,7 +13,7 @@ import pytest
 from aegis.peers import FRAME_ACCEPT, FRAME_MSG, FRAME_REJECT, HANDSHAKE_FRAME_LIMIT, MAX_PEER_FRAME, PEER_MAGIC, frame
 from aegis.transport import Handshake, encode
 
-from .harness import LocalCluster, wait_until
+from .harness import LocalCluster, running, wait_until
 from .test_hostile_clients import rss_anon_mb
 
 FORGERS = 16
@@ -43,15 +43,8 @@ def send_big_frame(s: socket.socket) -> None:
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path, n=getattr(request, "param", 3))
-    try:
-        c.start()
+    with running(LocalCluster(tmp_path, n=getattr(request, "param", 3))) as c:
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
 
 
 def test_a_stranger_may_send_only_a_small_handshake_frame(tmp_path: Path) -> None:
