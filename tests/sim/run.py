@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                 sim = run(name, seed, args.ticks)
             except SafetyViolation as exc:
                 failures += 1
-                print(f"FAIL {name} seed {seed}: {exc}", flush=True)
-                print(f"  replay: python -m tests.sim.run --scenario {name} --seed {seed}", flush=True)
+                print(f"FAIL {exc}", flush=True)
                 continue
             ok += 1
             if len(seeds) == 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .simulator import FaultRates, Simulation
+from .simulator import FaultRates, SafetyViolation, Simulation
 
 SCENARIOS: dict[str, Callable[[int], Simulation]] = {
     # three voters, moderate faults, frequent snapshots
@@ -53,9 +53,24 @@ SCENARIOS: dict[str, Callable[[int], Simulation]] = {
 }
 
 
+def replay_line(name: str, seed: int, ticks: int = 800) -> str:
+    extra = "" if ticks == 800 else f" --ticks {ticks}"
+    return f"python -m tests.sim.run --scenario {name} --seed {seed}{extra}"
+
+
 def run(name: str, seed: int, ticks: int = 800) -> Simulation:
+    """Run one seed of a scenario. Any failure, a safety check or an exception from the code
+    under test (a `LogInvariantError`, a `KeyError` in the core, ...), raises `SafetyViolation`
+    naming the scenario, the seed, the tick and the line that replays it."""
     sim = SCENARIOS[name](seed)
-    sim.run(ticks)
-    sim.stabilise()
-    sim.final_check()
+    try:
+        sim.run(ticks)
+        sim.stabilise()
+        sim.final_check()
+    except SafetyViolation as exc:
+        raise SafetyViolation(f"{name}: {exc}\n  replay: {replay_line(name, seed, ticks)}") from exc
+    except Exception as exc:
+        raise SafetyViolation(
+            f"{name}: seed {seed}, tick {sim.now}: {type(exc).__name__}: {exc}\n"
+            f"  replay: {replay_line(name, seed, ticks)}") from exc
     return sim

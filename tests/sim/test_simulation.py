@@ -219,3 +219,38 @@ def test_liveness_after_heal_is_bounded() -> None:
     ticks = sim.stabilise(max_ticks=400)
     assert ticks < 400
     _ = RaftConfig
+
+
+def test_an_exception_from_the_core_names_the_seed_and_the_replay_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only safety checks: anything the code under test raises mid-run (here a
+    LogInvariantError from the log store) comes back as a SafetyViolation that names the
+    scenario, the seed, the tick and the command that replays it."""
+    from aegis.log import MemoryLogStore
+
+    real = MemoryLogStore.set_hard_state
+    calls = [0]
+
+    def flaky(self: MemoryLogStore, hs: object) -> None:
+        calls[0] += 1
+        if calls[0] == 40:
+            raise LogInvariantError("injected by the test")
+        real(self, hs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MemoryLogStore, "set_hard_state", flaky)
+    with pytest.raises(SafetyViolation) as info:
+        run("default", 3)
+    text = str(info.value)
+    assert "seed 3, tick " in text and "LogInvariantError: injected by the test" in text
+    assert "replay: python -m tests.sim.run --scenario default --seed 3" in text
+
+
+FRESH_PER_SCENARIO = 3
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_fresh_seeds(name: str, fresh_seeds: int) -> None:
+    """A few seeds per scenario that no earlier run has tried (printed in the report header;
+    a failure names its own replay line)."""
+    for seed in range(fresh_seeds, fresh_seeds + FRESH_PER_SCENARIO):
+        sim = run(name, seed)
+        assert sim.committed_max() > 0

@@ -816,3 +816,46 @@ def test_config_survives_replace() -> None:
 def test_config_rejects_bad_values(kw: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         RaftConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_a_new_leader_serves_no_read_before_an_entry_of_its_term_commits() -> None:
+    """diss. §6.4 step 1: a fresh leader's commit index may lag what the old leader
+    committed, so it answers ReadIndex only once an entry of its own term (its no-op) has
+    committed, even when a quorum has already confirmed its leadership."""
+    n = node("a", store=store_with([1, 1], ABC, term=1), pre_vote=False)
+    n.start_election()
+    n.step(VoteResponse(term=2, vote_granted=True, voter_id="b", receiver="a"))
+    assert n.is_leader() and n.log.last_index() == 3 and n.commit_index < 3
+
+    def cycle() -> tuple[list, list]:
+        msgs, reads = [], []
+        while n.has_ready():
+            rd = n.ready()
+            rd.persist_to(n.log.store)
+            msgs.extend(rd.messages)
+            reads.extend(rd.read_states)
+            n.advance(rd)
+        return msgs, reads
+
+    cycle()
+    assert n.read_index(9)
+    msgs, reads = cycle()
+    assert reads == []
+    # b confirms leadership for any read round a broken leader may have started, matching
+    # only the old entries: still no read
+    for m in msgs:
+        if isinstance(m, AppendEntriesRequest) and m.read_ctx and m.receiver == "b":
+            n.step(AppendEntriesResponse(term=2, success=True, follower_id="b", match_index=LogIndex(2),
+                                         receiver="a", read_ctx=m.read_ctx, heartbeat=True))
+    msgs, reads = cycle()
+    assert reads == [] and n.commit_index < 3
+    # b appends the no-op: it commits, and then a read round confirms the read at index 3
+    n.step(AppendEntriesResponse(term=2, success=True, follower_id="b", match_index=LogIndex(3), receiver="a"))
+    msgs, reads = cycle()
+    assert n.commit_index == 3
+    rounds = [m.read_ctx for m in msgs if isinstance(m, AppendEntriesRequest) and m.read_ctx and m.receiver == "b"]
+    assert rounds and reads == []
+    n.step(AppendEntriesResponse(term=2, success=True, follower_id="b", match_index=LogIndex(3),
+                                 receiver="a", read_ctx=rounds[-1], heartbeat=True))
+    _, reads = cycle()
+    assert [(r.ctx, r.index) for r in reads] == [(9, 3)]
