@@ -708,7 +708,7 @@ class Node:
         export = self.kv.open_export()
         try:
             meta = self.raft.snapshot_meta_for(LogIndex(export.index))
-            chunks = stream_snapshot(export.records(), export.index, export.count)
+            chunks = stream_snapshot(export.records(), export.index, export.count, sessions=export.sessions())
             info = await trio.to_thread.run_sync(write_snapshot_file, path, meta, chunks)
             return info, export.count
         finally:
