@@ -1409,7 +1409,8 @@ class StateMachine:
                                                   lambda: self._execute(ctx, inner), ctx.view)
             if refused is not None:
                 return CommandResult.fail(refused, applied_index=index)
-            return result  # type: ignore[no-any-return]
+            assert isinstance(result, CommandResult)
+            return result
         if t == CommandType.SESSION_OPEN:
             if ctx.pos >> POSITION_BITS:
                 return CommandResult.fail("too many commands in one entry to number a session", applied_index=index)
