@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most keys one RANGE/PREFIX reply returns (default 10000)")
     s.add_argument("--feed-history", type=int, default=100_000,
                    help="changes kept on disk so CHANGES ... FROM can resume (default 100000; 0: none)")
+    s.add_argument("--session-timeout", type=float, default=3600.0,
+                   help="seconds a client session (SESSION OPEN) lives without a call, in log time "
+                        "(default 3600; the leader's value when the session opens counts)")
+    s.add_argument("--max-sessions", type=_positive_int, default=10_000,
+                   help="client sessions kept at most; opening one more expires the oldest (default 10000)")
+    s.add_argument("--session-results", type=_positive_int, default=256,
+                   help="results one session keeps for retries (default 256)")
     s.add_argument("--fsync", choices=["always", "never"], default="always",
                    help="'never' is UNSAFE: acknowledged writes can be lost on a crash (benchmarks only)")
 
@@ -159,6 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from storage import DataDirInUseError, StorageError, WrongNodeError
 
+    from . import commands as C
     from .server import Node, ServerConfig
 
     host, port = args.listen
@@ -178,6 +186,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         snapshot_threshold=args.snapshot_threshold, request_timeout=args.request_timeout,
         max_clients=args.max_clients, client_buffer_bytes=args.client_buffer_mb << 20, fsync=args.fsync == "always", join=args.join,
         keys_limit=args.keys_limit, range_limit=args.range_limit, feed_history=max(0, args.feed_history),
+        limits=C.CommandLimits(session_timeout_ms=max(1, int(args.session_timeout * 1000)),
+                               max_sessions=args.max_sessions, session_results=args.session_results),
     )
 
     async def run() -> None:

@@ -37,6 +37,20 @@ Retrying is where a client can lose or double a write, so the rules are strict:
   alone while the block runs and is closed when it exits, which is how a client stops a
   stream; the next command connects afresh.
 
+Writes are exactly-once (Raft dissertation §6.3; see aegis.sessions). Unless built with
+``sessions=False``, the client opens a session (``SESSION OPEN``) before its first write and
+sends every data write (the ``write`` commands of the keys and expiry groups: SET, INCR, DEL,
+CAS, EXPIRE ...) as ``SESSION CALL id seq ack …``, each with the next sequence number. Such a
+call is safe to resend, so it is retried like a read: after ``-TIMEOUT``, ``-NOLEADER``,
+``-TRYAGAIN`` or a lost connection, on any node, with the same id and sequence number, until
+the deadline; the cluster applies it once and answers every copy with the first result.
+``ack`` tells the cluster the lowest sequence number still waiting for its reply, so it can
+forget the results below. ``-NOSESSION`` (the session expired or was evicted) on a first
+attempt opens a new session and sends the write again (the refused copy did nothing); on a
+resend the outcome is unknown and `RequestTimeoutError` says so. A node without sessions
+(``-ERR unknown command``) turns them off for the client. Pinned commands (inside MULTI)
+are sent as they are.
+
 Any exception or cancellation between sending a request and reading its reply closes the
 connection: a late reply would otherwise be read as the answer to the next command.
 
@@ -90,6 +104,7 @@ __all__ = [
     "Arg",
     "error_from_reply",
     "is_retry_safe",
+    "is_session_write",
     "normalize_address",
     "parse_info",
     "parse_info_sections",
@@ -205,6 +220,15 @@ def is_retry_safe(args: Sequence[Arg]) -> bool:
     if spec.subcommands:  # container with an unknown or missing sub-command: the node says no
         return True
     return spec.retry_safe
+
+
+def is_session_write(args: Sequence[Arg]) -> bool:
+    """Whether the client sends this command in its session: a data write (the keys and
+    expiry groups), not SESSION itself, MULTI/EXEC, or an admin command."""
+    if not args:
+        return False
+    spec = lookup(_name_of(args[0]))
+    return spec is not None and spec.write and not spec.subcommands and spec.group in ("keys", "expiry")
 
 
 def parse_info_sections(text: bytes | str) -> dict[str, dict[str, str]]:
@@ -385,6 +409,7 @@ class AegisClient:
         retry: RetryPolicy = RetryPolicy(),
         client_name: str | None = None,
         seed: int | None = None,
+        sessions: bool = True,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [a for a in addresses.split(",") if a.strip()]
@@ -405,6 +430,11 @@ class AegisClient:
         self._lock = trio.Lock()
         self._state = ConnectionState.DISCONNECTED
         self._last_error: str | None = None
+        self.sessions = sessions  # send data writes in a session (exactly-once retries)
+        self.session_id: int | None = None
+        self._next_seq = 1
+        self._waiting: set[int] = set()  # sequence numbers sent whose reply has not come
+        self._opening: trio.Lock = trio.Lock()
 
     @classmethod
     async def connect(
@@ -417,6 +447,7 @@ class AegisClient:
         retry: RetryPolicy = RetryPolicy(),
         client_name: str | None = None,
         seed: int | None = None,
+        sessions: bool = True,
     ) -> AegisClient:
         """A client already connected to one of `addresses` (NodeUnavailableError if none)."""
         client = cls(
@@ -427,6 +458,7 @@ class AegisClient:
             retry=retry,
             client_name=client_name,
             seed=seed,
+            sessions=sessions,
         )
         await client.ensure_connected()
         return client
@@ -500,6 +532,8 @@ class AegisClient:
         """
         if not args:
             raise ValueError("execute() needs a command")
+        if not pinned and self.sessions and is_session_write(args):
+            return await self._session_write(args, timeout)
         payload = encode_command(args)
         safe = not pinned and is_retry_safe(args)
         deadline = trio.current_time() + (self.timeout if timeout is None else timeout)
@@ -677,11 +711,101 @@ class AegisClient:
 
     # -- internals (all called with the lock held, except _exchange which takes it)
 
+    # -- sessions
+
+    def _ack(self) -> int:
+        """The lowest sequence number whose reply has not arrived (the session's floor)."""
+        return min(self._waiting) if self._waiting else self._next_seq
+
+    async def _session(self, deadline: float) -> int | None:
+        """The session's id, opening one first if need be; None if the node has no sessions
+        (they are then off for this client)."""
+        async with self._opening:
+            if self.session_id is not None or not self.sessions:
+                return self.session_id
+            payload = encode_command(["SESSION", "OPEN"])
+            attempt = 0
+            while True:
+                # Resending an OPEN is harmless: a session nobody uses expires.
+                reply = (await self._exchange(payload, 1, True, deadline))[0]
+                if isinstance(reply, int) and not isinstance(reply, bool):
+                    self.session_id = reply
+                    self._next_seq, self._waiting = 1, set()
+                    return reply
+                if not isinstance(reply, RespError):
+                    raise ProtocolError(f"SESSION OPEN replied with {type(reply).__name__}")
+                error = error_from_reply(reply)
+                if reply.kind == "ERR" and "unknown command" in reply.message:
+                    self.sessions = False  # an older node: plain writes, retried as before
+                    return None
+                if not isinstance(error, UnknownOutcomeError):
+                    raise error
+                delay = self.retry.delay(attempt, self._rng)
+                attempt += 1
+                if trio.current_time() + delay >= deadline:
+                    raise error
+                await trio.sleep(delay)
+
+    async def _session_write(self, args: Sequence[Arg], timeout: float | None) -> Reply:
+        """One data write as a SESSION CALL, retried with the same sequence number until it
+        is answered or the deadline passes (see the module docstring)."""
+        deadline = trio.current_time() + (self.timeout if timeout is None else timeout)
+        for _fresh in range(2):
+            sid = await self._session(deadline)
+            if sid is None:
+                return await self.execute(*args, timeout=max(0.001, deadline - trio.current_time()))
+            seq = self._next_seq
+            self._next_seq += 1
+            self._waiting.add(seq)
+            payload = encode_command(["SESSION", "CALL", sid, seq, self._ack(), *args])
+            sent = 0  # attempts that may have reached a node
+            attempt = 0
+            last: AegisError | None = None
+            try:
+                while True:
+                    losses: list[int] = []
+                    try:
+                        reply = (await self._exchange(payload, 1, True, deadline, losses=losses))[0]
+                    except NodeUnavailableError:
+                        if last is not None and trio.current_time() >= deadline:
+                            raise last from None
+                        raise
+                    except RequestTimeoutError:
+                        raise
+                    finally:
+                        sent += 1 + len(losses)
+                    if not isinstance(reply, RespError):
+                        return reply
+                    if reply.kind == "NOSESSION":
+                        if self.session_id == sid:
+                            self.session_id = None
+                        if sent == 1:
+                            break  # refused, and nothing before it: a new session, once
+                        raise RequestTimeoutError(
+                            f"the session expired while the write was retried; the outcome is unknown ({reply.message})")
+                    error = last = error_from_reply(reply)
+                    if isinstance(error, NoLeaderError):
+                        async with self._lock:
+                            await self._drop("no leader", advance=True)
+                    if not isinstance(error, UnknownOutcomeError):
+                        raise error
+                    delay = self.retry.delay(attempt, self._rng)
+                    attempt += 1
+                    if trio.current_time() + delay >= deadline:
+                        raise error
+                    await trio.sleep(delay)
+            finally:
+                self._waiting.discard(seq)
+        raise RequestTimeoutError("the cluster refused two sessions in a row; nothing was written")
+
     async def _exchange(
-        self, payload: bytes, count: int, safe: bool, deadline: float, *, pinned: bool = False
+        self, payload: bytes, count: int, safe: bool, deadline: float, *, pinned: bool = False,
+        losses: list[int] | None = None,
     ) -> list[Reply]:
-        """Send `payload` and read `count` replies, reconnecting as the rules allow."""
-        losses = 0
+        """Send `payload` and read `count` replies, reconnecting as the rules allow (each
+        lost connection after sending is noted in `losses`)."""
+        if losses is None:
+            losses = []
         while True:
             async with self._lock:
                 conn = await (self._current() if pinned else self._ensure(deadline))
@@ -691,15 +815,15 @@ class AegisClient:
                 except (OSError, _Closed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     reason = _describe(exc)
                     await self._drop(reason, advance=True)
-                    losses += 1
+                    losses.append(1)
                     if not safe:
                         raise ConnectionLostError(
                             f"lost the connection to {conn.address} ({reason}); "
                             "the command may or may not have been applied"
                         ) from None
-                    if losses > len(self._seeds) + 1:
+                    if len(losses) > len(self._seeds) + 1:
                         raise ConnectionLostError(
-                            f"lost the connection {losses} times, last to {conn.address} ({reason})"
+                            f"lost the connection {len(losses)} times, last to {conn.address} ({reason})"
                         ) from None
                 except RespProtocolError as exc:
                     await self._drop(f"protocol error: {exc}", advance=True)
@@ -717,8 +841,8 @@ class AegisClient:
                     )
             # A safe request lost its connection: resend at once after a first loss (the
             # node may just have closed an idle connection), with back-off after that.
-            if losses > 1:
-                pause = self.retry.delay(losses - 2, self._rng)
+            if len(losses) > 1:
+                pause = self.retry.delay(len(losses) - 2, self._rng)
                 await trio.sleep(min(pause, max(0.0, deadline - trio.current_time())))
 
     async def _current(self) -> _Connection:
@@ -882,6 +1006,7 @@ async def open_client(
     retry: RetryPolicy = RetryPolicy(),
     client_name: str | None = None,
     lazy: bool = False,
+    sessions: bool = True,
 ) -> AsyncIterator[AegisClient]:
     """``async with open_client("127.0.0.1:7001,127.0.0.1:7002") as client: …``
 
@@ -894,6 +1019,7 @@ async def open_client(
         connect_timeout=connect_timeout,
         retry=retry,
         client_name=client_name,
+        sessions=sessions,
     )
     try:
         if not lazy:

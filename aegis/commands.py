@@ -48,6 +48,7 @@ from typing import Final, TypeAlias, Union
 
 from .node import MAX_NODE_ID_LEN, parse_address
 from .protocol import OK, Reply, encode, encode_array, encode_bulk, encode_error, encode_integer
+from .sessions import DEFAULT_MAX_RESULTS, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TIMEOUT_MS, SESSION_ERRORS
 from .state import Command, CommandResult, CommandType
 
 __all__ = [
@@ -129,9 +130,14 @@ class CommandLimits:
     max_key_len: int = 64 * 1024
     max_value_len: int = 8 * 1024 * 1024
     max_keys: int = 4096  # keys in one DEL or EXISTS
+    # What SESSION OPEN puts in the log (the leader's flags, so every replica applies the same).
+    session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS  # --session-timeout
+    max_sessions: int = DEFAULT_MAX_SESSIONS  # --max-sessions
+    session_results: int = DEFAULT_MAX_RESULTS  # --session-results: results kept per session
 
     def __post_init__(self) -> None:
-        if min(self.max_key_len, self.max_value_len, self.max_keys) < 1:
+        if min(self.max_key_len, self.max_value_len, self.max_keys, self.session_timeout_ms,
+               self.max_sessions, self.session_results) < 1:
             raise ValueError("command limits must be positive")
 
 
@@ -417,6 +423,10 @@ def encode_result(command: Command, result: CommandResult, *, resp3: bool = Fals
     inside it), or the nil array when a WATCHed key changed. `resp3` for connections that
     sent ``HELLO 3`` (it only changes how nil is spelled).
     """
+    if command.type == CommandType.SESSION:  # the write's own reply (its first result, if retried)
+        if not result.success and (result.error or "").split(" ", 1)[0] in SESSION_ERRORS:
+            return encode_error(result.error or "")
+        return encode_result(command.commands[0], result, resp3=resp3)
     if not result.success:
         return encode_error(f"ERR {result.error}")
     t = command.type
@@ -1075,6 +1085,30 @@ def _h_command(argv: Sequence[bytes], limits: CommandLimits) -> Request:
     return LocalReply([])
 
 
+def _h_session_open(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    return WriteRequest(Command.open_session(limits.session_timeout_ms, limits.max_sessions, limits.session_results))
+
+
+def _positive(raw: bytes, what: str, *, zero: bool = False) -> int:
+    n = _int64(raw) if _INT_RE.fullmatch(raw) else -1
+    if n < (0 if zero else 1):
+        raise _Reject(f"ERR SESSION CALL {what} must be an integer from {0 if zero else 1} to 2^63-1")
+    return n
+
+
+def _h_session_call(argv: Sequence[bytes], limits: CommandLimits) -> Request:
+    sid = _positive(argv[2], "session id")
+    seq = _positive(argv[3], "sequence number")
+    ack = _positive(argv[4], "acknowledged floor", zero=True)
+    inner = parse_command(argv[5:], limits)
+    if isinstance(inner, ErrorReply):
+        return inner
+    if not isinstance(inner, WriteRequest) or inner.command.type in (CommandType.SESSION, CommandType.SESSION_OPEN):
+        return ErrorReply("ERR SESSION CALL takes one data write (SET, INCR, DEL, CAS, ...); "
+                          "send reads and every other command without a session")
+    return WriteRequest(Command.session_call(sid, seq, ack, inner.command))
+
+
 def _h_client_setname(argv: Sequence[bytes], limits: CommandLimits) -> Request:
     name = argv[2]
     if any(b <= 0x20 or b >= 0x7F for b in name):
@@ -1537,6 +1571,30 @@ _TABLE: Final[tuple[CommandSpec, ...]] = (
                 "Hand leadership to another voter; writes pause briefly while it takes over.",
                 "LEADER TRANSFER node-id", "LEADER TRANSFER n2", "OK", "cluster",
                 _h_leader_transfer, (_NODE,), dangerous=True,
+            ),
+        ),
+    ),
+    _container(
+        "SESSION", "keys", "Exactly-once writes: a retried write applies once and answers its first reply.",
+        (
+            _spec(
+                "SESSION OPEN", 2,
+                "Open a client session (through the log); replies its id. It expires after the "
+                "node's --session-timeout without a call.",
+                "SESSION OPEN", "SESSION OPEN", "(integer) 1073741824", "keys", _h_session_open,
+                write=True,
+            ),
+            _spec(
+                "SESSION CALL", -6,
+                "Run a write as call seq of a session. Sent again (after -TIMEOUT or a lost "
+                "connection, to any node) it is not applied twice: the reply is the first one. "
+                "ack: the lowest seq whose reply you have not received (0: none yet); results "
+                "below it are forgotten and such calls refused (-STALESEQ).",
+                "SESSION CALL session-id seq ack command [arg ...]", "SESSION CALL 1073741824 1 1 INCR visits",
+                "(integer) 1", "keys", _h_session_call,
+                (Arg("session-id", K.INTEGER), Arg("seq", K.INTEGER), Arg("ack", K.INTEGER),
+                 Arg("command", K.STRING), Arg("arg", K.STRING, optional=True, multiple=True)),
+                write=True, retry_safe=True,
             ),
         ),
     ),

@@ -529,6 +529,8 @@ class RaftNode:
         self._read_round_wanted = False
         self._follower_reads: list[int] = []
         self._follower_reads_inflight: dict[int, list[int]] = {}
+        self._follower_reads_sent: dict[int, int] = {}  # request seq -> self._ticks when sent
+        self._ticks = 0
         # Random start: a response meant for a previous incarnation of this node (same term,
         # delayed in the network) must not match a request of this one. (So a driver must not
         # restart a node with the seed of its previous life; the node's server seeds from
@@ -743,13 +745,19 @@ class RaftNode:
         # No config change until an entry of this term commits [4.4, the no-op-first fix].
         self.pending_conf_index = self.log.last_index()
         self._append_as_leader([(EntryType.NO_OP, b"", 0.0)])
+        # Reads this node was waiting on another leader for: it serves them itself now.
+        waiting, self._follower_reads = self._follower_reads, []
+        for ctx in waiting:
+            self._read_index_from(ctx, self.id)
 
     # ------------------------------------------------------------------ time
     def tick(self) -> None:
+        self._ticks += 1
         if self.role == Role.LEADER:
             self._tick_leader()
         else:
             self._tick_election()
+            self._retry_stale_reads()
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
@@ -980,8 +988,13 @@ class RaftNode:
                 if self._promotable():
                     self.campaign(pre_vote=False, transfer=True)
             case ReadIndexResponse():
-                for ctx in self._follower_reads_inflight.pop(m.ctx, []) if m.success else ():
-                    self._read_states.append(ReadState(ctx, m.index))
+                self._follower_reads_sent.pop(m.ctx, None)
+                ctxs = self._follower_reads_inflight.pop(m.ctx, [])
+                if m.success:
+                    for ctx in ctxs:
+                        self._read_states.append(ReadState(ctx, m.index))
+                else:  # (the leader could not serve it now) ask again with the next batch
+                    self._follower_reads[:0] = ctxs
             case ReadIndexRequest():
                 # we are not the leader; the asker will time out and retry
                 pass
@@ -1361,6 +1374,7 @@ class RaftNode:
             return
         self._follower_read_seq += 1
         self._follower_reads_inflight[self._follower_read_seq] = self._follower_reads
+        self._follower_reads_sent[self._follower_read_seq] = self._ticks
         self._follower_reads = []
         self._send(ReadIndexRequest(term=self.term, sender_id=self.id, ctx=self._follower_read_seq,
                                     receiver=self.leader_id))
@@ -1396,11 +1410,36 @@ class RaftNode:
             released += 1
         del self._pending_reads[:released]
 
-    def _fail_pending_reads(self) -> None:
-        # Reads simply never complete on a deposed leader (or across a change of leader
-        # for a follower's batched requests); drivers time them out.
-        self._follower_reads = []
+    def retry_reads(self) -> None:
+        """Ask the leader again for every read point this node is waiting for (the driver
+        calls this when a connection to or from the leader dropped: the request or its
+        answer may be lost with it). Asking twice is harmless: the first answer serves the
+        read, the other is ignored, and a later answer's index is only higher."""
+        inflight = self._follower_reads_inflight
+        if not inflight:
+            return
+        waiting = [ctx for seq in sorted(inflight) for ctx in inflight[seq]]
         self._follower_reads_inflight = {}
+        self._follower_reads_sent = {}
+        self._follower_reads[:0] = waiting
+
+    def _retry_stale_reads(self) -> None:
+        # A request (or its answer) lost without a dropped connection to show for it: ask
+        # again after an election timeout's worth of ticks.
+        sent = self._follower_reads_sent
+        if sent and self._ticks - min(sent.values()) >= self.config.election_timeout_min:
+            self.retry_reads()
+
+    def _fail_pending_reads(self) -> None:
+        # A change of role or term ends the read rounds this node ran as leader; reads that
+        # other nodes asked it for are dropped (they ask their new leader themselves). This
+        # node's own reads are not: they wait, queued, for the next leader it learns of, who
+        # confirms a read point no earlier than any the old leader could have given
+        # [6.4: a read is safe at any index at or after the commit index when it started].
+        own = [pr.ctx for pr in self._pending_reads if pr.origin == self.id]
+        own += [ctx for ctx, origin in self._reads_awaiting_commit if origin == self.id]
+        self.retry_reads()
+        self._follower_reads[:0] = own
         self._read_round_wanted = False
         self._pending_reads = []
         self._reads_awaiting_commit = []

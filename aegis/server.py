@@ -153,13 +153,14 @@ class _Session:
 class _Waiter:
     """A one-shot result slot resolved by the Raft loop, awaited by a connection task."""
 
-    __slots__ = ("event", "value", "error", "ctx")
+    __slots__ = ("event", "value", "error", "ctx", "resend")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.value: Any = None
         self.error: str | None = None
         self.ctx = 0  # a read's ReadIndex context, so a timed-out read can be forgotten
+        self.resend: list[bytes] | None = None  # a forwarded SESSION CALL: safe to forward again
 
     def set(self, value: Any) -> None:
         if not self.event.is_set():
@@ -196,6 +197,7 @@ class Node:
         self._peer_addrs: dict[str, str] = {}  # the members' addresses when last looked at
         self._lingering: dict[str, tuple[float, str]] = {}  # departed member -> (until, address)
         self._fwd_buf: list[tuple[list[bytes], _Waiter]] = []
+        self._fwd_parked: list[tuple[list[bytes], _Waiter]] = []  # session writes awaiting a leader
         self._fwd_scheduled = False
         self._client_ops: list[tuple[bytes | None, _Waiter]] = []  # see _client_op
         self._forward_ids = itertools.count(1)
@@ -418,8 +420,12 @@ class Node:
                 ev[2].fail(f"NOLEADER {exc}")
             except ConfigChangeError as exc:
                 ev[2].fail(f"ERR {exc}")
-        elif kind == "unreachable":
-            raft.report_unreachable(ev[1])
+        elif kind == "unreachable" or kind == "link_down":
+            if kind == "unreachable":
+                raft.report_unreachable(ev[1])
+            if ev[1] == raft.leader_id:
+                raft.retry_reads()  # a read point asked for (or its answer) may be lost with the link
+            self._forwards_lost(ev[1], "the connection to the leader dropped before it answered")
         elif kind == "snapshot_sent":
             raft.report_snapshot(ev[1], ev[2])
         elif kind == "snapshot_done":
@@ -637,11 +643,7 @@ class Node:
             self._forget_forwards_to_others(rd.soft_state.leader_id)
             if rd.soft_state.role == Role.LEADER:
                 self._log_time = self._latest_log_time()
-            if rd.soft_state.role != Role.LEADER:
-                # Reads waiting on a deposed leader's heartbeat round will never complete.
-                for w in list(self._reads.values()):
-                    w.fail("TRYAGAIN leadership changed during the read; retry")
-                self._reads.clear()
+            # (Reads waiting for a read point are not failed: the core asks the new leader.)
 
     def _latest_log_time(self) -> float:
         """The latest entry time in the log, applied or not: a new leader stamps nothing
@@ -660,13 +662,63 @@ class Node:
 
     def _forget_forwards_to_others(self, leader: str | None) -> None:
         """Commands forwarded to a node that is no longer the leader will get no answer (it
-        died, or was deposed): say so now rather than after the request timeout."""
-        for rid, to in list(self._fwd_leader.items()):
-            if to != leader:
-                del self._fwd_leader[rid]
-                for w in self._fwd_batches.pop(rid, []):
-                    w.fail(f"TIMEOUT the leader {to} went away before answering; the outcome is "
-                           "unknown (check before retrying)")
+        died, or was deposed): say so now rather than after the request timeout, or forward
+        them again (session writes). Session writes parked while no leader was known go to
+        the one now known."""
+        for to in set(self._fwd_leader.values()) - {leader}:
+            self._forwards_lost(to, f"the leader {to} went away before answering")
+        if leader is not None and self._fwd_parked:
+            parked, self._fwd_parked = self._fwd_parked, []
+            self._reforward(parked)
+
+    def _forwards_lost(self, to: str, why: str) -> None:
+        """The commands forwarded to `to` may never be answered (it is no longer the leader,
+        or a connection between us dropped: the request or its reply may be lost).
+
+        A SESSION CALL is forwarded again, to whoever leads now: the session makes a second
+        copy harmless (the state machine applies it once and answers both with the first
+        result), so the client gets its answer as soon as a leader does. Any other write
+        fails now with -TIMEOUT (the outcome is unknown: it may have applied), because a
+        second copy of it could apply twice; that is what the client would get after the
+        request timeout, without the wait."""
+        again: list[tuple[list[bytes], _Waiter]] = []
+        for rid in [r for r, t in self._fwd_leader.items() if t == to]:
+            del self._fwd_leader[rid]
+            for w in self._fwd_batches.pop(rid, []):
+                if w.event.is_set():
+                    continue
+                if w.resend is not None:
+                    again.append((w.resend, w))
+                else:
+                    w.fail(f"TIMEOUT {why}; the outcome is unknown (check before retrying)")
+        if again:
+            log.info("forwarding %d session write(s) again: %s", len(again), why)
+            self._reforward(again)
+
+    def _reforward(self, items: list[tuple[list[bytes], _Waiter]]) -> None:
+        items = [(a, w) for a, w in items if not w.event.is_set()]
+        leader = self.raft.leader_id
+        if not items:
+            return
+        if leader is None:  # mid-election: they go when a leader is known (or time out)
+            self._fwd_parked += items
+            return
+        if leader == self.id:  # this node leads now: propose them here
+            assert self._nursery is not None
+            for wrapped, w in items:
+                argv, resp3 = _unwrap_forwarded(wrapped)
+                op = self._prepare(self._parse_forwarded(argv), forwarded=True, resp3=resp3)
+
+                async def finish(op: Callable[[], Awaitable[bytes]] = op, w: _Waiter = w) -> None:
+                    w.set(await op())
+
+                self._nursery.start_soon(finish)
+            return
+        self._fwd_buf += items
+        if not self._fwd_scheduled:
+            self._fwd_scheduled = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._send_forwards)
 
     def _should_compact(self) -> bool:
         """`--snapshot-threshold` counts applied writes: an entry may carry hundreds (a
@@ -713,7 +765,7 @@ class Node:
         export = self.kv.open_export()
         try:
             meta = self.raft.snapshot_meta_for(LogIndex(export.index))
-            chunks = stream_snapshot(export.records(), export.index, export.count)
+            chunks = stream_snapshot(export.records(), export.index, export.count, sessions=export.sessions())
             info = await trio.to_thread.run_sync(write_snapshot_file, path, meta, chunks)
             return info, export.count
         finally:
@@ -867,6 +919,9 @@ class Node:
                 del self._peer_streams[pid]
             if snapshot_file is not None:
                 snapshot_file.close()
+            # What the peer sent us on this link may be lost with it (it drops what it had
+            # queued when its connection fails): reads and forwards waiting on it ask again.
+            self._submit(("link_down", pid))
 
     def _refuse_peer(self, hs: Handshake) -> str | None:
         if hs.cluster != self.cfg.cluster:
@@ -932,7 +987,10 @@ class Node:
             return _const(encode_error("NOLEADER no leader is known; try again shortly"))
         w = _Waiter()
         # The leader encodes the reply for the client's protocol (RESP3's nil is not RESP2's).
-        self._fwd_buf.append(([RESP3_FORWARD, *argv] if resp3 else argv, w))
+        wrapped = [RESP3_FORWARD, *argv] if resp3 else argv
+        if len(argv) > 5 and argv[0].lower() == b"session" and argv[1].lower() == b"call":
+            w.resend = wrapped
+        self._fwd_buf.append((wrapped, w))
         if not self._fwd_scheduled:
             self._fwd_scheduled = True
             assert self._nursery is not None
@@ -946,6 +1004,7 @@ class Node:
             if not w.event.is_set():
                 self._fwd_batches.pop(w.ctx, None)
                 self._fwd_leader.pop(w.ctx, None)
+                w.fail("TIMEOUT")  # a parked session write is not forwarded after this
                 return encode_error(f"TIMEOUT no answer from the leader {leader}; the outcome is unknown")
             if w.error is not None:
                 return encode_error(w.error)
@@ -960,8 +1019,11 @@ class Node:
             return
         leader = self.raft.leader_id
         if leader is None or leader == self.id:
+            again = [(a, w) for a, w in buf if w.resend is not None and w.ctx]  # sent before: send again
             for _, w in buf:
-                w.fail("TRYAGAIN the leader changed before the command was forwarded; nothing was sent")
+                if not (w.resend is not None and w.ctx):
+                    w.fail("TRYAGAIN the leader changed before the command was forwarded; nothing was sent")
+            self._reforward(again)
             return
         parts: list[list[tuple[list[bytes], _Waiter]]] = [[]]
         size = 0
@@ -975,6 +1037,7 @@ class Node:
         for part in parts:
             rid = next(self._forward_ids)
             waiters = [w for _, w in part]
+            sent_before = [w.ctx != 0 for w in waiters]
             for w in waiters:
                 w.ctx = rid
             self._fwd_batches[rid] = waiters
@@ -983,8 +1046,12 @@ class Node:
             if not self._send_peer(leader, FRAME_MSG, msg):
                 self._fwd_batches.pop(rid, None)
                 self._fwd_leader.pop(rid, None)
-                for w in waiters:
-                    w.fail(f"TRYAGAIN cannot reach the leader {leader}; nothing was sent")
+                for w, before in zip(waiters, sent_before):
+                    if before:  # a session write sent before: its outcome is unknown
+                        w.fail(f"TIMEOUT cannot reach the leader {leader} to forward the write again; "
+                               "the outcome is unknown (retry it with the same session and seq)")
+                    else:
+                        w.fail(f"TRYAGAIN cannot reach the leader {leader}; nothing was sent")
 
     # ------------------------------------------------------------------ clients
     async def _handle_client(self, stream: trio.SocketStream, first: bytes) -> None:

@@ -36,15 +36,20 @@ Snapshots are a msgpack stream: a header ``["aegis-sm", 3, applied_index, key_co
 ``[key, value, version, revision]`` record per key — ``[key, value, version, revision,
 expires]`` for a key with a deadline — in the backend's storage order (byte order of the
 keys; the LMDB backend puts keys over 510 bytes last), so equal states give equal bytes, and
-a trailer ``["end", key_count, crc32]``. Version 1 streams (records without the revision)
-and version 2 (no deadlines) are still read. `SnapshotParser` validates while it streams; a
+a trailer ``["end", key_count, crc32]``. A state with client sessions (aegis.sessions) is
+version 4: after the keys, one ``["session", sid, encoded]`` per session in id order, and
+the trailer ``["end", key_count, crc32, session_count]`` (the CRC covers the sessions too);
+a state without any is still written as version 3. Version 1 streams (records without the
+revision), 2 (no deadlines) and 3 (no sessions) are still read. `SnapshotParser` validates while it streams; a
 backend's `replace` undoes everything if the stream turns out bad, so garbage never
 half-replaces a state. `Snapshot` wraps the same stream with the index and term it covers.
 
 Beyond the seed's commands, `OP` commands name a built-in operation (`OPS`: MSET, SET with
 NX/XX/GET/expiry, GETDEL, APPEND, EXPIRE, CAS by version, ...) and a `TRANSACTION` holds
 several commands applied in one entry, or none of them when a WATCHed key's revision moved.
-Time comes from the log: an entry's timestamp (the leader's clock when it proposed it) is
+`SESSION` commands carry a write in a client session and `SESSION_OPEN` registers one: the
+table of sessions (aegis.sessions) makes a retried write apply once and answer with its
+first result. Time comes from the log: an entry's timestamp (the leader's clock when it proposed it) is
 "now" while it applies, so a key's deadline is decided the same on every replica; a key past
 its deadline reads as missing, and a write that meets one deletes it first. The leader
 removes expired keys with PURGE entries.
@@ -66,6 +71,7 @@ from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Protocol, 
 import msgpack
 
 from .log import EntryType, LogEntry
+from .sessions import POSITION_BITS, SessionTable, decode_session
 
 __all__ = [
     "CommandType",
@@ -90,7 +96,8 @@ NOT_AN_INTEGER: Final = "value is not an integer or out of range"
 OVERFLOW: Final = "increment or decrement would overflow"
 
 _SNAP_TAG: Final = "aegis-sm"
-_SNAP_VERSION: Final = 3  # v1 records had no revision, v2 no deadline; both are still read
+_SNAP_VERSION: Final = 4  # v1 records had no revision, v2 no deadline, v3 no sessions; all still read
+_SNAP_SESSION: Final = "session"
 _SNAP_END: Final = "end"
 _FILE_TAG: Final = "aegis-snapshot"
 _FILE_VERSION: Final = 1
@@ -160,6 +167,8 @@ class CommandType(enum.IntEnum):
     CUSTOM = 5
     OP = 6  # a built-in data command by name (MSET, SET with options, EXPIRE, ...): see OPS
     TRANSACTION = 7  # MULTI/EXEC: commands applied together, guarded by WATCHed revisions
+    SESSION = 8  # a write in a client session, applied at most once (aegis.sessions)
+    SESSION_OPEN = 9  # register a client session (its id: the entry's index and position)
 
     # The seed's CamelCase spellings.
     Get = 0
@@ -170,6 +179,8 @@ class CommandType(enum.IntEnum):
     Custom = 5
     Op = 6
     Transaction = 7
+    Session = 8
+    SessionOpen = 9
 
 
 # Which optional fields each command type uses; every other field must keep its default,
@@ -183,6 +194,8 @@ _USES: Final[dict[CommandType, frozenset[str]]] = {
     CommandType.CUSTOM: frozenset({"name", "args"}),
     CommandType.OP: frozenset({"name", "args"}),
     CommandType.TRANSACTION: frozenset({"commands", "watches"}),
+    CommandType.SESSION: frozenset({"session", "seq", "ack", "commands"}),
+    CommandType.SESSION_OPEN: frozenset({"args"}),
 }
 _DEFAULTS: Final[dict[str, object]] = {
     "key": "",
@@ -194,6 +207,9 @@ _DEFAULTS: Final[dict[str, object]] = {
     "args": (),
     "commands": (),
     "watches": (),
+    "session": 0,
+    "seq": 0,
+    "ack": 0,
 }
 _UNUSED: Final[dict[CommandType, tuple[tuple[str, object], ...]]] = {
     t: tuple((f, d) for f, d in _DEFAULTS.items() if f not in uses) for t, uses in _USES.items()
@@ -214,6 +230,9 @@ class Command:
     args: tuple[bytes, ...] = ()
     commands: tuple[Command, ...] = ()
     watches: tuple[tuple[str, int], ...] = ()
+    session: int = 0
+    seq: int = 0
+    ack: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.type, CommandType):
@@ -253,11 +272,26 @@ class Command:
             if spec is None:
                 raise ValueError(f"unknown built-in operation {self.name!r}")
             spec.check(self.args)
-        if "commands" in uses:
+        if self.type == CommandType.SESSION:
+            for fname in ("session", "seq", "ack"):
+                v = getattr(self, fname)
+                if not _is_uint(v) or v > INT64_MAX or (fname != "ack" and v < 1):
+                    raise ValueError(f"a session call's {fname} must be an integer from {int(fname != 'ack')} "
+                                     f"to 2^63-1, got {v!r}")
+            if (not isinstance(self.commands, tuple) or len(self.commands) != 1
+                    or not isinstance(self.commands[0], Command)
+                    or self.commands[0].type in _NOT_IN_SESSION or self.commands[0].is_read_only):
+                raise TypeError("a session call holds exactly one write (not a read, a session command "
+                                "or a custom command)")
+        elif self.type == CommandType.SESSION_OPEN:
+            if len(self.args) != 3 or any(parse_redis_int(a) is None or int(a) < 1 for a in self.args):
+                raise ValueError("SESSION_OPEN takes three positive integers: timeout (ms), max sessions, "
+                                 "max results per session")
+        elif "commands" in uses:
             if not isinstance(self.commands, tuple) or not all(
-                isinstance(c, Command) and c.type != CommandType.TRANSACTION for c in self.commands
+                isinstance(c, Command) and c.type not in _NOT_IN_TRANSACTION for c in self.commands
             ):
-                raise TypeError("a transaction holds a tuple of commands (no nested transactions)")
+                raise TypeError("a transaction holds a tuple of commands (no nested transactions or sessions)")
             if not isinstance(self.watches, tuple):
                 raise TypeError("watches must be a tuple of (key, revision)")
             for w in self.watches:
@@ -309,13 +343,32 @@ class Command:
         watched key's revision is no longer the one given (0: the key did not exist)."""
         return cls(CommandType.TRANSACTION, commands=tuple(commands), watches=tuple(watches))
 
+    @classmethod
+    def session_call(cls, session: int, seq: int, ack: int, command: Command) -> Command:
+        """`command` (a write) as call `seq` of client session `session`; `ack` is the lowest
+        sequence number whose reply the client has not received (0: no news)."""
+        return cls(CommandType.SESSION, session=session, seq=seq, ack=ack, commands=(command,))
+
+    @classmethod
+    def open_session(cls, timeout_ms: int, max_sessions: int, max_results: int) -> Command:
+        """Register a client session with these limits (see aegis.sessions)."""
+        return cls(CommandType.SESSION_OPEN, args=tuple(str(int(n)).encode() for n in
+                                                          (timeout_ms, max_sessions, max_results)))
+
+    @property
+    def inner(self) -> Command:
+        """The write a SESSION call carries; the command itself otherwise."""
+        return self.commands[0] if self.type == CommandType.SESSION else self
+
     # --- properties ------------------------------------------------------------------------
     @property
     def all_keys(self) -> tuple[str, ...]:
         """Every key the command names (empty for CUSTOM: a handler picks its own)."""
         t = self.type
-        if t == CommandType.CUSTOM:
+        if t == CommandType.CUSTOM or t == CommandType.SESSION_OPEN:
             return ()
+        if t == CommandType.SESSION:
+            return self.commands[0].all_keys
         if t == CommandType.OP:
             return tuple(_key_str(self.args[i]) for i in OPS[self.name or ""].key_positions(len(self.args)))
         if t == CommandType.TRANSACTION:
@@ -329,6 +382,8 @@ class Command:
             return OPS[self.name or ""].read_only
         if t == CommandType.TRANSACTION:
             return all(c.is_read_only for c in self.commands)
+        if t == CommandType.SESSION or t == CommandType.SESSION_OPEN:
+            return False
         return t == CommandType.GET
 
     # --- codec -----------------------------------------------------------------------------
@@ -343,6 +398,10 @@ class Command:
             body = [int(t), self.name, list(self.args)]
         elif t == CommandType.TRANSACTION:
             body = [int(t), [[_key_bytes(k), r] for k, r in self.watches], [c._wire() for c in self.commands]]
+        elif t == CommandType.SESSION:
+            body = [int(t), self.session, self.seq, self.ack, self.commands[0]._wire()]
+        elif t == CommandType.SESSION_OPEN:
+            body = [int(t), list(self.args)]
         else:
             body = [int(t), _key_bytes(self.key)]
             if t == CommandType.SET:
@@ -382,6 +441,12 @@ class Command:
             if not isinstance(name, str) or not isinstance(args, list):
                 raise ValueError(f"bad {t.name} fields")
             return cls(t, name=name, args=tuple(args))
+        if t == CommandType.SESSION:
+            return cls(t, session=obj[1], seq=obj[2], ack=obj[3], commands=(cls._from_wire(obj[4]),))
+        if t == CommandType.SESSION_OPEN:
+            if not isinstance(obj[1], list):
+                raise ValueError("bad SESSION_OPEN fields")
+            return cls(t, args=tuple(obj[1]))
         if t == CommandType.TRANSACTION:
             watches, subs = obj[1], obj[2]
             if not isinstance(watches, list) or not isinstance(subs, list):
@@ -415,7 +480,12 @@ _ARITY: Final[dict[int, int]] = {
     CommandType.CUSTOM: 3,
     CommandType.OP: 3,
     CommandType.TRANSACTION: 3,
+    CommandType.SESSION: 5,
+    CommandType.SESSION_OPEN: 2,
 }
+
+_NOT_IN_TRANSACTION: Final = frozenset({CommandType.TRANSACTION, CommandType.SESSION, CommandType.SESSION_OPEN})
+_NOT_IN_SESSION: Final = frozenset({CommandType.SESSION, CommandType.SESSION_OPEN})
 
 
 def _wire_key(raw: object) -> str:
@@ -451,13 +521,14 @@ class _Ctx:
     """What an operation sees: the view, the entry's index, its time (ms, the leader's clock
     travelling in the log) and whether it may write (False for a local read)."""
 
-    __slots__ = ("view", "index", "now", "mutate")
+    __slots__ = ("view", "index", "now", "mutate", "pos")
 
     def __init__(self, view: KVView, index: int, now: int, mutate: bool) -> None:
         self.view = view
         self.index = index
         self.now = now
         self.mutate = mutate
+        self.pos = 0  # the command's position in its entry (a BATCH holds many)
 
     def live(self, key: bytes) -> Record | None:
         """The key's record unless it is missing or past its deadline. An expired key met by
@@ -503,6 +574,12 @@ class _Recording:
             self._out.append((self._index, key, None))
             return True
         return False
+
+    def put_session(self, sid: int, data: bytes) -> None:
+        self._view.put_session(sid, data)
+
+    def delete_session(self, sid: int) -> bool:
+        return self._view.delete_session(sid)
 
 
 OpFn: TypeAlias = "Callable[[_Ctx, tuple[bytes, ...]], CommandResult]"
@@ -812,6 +889,12 @@ class KVView(Protocol):
 
     def delete(self, key: bytes) -> bool: ...
 
+    def put_session(self, sid: int, data: bytes) -> None:
+        """Store client session `sid` (aegis.sessions encodes it)."""
+        ...
+
+    def delete_session(self, sid: int) -> bool: ...
+
 
 _T = TypeVar("_T")
 
@@ -838,8 +921,14 @@ class KVBackend(Protocol):
 
     def transact(self, body: Callable[[KVView], _T], applied: int, term: int = 0) -> _T: ...
 
-    def replace(self, records: Iterable[Item], applied: int) -> None:
-        """Replace everything with `records` (a snapshot). If iterating raises, nothing changes."""
+    def replace(self, records: Iterable[Item], applied: int,
+                sessions: Iterable[tuple[int, bytes]] = ()) -> None:
+        """Replace everything with `records` (a snapshot) and the client `sessions` (iterated
+        after `records`). If iterating either raises, nothing changes."""
+        ...
+
+    def sessions(self) -> Iterator[tuple[int, bytes]]:
+        """Every stored client session as ``(sid, encoded)``, in id order, as of now."""
         ...
 
     def range(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, Record]]:
@@ -865,12 +954,22 @@ class DictBackend:
     scans sort the keys on each call (fine for the simulator and the seed API); deadlines
     are kept in a heap, checked lazily against the records."""
 
-    __slots__ = ("_data", "_applied", "_deadlines")
+    __slots__ = ("_data", "_applied", "_deadlines", "_sessions")
 
     def __init__(self) -> None:
         self._data: dict[bytes, Record] = {}
         self._applied = 0
         self._deadlines: list[tuple[int, bytes]] = []
+        self._sessions: dict[int, bytes] = {}
+
+    def put_session(self, sid: int, data: bytes) -> None:
+        self._sessions[sid] = data
+
+    def delete_session(self, sid: int) -> bool:
+        return self._sessions.pop(sid, None) is not None
+
+    def sessions(self) -> Iterator[tuple[int, bytes]]:
+        return iter(sorted(self._sessions.items()))
 
     def get(self, key: bytes) -> Record | None:
         return self._data.get(key)
@@ -899,7 +998,8 @@ class DictBackend:
         self._applied = applied
         return out
 
-    def replace(self, records: Iterable[Item], applied: int) -> None:
+    def replace(self, records: Iterable[Item], applied: int,
+                sessions: Iterable[tuple[int, bytes]] = ()) -> None:
         new: dict[bytes, Record] = {}
         n = 0
         for k, v, ver, rev, exp in records:
@@ -907,6 +1007,7 @@ class DictBackend:
             n += 1
         if len(new) != n:
             raise ValueError(f"corrupt snapshot: {n - len(new)} duplicate keys")
+        self._sessions = dict(sessions)
         self._data = new
         self._applied = applied
         self._deadlines = [(rec[3], k) for k, rec in new.items() if rec[3]]
@@ -1041,6 +1142,8 @@ class StateMachine:
         self.changes: list[Change] | None = None
         self._handlers: dict[str, Handler] = {}
         self._digest: str | None = None
+        self._sessions = SessionTable()
+        self._sessions.load(self._kv.sessions())
         for name, fn in (handlers or {}).items():
             self.register_handler(name, fn)
 
@@ -1074,6 +1177,11 @@ class StateMachine:
         if rec is not None and rec[3] and rec[3] <= (self._clock if now_ms is None else now_ms):
             return None
         return rec
+
+    @property
+    def sessions(self) -> SessionTable:
+        """The client sessions (aegis.sessions): read them, never change them."""
+        return self._sessions
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.record(_key_bytes(key)) is not None
@@ -1119,6 +1227,8 @@ class StateMachine:
                 h.update(version.to_bytes(8, "big"))
                 if expires:
                     h.update(b"x" + expires.to_bytes(8, "big"))
+            for sid, data in self._sessions.items():  # nothing when no session exists
+                h.update(b"s" + sid.to_bytes(8, "big") + len(data).to_bytes(8, "big") + data)
             self._digest = h.hexdigest()
         return self._digest
 
@@ -1179,6 +1289,7 @@ class StateMachine:
     def reset(self, index: int) -> None:
         """The backend's contents were replaced underneath (a snapshot installed into the
         node's store): the state is now as of `index`."""
+        self._sessions.load(self._kv.sessions())
         self._done(index)
 
     def _done(self, index: int) -> None:
@@ -1205,7 +1316,11 @@ class StateMachine:
             except ValueError as exc:
                 return [CommandResult.fail(str(exc), applied_index=index)]
             ctx = _Ctx(view, index, now, True)
-            return [self._execute_wire(ctx, obj) for obj in objs]
+            out = []
+            for pos, obj in enumerate(objs):
+                ctx.pos = pos
+                out.append(self._execute_wire(ctx, obj))
+            return out
         return []  # NO_OP, CONFIG_CHANGE: the core handles them
 
     def _execute_wire(self, ctx: _Ctx, obj: Any) -> CommandResult:
@@ -1288,6 +1403,21 @@ class StateMachine:
                 if (rec[2] if rec is not None else 0) != revision:
                     return CommandResult.ok(None, applied_index=index)  # EXEC aborted: nothing applied
             return CommandResult.ok(tuple(self._execute(ctx, sub) for sub in c.commands), applied_index=index)
+        if t == CommandType.SESSION:
+            inner = c.commands[0]
+            result, refused = self._sessions.call(c.session, c.seq, c.ack, ctx.now,
+                                                  lambda: self._execute(ctx, inner), ctx.view)
+            if refused is not None:
+                return CommandResult.fail(refused, applied_index=index)
+            assert isinstance(result, CommandResult)
+            return result
+        if t == CommandType.SESSION_OPEN:
+            if ctx.pos >> POSITION_BITS:
+                return CommandResult.fail("too many commands in one entry to number a session", applied_index=index)
+            sid = (index << POSITION_BITS) | ctx.pos
+            timeout_ms, max_sessions, max_results = (int(a) for a in c.args)
+            self._sessions.open(sid, ctx.now, timeout_ms, max_sessions, max_results, ctx.view)
+            return CommandResult.ok(sid, applied_index=index)
         return self._custom(ctx, c)
 
     def _custom(self, ctx: _Ctx, c: Command) -> CommandResult:
@@ -1329,7 +1459,8 @@ class StateMachine:
         """
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
-        return stream_snapshot(self._kv.items(), self._last_applied, self._kv.count(), chunk_size)
+        return stream_snapshot(self._kv.items(), self._last_applied, self._kv.count(), chunk_size,
+                               sessions=list(self._kv.sessions()))
 
     def restore_chunks(self, chunks: Iterable[bytes], *, expect_index: int | None = None) -> int:
         """Replace the whole state with a snapshot stream; returns its applied index.
@@ -1341,7 +1472,8 @@ class StateMachine:
         index = parser.index
         if expect_index is not None and index != expect_index:
             raise ValueError(f"snapshot covers index {index}, expected {expect_index}")
-        self._kv.replace(parser.records(), index)
+        self._kv.replace(parser.records(), index, parser.sessions())
+        self._sessions.load(self._kv.sessions())
         self._done(index)
         return index
 
@@ -1363,6 +1495,12 @@ class _ReadOnly:
     def delete(self, key: bytes) -> bool:
         raise RuntimeError("a read tried to write")
 
+    def put_session(self, sid: int, data: bytes) -> None:
+        raise RuntimeError("a read tried to write")
+
+    def delete_session(self, sid: int) -> bool:
+        raise RuntimeError("a read tried to write")
+
 
 # --- the snapshot stream --------------------------------------------------------------------
 
@@ -1379,10 +1517,18 @@ def _record_crc(crc: int, kb: bytes, value: bytes, version: int, revision: int |
     return crc
 
 
-def stream_snapshot(items: Iterable[Item], index: int, count: int, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
-    """The snapshot stream of `count` records in key order, as chunks of `chunk_size`."""
+def _session_crc(crc: int, sid: int, data: bytes) -> int:
+    return zlib.crc32(data, zlib.crc32(b"s" + sid.to_bytes(8, "big"), crc))
+
+
+def stream_snapshot(items: Iterable[Item], index: int, count: int, chunk_size: int = 64 * 1024,
+                    sessions: Sequence[tuple[int, bytes]] = ()) -> Iterator[bytes]:
+    """The snapshot stream of `count` records in key order, then the client `sessions`, as
+    chunks of `chunk_size`. A state without sessions is written as version 3, byte for byte
+    what the versions before sessions wrote (so they can still read it)."""
     packer = msgpack.Packer(use_bin_type=True)
-    buf = bytearray(packer.pack([_SNAP_TAG, _SNAP_VERSION, index, count]))
+    version = _SNAP_VERSION if sessions else 3
+    buf = bytearray(packer.pack([_SNAP_TAG, version, index, count]))
     crc = 0
     n = 0
     for kb, value, version, revision, expires in items:
@@ -1395,7 +1541,13 @@ def stream_snapshot(items: Iterable[Item], index: int, count: int, chunk_size: i
                 del buf[:chunk_size]
     if n != count:
         raise ValueError(f"the state changed while it was streamed ({n} records, expected {count})")
-    buf += packer.pack([_SNAP_END, count, crc])
+    for sid, data in sessions:
+        crc = _session_crc(crc, sid, data)
+        buf += packer.pack([_SNAP_SESSION, sid, data])
+        while len(buf) >= chunk_size:
+            yield bytes(buf[:chunk_size])
+            del buf[:chunk_size]
+    buf += packer.pack([_SNAP_END, count, crc, len(sessions)] if sessions else [_SNAP_END, count, crc])
     while buf:
         yield bytes(buf[:chunk_size])
         del buf[:chunk_size]
@@ -1414,7 +1566,7 @@ def _parse_header(obj: object) -> tuple[int, int, int]:
         or not _is_uint(obj[3])
     ):
         raise ValueError("not an Aegis state-machine snapshot (bad header)")
-    if obj[1] not in (1, 2, _SNAP_VERSION):
+    if obj[1] not in (1, 2, 3, _SNAP_VERSION):
         raise ValueError(f"unsupported snapshot format version {obj[1]!r}")
     return obj[1], obj[2], obj[3]
 
@@ -1434,6 +1586,7 @@ class SnapshotParser:
         self._chunks = iter(chunks)
         self._unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=True, max_buffer_size=1 << 30)
         self._pending: list[Any] = []
+        self._sessions: list[tuple[int, bytes]] | None = None
         header = self._next()
         if header is None:
             raise ValueError("corrupt snapshot: truncated stream")
@@ -1461,18 +1614,39 @@ class SnapshotParser:
             except Exception as exc:
                 raise ValueError(f"corrupt snapshot: {_describe(exc)}") from None
 
+    def sessions(self) -> Iterator[tuple[int, bytes]]:
+        """The client sessions the stream carries ``(sid, encoded)``: iterate only after
+        `records()` is exhausted (they come after the keys; a backend's `replace` does so)."""
+        if self._sessions is None:
+            raise RuntimeError("the sessions of a snapshot are known only after its records")
+        yield from self._sessions
+
     def records(self) -> Iterator[Item]:
         fmt = self.version
         widths = (3,) if fmt == 1 else (4,) if fmt == 2 else (4, 5)
+        trailer_len = 4 if fmt >= 4 else 3
         crc = 0
         n = 0
+        sessions: list[tuple[int, bytes]] = []
         while True:
             obj = self._next()
             if obj is None:
                 raise ValueError("corrupt snapshot: truncated stream")
-            if isinstance(obj, list) and len(obj) == 3 and obj[0] == _SNAP_END:
+            if isinstance(obj, list) and len(obj) == trailer_len and obj[0] == _SNAP_END:
                 trailer = obj
                 break
+            if fmt >= 4 and isinstance(obj, list) and len(obj) == 3 and obj[0] == _SNAP_SESSION:
+                if not _is_uint(obj[1]) or not isinstance(obj[2], bytes) or (sessions and obj[1] <= sessions[-1][0]):
+                    raise ValueError("corrupt snapshot: malformed session record")
+                try:
+                    decode_session(obj[1], obj[2])
+                except ValueError as exc:
+                    raise ValueError(f"corrupt snapshot: {exc}") from None
+                crc = _session_crc(crc, obj[1], obj[2])
+                sessions.append((obj[1], obj[2]))
+                continue
+            if sessions:
+                raise ValueError("corrupt snapshot: a key record after the sessions")
             if (
                 not isinstance(obj, list)
                 or len(obj) not in widths
@@ -1496,6 +1670,9 @@ class SnapshotParser:
             raise ValueError(f"corrupt snapshot: header says {self.count} keys, found {n}")
         if trailer[2] != crc:
             raise ValueError("corrupt snapshot: checksum mismatch")
+        if fmt >= 4 and trailer[3] != len(sessions):
+            raise ValueError(f"corrupt snapshot: trailer says {trailer[3]} sessions, found {len(sessions)}")
+        self._sessions = sessions
 
 
 def read_snapshot_header(prefix: bytes) -> tuple[int, int]:

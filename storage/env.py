@@ -116,7 +116,7 @@ class Env:
                 str(directory),
                 map_size=max(map_size, 1 << 20),
                 subdir=True,
-                max_dbs=8,  # 6 in use (see above)
+                max_dbs=12,  # 8 in use (see above and storage.kv)
                 sync=sync,
                 metasync=sync,
                 readahead=False,

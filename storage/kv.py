@@ -277,6 +277,11 @@ class LmdbKV:
             self._scan_db = self._env.open_db(b"scan", dupsort=True)
             self._due_db = self._env.open_db(b"due")
             self._hist_db = self._env.open_db(b"history")
+            self._sess_db = self._env.open_db(b"sessions")
+        # Client sessions (aegis.sessions) changed since the last flush (None: deleted), and
+        # those of the flush in flight: written in the flush's transaction, like the keys.
+        self._sess_live: dict[int, bytes | None] = {}
+        self._sess_flushing: dict[int, bytes | None] | None = None
         self._live: dict[bytes, Record | None] = {}
         self._created: list[bytes] = []  # keys `_live` created (not on disk; a list: cheaper)
         self._flushing: dict[bytes, Record | None] | None = None
@@ -398,6 +403,23 @@ class LmdbKV:
 
     def count(self) -> int:
         return self._count
+
+    def sessions(self) -> Iterator[tuple[int, bytes]]:
+        """Every client session as ``(sid, encoded)`` in id order: the disk under the overlays."""
+        with self._lock:
+            with self._env.begin(db=self._sess_db) as txn:
+                merged: dict[int, bytes | None] = {
+                    _U64.unpack(k)[0]: _decode_session_value(k, v, self._path) for k, v in txn.cursor()}
+        merged.update(self._sess_flushing or {})
+        merged.update(self._sess_live)
+        return iter([(sid, data) for sid, data in sorted(merged.items()) if data is not None])
+
+    def put_session(self, sid: int, data: bytes) -> None:
+        self._sess_live[sid] = data
+
+    def delete_session(self, sid: int) -> bool:
+        self._sess_live[sid] = None
+        return True
 
     def applied(self) -> int:
         return self._applied
@@ -586,10 +608,12 @@ class LmdbKV:
             self._due.pop(key, None)
         return True
 
-    def replace(self, records: Iterable[Item], applied: int) -> None:
-        """Replace the stored state with `records` (key order) in one transaction."""
+    def replace(self, records: Iterable[Item], applied: int,
+                sessions: Iterable[tuple[int, bytes]] = ()) -> None:
+        """Replace the stored state with `records` (key order) and `sessions` in one transaction."""
         recs = list(records)
-        self.install(lambda: recs, applied, 0, None)
+        sess = list(sessions)
+        self.install(lambda: recs, applied, 0, None, lambda: sess)
 
     # --- flushing (the driver: take/done on the event loop, the write in a worker) ----------
     def overlay_keys(self) -> int:
@@ -597,27 +621,30 @@ class LmdbKV:
 
     def pending(self) -> bool:
         """Whether there is applied state that is not on disk yet."""
-        return bool(self._live) or self._applied > self._durable
+        return bool(self._live) or bool(self._sess_live) or self._applied > self._durable
 
     @property
     def flushing(self) -> bool:
         return self._flushing is not None
 
-    def take_flush(self) -> tuple[dict[bytes, Record | None], int, int, int, list[bytes]] | None:
+    def take_flush(self) -> tuple[dict[bytes, Record | None], int, int, int, list[bytes],
+                                  dict[int, bytes | None]] | None:
         """Hand the overlay over for ``write_flush(*flush)`` (in a worker thread): its
-        records, the applied index and term they reach, the install generation and the keys
-        the overlay created. None if nothing changed since the last flush. Call `flush_done`
-        when the write is over."""
+        records, the applied index and term they reach, the install generation, the keys
+        the overlay created and the client sessions it changed. None if nothing changed
+        since the last flush. Call `flush_done` when the write is over."""
         if self._flushing is not None or self._cancelled:
             raise RuntimeError("a state flush is already in flight")
         if not self._live and self._applied == self._durable:
             return None
         items, self._live = self._live, {}
         created, self._created = self._created, []
+        sessions, self._sess_live = self._sess_live, {}
         self._flushing = items
         self._flushing_created = created
+        self._sess_flushing = sessions
         self._flushing_applied = (self._applied, self._applied_term)
-        return items, self._applied, self._applied_term, self._gen, created
+        return items, self._applied, self._applied_term, self._gen, created, sessions
 
     def write_flush(
         self,
@@ -626,12 +653,14 @@ class LmdbKV:
         term: int,
         gen: int = -1,
         created: Sequence[bytes] | None = None,
+        sessions: dict[int, bytes | None] | None = None,
         history: Sequence[Change] = (),
     ) -> bool:
         """Write an overlay and the applied index it reaches in ONE durable transaction,
         with the index entries of the keys it creates (`created`; None: any key may be new)
         and deletes, and the change feed's `history` (the changes of the entries up to
-        `applied` that are not on disk yet; the oldest are pruned past `history_keep`). A
+        `applied` that are not on disk yet; the oldest are pruned past `history_keep`) and
+        the client `sessions` that changed (None: deleted). A
         flush taken before a snapshot install (`gen` is older) writes nothing: the install
         replaced what it would change. Returns whether it wrote."""
         db, meta, scan, due = self._db, self._meta, self._scan_db, self._due_db
@@ -678,6 +707,12 @@ class LmdbKV:
                 dues.sort(key=_first)
                 txn.cursor(due).putmulti(dues)
             floor[0] = self._write_history(txn, history)
+            for sid, data in sorted((sessions or {}).items()):
+                sk = _U64.pack(sid)
+                if data is None:
+                    txn.delete(sk, db=self._sess_db)
+                else:
+                    txn.put(sk, _encode_session_value(sk, data), db=self._sess_db)
             applied_raw = encode_applied(applied, term)
             txn.put(K_APPLIED, applied_raw, db=meta)
             txn.put(K_INDEXES, _INDEX_FORMAT + applied_raw, db=meta)
@@ -772,6 +807,7 @@ class LmdbKV:
             return
         items = self._flushing
         self._flushing = None
+        sessions, self._sess_flushing = self._sess_flushing, None
         if items is None:
             return
         with self._lock:
@@ -784,6 +820,9 @@ class LmdbKV:
         else:  # the write failed: what it carried is still only in memory
             items.update(self._live)
             self._live = items
+            if sessions:
+                sessions.update(self._sess_live)
+                self._sess_live = sessions
             self._created = self._flushing_created + self._created
         self._flushing_created = []
 
@@ -793,6 +832,8 @@ class LmdbKV:
         self._hist_floor = applied
         self._live = {}
         self._created = []
+        self._sess_live = {}
+        self._sess_flushing = None
         self._cancelled = self._flushing is not None
         self._flushing = None
         self._flushing_created = []
@@ -811,11 +852,13 @@ class LmdbKV:
         applied: int,
         term: int,
         base: bytes | None,
+        sessions: Callable[[], Iterable[tuple[int, bytes]]] | None = None,
     ) -> int:
         """Replace everything with `records` (key order) at `applied` in ONE durable
         transaction (with `base`, the encoded snapshot meta it came from), indexes
-        included. If the records raise (a corrupt stream), nothing changes. Returns the
-        number of keys."""
+        included, and the client sessions `sessions()` gives (called once the records are
+        consumed: a snapshot stream carries them after the keys). If the records raise (a
+        corrupt stream), nothing changes. Returns the number of keys."""
         db, meta = self._db, self._meta
         count = 0
         dues: dict[bytes, int] = {}
@@ -828,6 +871,7 @@ class LmdbKV:
             txn.drop(self._scan_db, delete=False)
             txn.drop(self._due_db, delete=False)
             txn.drop(self._hist_db, delete=False)  # this node never saw the changes before `applied`
+            txn.drop(self._sess_db, delete=False)
             txn.put(K_HISTORY_FLOOR, encode_applied(applied), db=meta)
             loader = _ScanLoader(txn, self._scan_db)
             due_puts = []
@@ -851,6 +895,9 @@ class LmdbKV:
             if due_puts:
                 due_puts.sort(key=_first)
                 txn.cursor(db=self._due_db).putmulti(due_puts)
+            for sid, data in (sessions() if sessions is not None else ()):
+                sk = _U64.pack(sid)
+                txn.put(sk, _encode_session_value(sk, data), db=self._sess_db)
             applied_raw = encode_applied(applied, term)
             txn.put(K_APPLIED, applied_raw, db=meta)
             txn.put(K_INDEXES, _INDEX_FORMAT + applied_raw, db=meta)
@@ -901,6 +948,12 @@ class KVExport:
         for k, v in self._txn.cursor(db=self._kv._db):
             yield _decode_stored(k, v, path)
 
+    def sessions(self) -> list[tuple[int, bytes]]:
+        """The client sessions of the same read, in id order."""
+        path = self._kv._path
+        return [(_U64.unpack(k)[0], _decode_session_value(k, v, path))
+                for k, v in self._txn.cursor(db=self._kv._sess_db)]
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -935,6 +988,16 @@ def _decode_change(raw: bytes, path: str | None) -> tuple[bytes, bytes | None]:
     if len(key) != n:
         raise CorruptionError("a change in the feed's history is truncated", path=path)
     return key, (raw[9 + n:] if raw[4] == 1 else None)
+
+
+def _encode_session_value(sk: bytes, data: bytes) -> bytes:
+    return _U32.pack(zlib.crc32(data, zlib.crc32(sk))) + data
+
+
+def _decode_session_value(sk: bytes, raw: bytes, path: str | None) -> bytes:
+    if len(sk) != 8 or len(raw) < 4 or _U32.unpack_from(raw, 0)[0] != zlib.crc32(memoryview(raw)[4:], zlib.crc32(sk)):
+        raise CorruptionError(f"the stored client session {sk.hex()} is corrupt", path=path)
+    return bytes(raw[4:])
 
 
 def _decode_applied(raw: bytes, path: str | None) -> tuple[int, int]:

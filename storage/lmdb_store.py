@@ -567,6 +567,7 @@ class LmdbStore:
         if info is not None:
             if kv.durable_applied < info.index:
                 reader = SnapshotReader(self, info)
+                parsers: list[SnapshotParser] = []
 
                 def records() -> Iterator[Item]:
                     parser = SnapshotParser(iter(reader))
@@ -574,9 +575,11 @@ class LmdbStore:
                         raise CorruptionError(
                             f"stored snapshot says index {info.index} but holds index {parser.index}", path=self._path
                         )
+                    parsers[:] = [parser]
                     return parser.records()
 
-                kv.install(records, int(info.index), int(info.term), m.encode_snapshot_meta(info.meta))
+                kv.install(records, int(info.index), int(info.term), m.encode_snapshot_meta(info.meta),
+                           lambda: parsers[0].sessions())
             self._drop_stored_snapshot()
         return kv
 
@@ -631,6 +634,8 @@ class LmdbStore:
         its term, dropping it otherwise). Returns the number of keys. A corrupt file raises
         and changes nothing."""
 
+        parsers: list[SnapshotParser] = []
+
         def records() -> Iterator[Item]:
             with read_snapshot_file(path) as f:
                 if f.info.index != meta.index:
@@ -638,10 +643,12 @@ class LmdbStore:
                 parser = SnapshotParser(iter(f))
                 if parser.index != meta.index:
                     raise SnapshotError(f"snapshot stream holds index {parser.index}, expected {meta.index}")
+                parsers[:] = [parser]
                 yield from parser.records()
 
         kv = self.state()
-        count = kv.install(records, int(meta.index), int(meta.term), m.encode_snapshot_meta(meta))
+        count = kv.install(records, int(meta.index), int(meta.term), m.encode_snapshot_meta(meta),
+                           lambda: parsers[0].sessions())
         with self._write_lock:
             self._check_writable()
             compaction = self._compaction(meta) if meta.index > self._base.index else None

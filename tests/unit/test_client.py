@@ -371,7 +371,7 @@ def test_retry_policy() -> None:
 async def test_tryagain_is_retried_even_for_writes() -> None:
     node = FakeNode("n1", hook=times(2, b"-TRYAGAIN leadership transfer in progress\r\n", on=b"SET"))
     async with cluster(node) as addrs:
-        async with open_client(addrs, retry=FAST) as client:
+        async with open_client(addrs, sessions=False, retry=FAST) as client:
             await client.set("k", "v")
             assert node.count(b"SET") == 3
             assert await client.get("k") == b"v"
@@ -380,7 +380,7 @@ async def test_tryagain_is_retried_even_for_writes() -> None:
 async def test_noleader_on_a_write_is_raised_not_retried() -> None:
     node = FakeNode("n1", hook=times(1, b"-NOLEADER no leader is known\r\n", on=b"SET"))
     async with cluster(node) as addrs:
-        async with open_client(addrs, retry=FAST) as client:
+        async with open_client(addrs, sessions=False, retry=FAST) as client:
             with pytest.raises(NoLeaderError) as err:
                 await client.set("k", "v")
             assert isinstance(err.value, UnknownOutcomeError)
@@ -393,7 +393,7 @@ async def test_noleader_on_a_write_is_raised_not_retried() -> None:
 async def test_timeout_reply_on_a_write_is_raised_not_retried() -> None:
     node = FakeNode("n1", hook=times(1, b"-TIMEOUT not committed in time\r\n", on=b"INCR"))
     async with cluster(node) as addrs:
-        async with open_client(addrs, retry=FAST) as client:
+        async with open_client(addrs, sessions=False, retry=FAST) as client:
             with pytest.raises(RequestTimeoutError):
                 await client.incr("n")
             assert node.count(b"INCR") == 1
@@ -462,7 +462,7 @@ async def test_a_node_that_died_while_idle_is_replaced_before_sending() -> None:
     store = StateMachine()  # both fakes serve the same data, as a cluster would
     first, second = FakeNode("n1", store), FakeNode("n2", store)
     async with cluster(first, second) as addrs:
-        async with open_client(addrs, retry=FAST) as client:
+        async with open_client(addrs, sessions=False, retry=FAST) as client:
             await client.set("k", "v")
             assert client.address == addrs[0]
             await first.stop()
@@ -476,7 +476,7 @@ async def test_a_node_that_died_while_idle_is_replaced_before_sending() -> None:
 async def test_connection_lost_after_a_write_was_sent_is_an_unknown_outcome() -> None:
     node = FakeNode("n1", hook=times(1, "close", on=b"SET"))
     async with cluster(node) as addrs:
-        async with open_client(addrs, retry=FAST) as client:
+        async with open_client(addrs, sessions=False, retry=FAST) as client:
             with pytest.raises(ConnectionLostError) as err:
                 await client.set("k", "v")
             assert isinstance(err.value, UnknownOutcomeError) and not err.value.definite
@@ -527,7 +527,7 @@ async def test_no_reply_in_time_raises_and_a_late_reply_is_never_misread() -> No
 async def test_a_write_that_hangs_times_out_as_unknown_outcome() -> None:
     node = FakeNode("n1", hook=times(1, "hang", on=b"SET"))
     async with cluster(node) as addrs:
-        async with open_client(addrs, retry=FAST, timeout=0.2) as client:
+        async with open_client(addrs, sessions=False, retry=FAST, timeout=0.2) as client:
             with pytest.raises(RequestTimeoutError):
                 await client.set("k", "v")
             assert node.count(b"SET") == 1

@@ -618,6 +618,102 @@ def test_a_read_response_meant_for_a_previous_incarnation_is_ignored() -> None:
     assert b.read_states == []
 
 
+def test_a_follower_read_lost_with_its_link_is_asked_again() -> None:
+    """Issue 11: a ReadIndex request (or its answer) lost with a dropped connection used to
+    wait out the request timeout; the driver now asks again (`retry_reads`)."""
+    net = Net(ABC)
+    net.elect("a")
+    idx = net.propose("a", b"x")
+    net.dropped_types = {ReadIndexRequest}
+    assert net["b"].read_index(5)
+    net.deliver()
+    assert net.peers["b"].read_states == []  # lost on the way
+    net.recover()
+    net["b"].retry_reads()  # the driver saw the link to its leader drop
+    net.deliver()
+    assert (5, idx) in net.peers["b"].read_states
+
+
+def test_a_lost_follower_read_is_asked_again_after_an_election_timeout() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    idx = net.propose("a", b"x")
+    net.dropped_types = {ReadIndexResponse}
+    assert net["b"].read_index(6)
+    net.deliver()
+    net.recover()
+    for _ in range(net["b"].config.election_timeout_min - 1):
+        net["b"].tick()
+        net.deliver()
+        assert net.peers["b"].read_states == [] or (6, idx) not in net.peers["b"].read_states
+    net.tick("a")  # keep b from campaigning
+    net["b"].tick()
+    net.deliver()
+    assert (6, idx) in net.peers["b"].read_states
+
+
+def _elect_among(net: Net, *ids: str) -> str:
+    """Tick `ids` (the others are cut off) until one of them leads; its id."""
+    for _ in range(200):
+        for nid in ids:
+            net.peers[nid].raft.tick()
+        net.deliver()
+        for nid in ids:
+            if net[nid].is_leader():
+                return nid
+    raise AssertionError("no leader elected")
+
+
+def test_a_follower_read_survives_a_change_of_leader() -> None:
+    """The read is asked of the new leader, whose read point is no earlier [6.4]."""
+    net = Net(ABC)
+    net.elect("a")
+    idx = net.propose("a", b"x")
+    net.isolate("a")
+    assert net["b"].read_index(7)
+    net.deliver()  # the request to a is lost: a is cut off
+    new = _elect_among(net, "b", "c")
+    net.tick(new)
+    reads = dict(net.peers["b"].read_states)
+    assert reads.get(7) is not None and reads[7] >= idx
+
+
+def test_reads_on_a_deposed_leader_are_served_by_the_next_one() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    idx = net.propose("a", b"x")
+    net.isolate("a")
+    assert net["a"].read_index(8)  # needs a heartbeat round a cannot win
+    net.deliver()
+    new = _elect_among(net, "b", "c")
+    net.recover()
+    net.tick(new)  # a hears the higher term and follows the new leader
+    net.tick(new)
+    reads = dict(net.peers["a"].read_states)
+    assert reads.get(8) is not None and reads[8] >= idx
+
+
+def test_a_follower_elected_leader_serves_its_waiting_reads_itself() -> None:
+    net = Net(ABC)
+    net.elect("a")
+    idx = net.propose("a", b"x")
+    net.isolate("a")
+    assert net["b"].read_index(9)
+    net.deliver()
+    net["c"].election_elapsed = 0  # so that b is the one to stand
+    net.peers["b"].raft.tick()
+    for _ in range(200):
+        if net["b"].is_leader():
+            break
+        net.peers["b"].raft.tick()
+        net.peers["c"].raft.tick()
+        net.deliver()
+    assert net["b"].is_leader()
+    net.tick("b")
+    reads = dict(net.peers["b"].read_states)
+    assert reads.get(9) is not None and reads[9] >= idx
+
+
 def test_read_index_without_leader_fails_fast() -> None:
     n = node()
     assert n.read_index(1) is False

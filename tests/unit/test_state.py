@@ -71,7 +71,8 @@ def test_command_type_has_camelcase_aliases() -> None:
     assert CommandType.Increment is CommandType.INCREMENT
     assert CommandType.Custom is CommandType.CUSTOM
     assert CommandType.Op is CommandType.OP and CommandType.Transaction is CommandType.TRANSACTION
-    assert len(list(CommandType)) == 8
+    assert CommandType.Session is CommandType.SESSION and CommandType.SessionOpen is CommandType.SESSION_OPEN
+    assert len(list(CommandType)) == 10
 
 
 def test_constructors_fill_the_right_fields() -> None:

@@ -747,8 +747,9 @@ def test_take_flush_returns_none_when_nothing_changed_and_refuses_a_second_one(n
     node.apply(Command.set("a", b"1"))
     flush = kv.take_flush()
     assert flush is not None
-    items, applied, term, gen, created = flush
+    items, applied, term, gen, created, sessions = flush
     assert items == {b"a": (b"1", 1, 1, 0)} and (applied, term) == (1, 1) and created == [b"a"]
+    assert sessions == {}
     with pytest.raises(RuntimeError, match="in flight"):
         kv.take_flush()
     node.apply(Command.set("b", b"2"))
