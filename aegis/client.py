@@ -733,7 +733,10 @@ class AegisClient:
                     self._next_seq, self._waiting = 1, set()
                     return reply
                 if not isinstance(reply, RespError):
-                    raise ProtocolError(f"SESSION OPEN replied with {type(reply).__name__}")
+                    # Not an Aegis node that knows sessions (a Redis, a proxy, a test double):
+                    # plain writes, retried as before.
+                    self.sessions = False
+                    return None
                 error = error_from_reply(reply)
                 if reply.kind == "ERR" and "unknown command" in reply.message:
                     self.sessions = False  # an older node: plain writes, retried as before
