@@ -143,8 +143,9 @@ def setup(level: str, fmt: str = "text") -> None:
         raise ValueError(f"unknown log format {fmt!r} (expected one of {', '.join(FORMATS)})")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    setattr(handler, "_aegis", True)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in [h for h in root.handlers if getattr(h, "_aegis", False)]:
+        root.removeHandler(old)  # a second setup replaces the first (other handlers stay)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
