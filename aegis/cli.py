@@ -1,8 +1,8 @@
 """`aegis …`: serve a node, run a local cluster, ask a node for its status.
 
     aegis serve --id n1 --listen 127.0.0.1:7001 --data data/n1 \\
-                --peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003
-    aegis up [--nodes 3] [--data data] [--port 7001]
+                --peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003 [--metrics 127.0.0.1:9101]
+    aegis up [--nodes 3] [--data data] [--port 7001] [--metrics-port 9101]
     aegis status --addr 127.0.0.1:7001 [--json]
     aegis snapshot save FILE [--addr HOST:PORT] | status FILE | restore FILE --data DIR --id ID [--peers …]
 
@@ -23,7 +23,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .logs import FORMATS, set_context
+from .logs import setup as setup_logging
+
 EXIT_USAGE = 2
+LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
 def _positive_int(raw: str) -> int:
@@ -64,8 +68,10 @@ def _parse_peers(text: str) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aegis", description="Aegis: a Raft-replicated, durable key-value server.")
-    p.add_argument("--log-level", default=os.environ.get("AEGIS_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"], help="logging level (stderr)")
+    p.add_argument("--log-level", default=os.environ.get("AEGIS_LOG_LEVEL", "info").lower(),
+                   choices=LOG_LEVELS, help="logging level (stderr; also AEGIS_LOG_LEVEL)")
+    p.add_argument("--log-format", default=os.environ.get("AEGIS_LOG_FORMAT", "text").lower(), choices=FORMATS,
+                   help="text (default) or json: one JSON object per line (also AEGIS_LOG_FORMAT)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run one node")
@@ -106,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results one session keeps for retries (default 256)")
     s.add_argument("--fsync", choices=["always", "never"], default="always",
                    help="'never' is UNSAFE: acknowledged writes can be lost on a crash (benchmarks only)")
+    s.add_argument("--metrics", type=_parse_listen, default=None, metavar="HOST:PORT",
+                   help="serve Prometheus /metrics and /health over HTTP here (default: off)")
 
     u = sub.add_parser("up", help="run a local cluster of separate `aegis serve` processes")
     u.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
@@ -114,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--cluster", default="aegis")
     u.add_argument("--tick-ms", type=float, default=50.0)
+    u.add_argument("--metrics-port", type=int, default=None,
+                   help="serve /metrics and /health: node i on this port + i - 1 (default: off)")
 
     sn = sub.add_parser("snapshot", help="back a cluster up and bring it back")
     snsub = sn.add_subparsers(dest="snapshot_cmd", required=True, metavar="ACTION")
@@ -140,9 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # argparse checks `choices` on what was typed, not on a default from the environment.
+    if args.log_level not in LOG_LEVELS:
+        parser.error(f"AEGIS_LOG_LEVEL={args.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    if args.log_format not in FORMATS:
+        parser.error(f"AEGIS_LOG_FORMAT={args.log_format!r}: expected one of {', '.join(FORMATS)}")
+    setup_logging(args.log_level, args.log_format)
     if args.cmd == "serve":
         return cmd_serve(args)
     if args.cmd == "up":
@@ -167,7 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from storage import DataDirInUseError, StorageError, WrongNodeError
 
     from . import commands as C
-    from .server import Node, ServerConfig
+    from .server import MetricsListenError, Node, ServerConfig
 
     host, port = args.listen
     peers: dict[str, str] = dict(args.peers)
@@ -176,6 +191,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.election_ticks <= args.heartbeat_ticks:
         print("aegis serve: --election-ticks must be larger than --heartbeat-ticks", file=sys.stderr)
+        return EXIT_USAGE
+    if args.metrics is not None and args.metrics[1] != 0 and args.metrics == (host, port):
+        print(f"aegis serve: --metrics {host}:{port} is the --listen address; give it a port of its own",
+              file=sys.stderr)
         return EXIT_USAGE
     if args.fsync == "never":
         logging.getLogger("aegis").warning("--fsync never: UNSAFE, acknowledged writes can be lost on a crash")
@@ -188,10 +207,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keys_limit=args.keys_limit, range_limit=args.range_limit, feed_history=max(0, args.feed_history),
         limits=C.CommandLimits(session_timeout_ms=max(1, int(args.session_timeout * 1000)),
                                max_sessions=args.max_sessions, session_results=args.session_results),
+        metrics=args.metrics,
     )
 
     async def run() -> None:
         node = Node(cfg)
+        # One process, one node: lines that do not name a node get this one's id and term.
+        set_context(cfg.node_id, lambda: node.raft.term if hasattr(node, "raft") else None)
         async with trio.open_nursery() as nursery:
             async def stop_on_signal() -> None:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -226,6 +248,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StorageError as exc:
         print(f"aegis serve: storage error: {exc}", file=sys.stderr)
         return 4
+    except MetricsListenError as exc:
+        print(f"aegis serve: {exc}", file=sys.stderr)
+        return 5
     except OSError as exc:
         print(f"aegis serve: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 5
@@ -247,6 +272,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535 - n:
         print("aegis up: --port out of range", file=sys.stderr)
         return EXIT_USAGE
+    if args.metrics_port is not None and not 1 <= args.metrics_port <= 65535 - n:
+        print("aegis up: --metrics-port out of range", file=sys.stderr)
+        return EXIT_USAGE
     ids = [f"n{i + 1}" for i in range(n)]
     addrs = {nid: f"{args.host}:{args.port + i}" for i, nid in enumerate(ids)}
     peers = ",".join(f"{nid}={a}" for nid, a in addrs.items())
@@ -257,8 +285,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "aegis.cli", "--log-level", "warning", "serve", "--id", nid,
                "--listen", addrs[nid], "--data", str(data / nid), "--peers", peers,
                "--cluster", args.cluster, "--tick-ms", str(args.tick_ms)]
+        metrics = ""
+        if args.metrics_port is not None:
+            metrics = f"{args.host}:{args.metrics_port + ids.index(nid)}"
+            cmd += ["--metrics", metrics]
+            metrics = f"  metrics http://{metrics}/metrics"
         procs[nid] = subprocess.Popen(cmd, start_new_session=True)
-        print(f"  {nid}  listening on {addrs[nid]}  data {data / nid}  pid {procs[nid].pid}")
+        print(f"  {nid}  listening on {addrs[nid]}  data {data / nid}  pid {procs[nid].pid}{metrics}")
     first = addrs[ids[0]]
     print(f"\nConnect with:  aegis-shell --addr {first}    or    redis-cli -p {args.port}")
     print("Press Ctrl-C to stop every node. Run `aegis up` again to restart from the same data.\n")

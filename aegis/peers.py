@@ -190,6 +190,7 @@ class ConnectionPool:
         self.on_unreachable = on_unreachable
         self.stream_snapshot = stream_snapshot
         self.connected: dict[str, bool] = {}
+        self.bytes_sent = 0  # frames written to peers (snapshot files are counted by the node)
         self._queues: dict[str, trio.MemorySendChannel[Outgoing]] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -271,6 +272,7 @@ class ConnectionPool:
                 item = await queue.receive()
             if item is None:
                 await stream.send_all(frame(FRAME_PING))
+                self.bytes_sent += 5
                 continue
             items = [item]
             while len(items) < 1024:
@@ -283,12 +285,14 @@ class ConnectionPool:
                 if kind == FRAME_MSG and isinstance(payload, InstallSnapshotRequest):
                     if buf:
                         await stream.send_all(bytes(buf))
+                        self.bytes_sent += len(buf)
                         buf.clear()
                     await self.stream_snapshot(pid, stream, payload)
                     continue
                 buf += frame(kind + (encode(payload, pack) if kind == FRAME_MSG else b""))
             if buf:
                 await stream.send_all(bytes(buf))
+                self.bytes_sent += len(buf)
 
 
 async def send_snapshot_file(stream: trio.SocketStream, msg: InstallSnapshotRequest, path: Path) -> None:

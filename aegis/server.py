@@ -53,6 +53,8 @@ from .node import NodeId, NodeInfo, NodeStatus
 from .protocol import OK, Reply, RespParser, encode, encode_array, encode_bulk, encode_error, encode_integer, encode_simple
 from .raft import ConfigChangeError, ImpossibleTermError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Ready, Role
 from .feed import ChangeFeed, Compacted
+from .logs import event
+from .metrics import Histogram, NodeMetrics, node_health, new_registry, render, serve_http
 from .state import Command, CommandType, StateMachine
 from .peers import (
     FRAME_MSG,
@@ -80,6 +82,7 @@ from .transport import (
 )
 
 log = logging.getLogger("aegis.server")
+events = logging.getLogger("aegis.events")
 
 LINGER_S: Final = 10.0  # how long a departed member stays reachable
 
@@ -121,6 +124,8 @@ class ServerConfig:
     expiry_sweep_ms: float = 100.0  # how often the leader looks for keys past their deadline
     expiry_batch: int = 1_000  # keys removed by one PURGE entry at most
     feed_history: int = 100_000  # changes kept on disk for CHANGES ... FROM (0: none; memory only)
+    metrics: tuple[str, int] | None = None  # serve /metrics and /health here (aegis serve --metrics)
+    health_max_lag: int = 100  # /health: entries the applied index may trail the commit index
 
 
 #: The first argument of a transaction a follower forwards (its encoded Command follows);
@@ -221,6 +226,8 @@ class Node:
         self._incoming_snapshot: Path | None = None
         self._snapshotting = False
         self._nursery: trio.Nursery | None = None
+        self.metrics = NodeMetrics(cfg.node_id)  # see aegis.metrics: cheap counters, read at scrape time
+        self.metrics_port: int | None = None
         self.store: Any = None
         self.raft: RaftNode
         self.sm = StateMachine()
@@ -298,6 +305,9 @@ class Node:
                 self._nursery = nursery
                 self.pool.start(nursery)
                 self.port = await self._listen(nursery)
+                self.metrics.membership(self.raft.term, self.raft.membership)
+                if self.cfg.metrics is not None:
+                    self.metrics_port = await self._serve_metrics(nursery, *self.cfg.metrics)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._raft_loop)
                 nursery.start_soon(self._health_loop)
@@ -307,13 +317,27 @@ class Node:
                     # A cluster of one elects itself at once: nobody else could object.
                     self.raft.campaign(pre_vote=False)
                     self._submit(("tick",))
-                log.info("node %s serving on %s:%d (cluster %s, data %s)", self.id, self.cfg.host, self.port,
-                         self.cfg.cluster, self.cfg.data_dir)
+                metrics = f"{self.cfg.metrics[0]}:{self.metrics_port}" if self.cfg.metrics else None
+                event(events, "node_started", f"node {self.id} serving on {self.cfg.host}:{self.port} (cluster "
+                      f"{self.cfg.cluster}, data {self.cfg.data_dir}, metrics {metrics or 'off'})",
+                      node=self.id, term=self.raft.term, listen=f"{self.cfg.host}:{self.port}",
+                      cluster=self.cfg.cluster, data=self.cfg.data_dir, metrics=metrics)
                 task_status.started(self.port)
         finally:
             with trio.CancelScope(shield=True):
                 if self.store is not None:
                     await trio.to_thread.run_sync(self.store.close)
+
+    async def _serve_metrics(self, nursery: trio.Nursery, host: str, port: int) -> int:
+        registry = new_registry(self)
+        try:
+            return await serve_http(nursery, host, port, lambda: render(registry), lambda: node_health(self))
+        except OSError as exc:
+            raise MetricsListenError(f"cannot listen for metrics on {host}:{port}: {exc.strerror or exc}") from None
+
+    def _disk_error(self, what: str, exc: BaseException) -> None:
+        event(events, "disk_error", f"{what} failed: {exc}; the node stops", node=self.id, term=self.raft.term,
+              level=logging.ERROR, what=what, error=str(exc))
 
     async def _listen(self, nursery: trio.Nursery) -> int:
         listeners = await trio.open_tcp_listeners(self.cfg.port, host=self.cfg.host)
@@ -353,7 +377,11 @@ class Node:
     async def _health_loop(self) -> None:
         while True:
             await trio.sleep(max(self.cfg.tick_ms / 1000, 0.05))
-            self.cluster.check_failures()
+            for ch in self.cluster.check_status_changes():
+                if ch.new is NodeStatus.DOWN:
+                    h = self.cluster.health(ch.node_id)
+                    event(events, "peer_down", f"peer {ch.node_id} is down (not heard from; {h.error or 'no error'})",
+                          node=self.id, term=self.raft.term, level=logging.WARNING, peer=ch.node_id, error=h.error)
             if self._lingering:
                 self._ensure_peer_tasks()  # let departed members go once their time is up
 
@@ -465,6 +493,8 @@ class Node:
         limit = self.cfg.max_entry_bytes
         start = 0
         n = len(proposals)
+        self.metrics.proposals += n
+        self.metrics.batch_commands.observe(n)
         while start < n:
             end, size = start, 0
             while end < n and (end == start or size + len(proposals[end][0]) <= limit):
@@ -493,7 +523,15 @@ class Node:
             self._unsynced_hs = None
             if rd.snapshot is not None:
                 await self._state_flush_idle()  # an install replaces the state: no flush may race it
-            await trio.to_thread.run_sync(self._persist, rd, hs)
+            try:
+                took, installed = await trio.to_thread.run_sync(self._persist, rd, hs)
+            except Exception as exc:
+                self._disk_error("writing the log", exc)
+                raise
+            if took is not None:
+                self.metrics.fsync["log"].observe(took)
+            if installed is not None:
+                self._snapshot_installed(rd, *installed)
             if rd.snapshot is not None:
                 self.sm.reset(int(rd.snapshot.meta.index))
                 self.feed.reset(int(rd.snapshot.meta.index))
@@ -507,6 +545,7 @@ class Node:
         if rd.entries:
             self.stats["entries_persisted"] += len(rd.entries)
             self.stats["batches"] += 1
+            self.metrics.batch_entries.observe(len(rd.entries))
         self._apply(rd)
         for rs in rd.read_states:
             w = self._reads.pop(rs.ctx, None)
@@ -518,18 +557,23 @@ class Node:
         if self._should_compact() and not self._snapshotting:
             self._start_snapshot()
 
-    def _persist(self, rd: Ready, hard_state: HardState | None) -> None:
+    def _persist(self, rd: Ready, hard_state: HardState | None
+                 ) -> tuple[float | None, tuple[int, int, float] | None]:
         """Runs in a worker thread: everything of one Ready in one durable transaction
-        (store I/O only: nothing here touches trio objects or the state machine)."""
-        if rd.snapshot is not None:
-            self._install_snapshot(rd)
+        (store I/O only: nothing here touches trio objects or the state machine). Returns
+        the seconds the durable write took (None: nothing written) and, after a snapshot
+        install, its keys, bytes and seconds."""
+        installed = self._install_snapshot(rd) if rd.snapshot is not None else None
         if rd.truncate_from is not None or rd.entries or hard_state is not None or rd.membership is not None:
+            t0 = time.perf_counter()
             self.store.write_batch(
                 truncate_from=rd.truncate_from,
                 entries=rd.entries,
                 hard_state=hard_state,
                 membership=rd.membership,
             )
+            return time.perf_counter() - t0, installed
+        return None, installed
 
     def _maybe_flush_state(self) -> None:
         """Write the applied state in the background (its own LMDB environment, its own
@@ -554,8 +598,13 @@ class Node:
         async def run() -> None:
             ok = False
             try:
+                t0 = time.perf_counter()
                 await trio.to_thread.run_sync(functools.partial(kv.write_flush, *flush, history=history))
+                self.metrics.fsync["state"].observe(time.perf_counter() - t0)
                 ok = True
+            except Exception as exc:
+                self._disk_error("writing the state", exc)
+                raise
             finally:
                 kv.flush_done(ok)
                 self.feed.flush_done(ok)
@@ -574,20 +623,32 @@ class Node:
         if self.kv.flushing:
             await self._flush_done_event.wait()
 
-    def _install_snapshot(self, rd: Ready) -> None:
+    def _install_snapshot(self, rd: Ready) -> tuple[int, int, float]:
+        """(In the worker thread.) Returns the keys, the file's bytes and the seconds taken."""
         assert rd.snapshot is not None
         path = self._incoming_snapshot
         if path is None:
             raise RuntimeError("a snapshot was accepted but no snapshot file was received")
         meta = rd.snapshot.meta
-        keys = self.store.install_state_file(path, meta, membership=meta.membership)
-        log.info("node %s installed a snapshot at index %d (%d keys)", self.id, meta.index, keys)
+        t0 = time.perf_counter()
+        size = path.stat().st_size
+        keys: int = self.store.install_state_file(path, meta, membership=meta.membership)
         self._incoming_snapshot = None
         try:
             path.unlink()
         except OSError:
             pass
+        return keys, size, time.perf_counter() - t0
+
+    def _snapshot_installed(self, rd: Ready, keys: int, size: int, seconds: float) -> None:
+        assert rd.snapshot is not None
+        index = int(rd.snapshot.meta.index)
         self.stats["snapshots_installed"] += 1
+        self.metrics.snapshots["installed"].observe(seconds)
+        self.metrics.snapshot_bytes["installed"] = size
+        event(events, "snapshot_installed", f"{self.id} installed a snapshot at index {index} ({keys} keys, "
+              f"{size} bytes, {seconds:.2f} s)", node=self.id, term=self.raft.term, index=index, keys=keys,
+              bytes=size, seconds=round(seconds, 3))
 
     def _fail_covered_by_snapshot(self, index: int) -> None:
         """Proposals a snapshot install covered: their outcome is unknown to this node. (On
@@ -601,7 +662,10 @@ class Node:
         if not entries:
             return
         pending = self._pending
+        t0 = time.perf_counter()
         all_results = self.sm.apply_entries(entries)
+        self.metrics.apply.observe(time.perf_counter() - t0)
+        self.metrics.applied_entries += len(entries)
         changes = self.sm.changes
         if changes is not None:
             self.sm.changes = []
@@ -637,9 +701,10 @@ class Node:
     def _on_membership_or_leader_change(self, rd: Ready) -> None:
         self._sync_cluster_view()
         self._ensure_peer_tasks()
+        if rd.membership is not None:
+            self.metrics.membership(self.raft.term, self.raft.membership)
         if rd.soft_state is not None:
-            log.info("node %s is %s in term %d (leader: %s)", self.id, rd.soft_state.role.value,
-                     self.raft.term, rd.soft_state.leader_id)
+            self.metrics.soft_state(self.raft.term, self.role_name(), rd.soft_state.leader_id)
             self._forget_forwards_to_others(rd.soft_state.leader_id)
             if rd.soft_state.role == Role.LEADER:
                 self._log_time = self._latest_log_time()
@@ -742,12 +807,16 @@ class Node:
         meta = raft.snapshot_meta_for(LogIndex(target))
         self._snapshotting = True
         self._since_compaction = 0
+        self.metrics.snapshot_started = time.perf_counter()
 
         async def run() -> None:
             done = False
             try:
                 await trio.to_thread.run_sync(self.store.compact, meta)
                 done = True
+            except Exception as exc:
+                self._disk_error("compacting the log", exc)
+                raise
             finally:
                 if not self._submit(("snapshot_done", meta, done)):
                     await self._inbox_send.send(("snapshot_done", meta, done))  # must not be lost
@@ -776,7 +845,13 @@ class Node:
         if ok:
             self.raft.compacted(meta)
             self.stats["snapshots_taken"] += 1
-            log.info("node %s took a snapshot at index %d", self.id, meta.index)
+            seconds = time.perf_counter() - self.metrics.snapshot_started
+            self.metrics.snapshots["taken"].observe(seconds)
+            size = self.metrics.state_disk_bytes(self.cfg.data_dir)
+            self.metrics.snapshot_bytes["taken"] = size
+            event(events, "snapshot_taken", f"{self.id} compacted its log up to a snapshot at index {meta.index} "
+                  f"(state {size} bytes on disk)", node=self.id, term=self.raft.term, index=int(meta.index),
+                  bytes=size, seconds=round(seconds, 3))
 
     # ------------------------------------------------------------------ peers: sending
     def _ensure_peer_tasks(self) -> None:
@@ -793,6 +868,7 @@ class Node:
         self.pool.retain(wanted)
 
     def _send_messages(self, msgs: tuple[RaftMessage, ...]) -> None:
+        self.metrics.sent(msgs)
         for m in msgs:
             self._send_peer(m.receiver, FRAME_MSG, m)
 
@@ -803,6 +879,7 @@ class Node:
         return self.pool.send(pid, kind, payload)
 
     def _peer_unreachable(self, pid: str, reason: str) -> None:
+        self.metrics.peer_lost(pid)
         try:
             self.cluster.report_error(pid, reason)
         except KeyError:
@@ -814,13 +891,21 @@ class Node:
         tmp = Path(self.cfg.data_dir) / f"outgoing-{pid}.snap"
         ok = False
         try:
+            t0 = time.perf_counter()
             info, _ = await self._export_state(tmp)
             if info.index != msg.snapshot.index:
                 msg = InstallSnapshotRequest(term=msg.term, leader_id=msg.leader_id, snapshot=info.meta,
                                              receiver=msg.receiver)
             await send_snapshot_file(stream, msg, tmp)
             ok = True
-            log.info("sent snapshot at index %d to %s", msg.snapshot.index, pid)
+            size = tmp.stat().st_size
+            seconds = time.perf_counter() - t0
+            self.pool.bytes_sent += size
+            self.metrics.snapshots["sent"].observe(seconds)
+            self.metrics.snapshot_bytes["sent"] = size
+            event(events, "snapshot_sent", f"{self.id} sent a snapshot at index {msg.snapshot.index} to {pid} "
+                  f"({size} bytes, {seconds:.2f} s)", node=self.id, term=self.raft.term, peer=pid,
+                  index=int(msg.snapshot.index), bytes=size, seconds=round(seconds, 3))
         finally:
             self._submit(("snapshot_sent", pid, ok))
             try:
@@ -862,6 +947,7 @@ class Node:
                 body_ = await read_frame(stream, buf)
                 if body_ is None:
                     return
+                self.metrics.peer_bytes_in += len(body_) + 4
                 self._heard_from(pid)
                 kind, body = body_[:1], body_[1:]
                 if kind == FRAME_PING:
@@ -908,6 +994,7 @@ class Node:
                         snapshot_file = open(path, "wb")
                         snapshot_msg = msg
                         continue
+                    self.metrics.received(pid, msg)
                     self._submit(("msg", msg))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
@@ -937,9 +1024,11 @@ class Node:
 
     def _heard_from(self, pid: str) -> None:
         try:
-            self.cluster.heartbeat(pid)
+            ch = self.cluster.heartbeat(pid)
         except KeyError:
-            pass
+            return
+        if ch is not None and ch.old in (NodeStatus.DOWN, NodeStatus.STARTING):
+            event(events, "peer_up", f"peer {pid} is up", node=self.id, term=self.raft.term, peer=pid)
 
     # ------------------------------------------------------------------ forwarding
     def _serve_forwarded(self, pid: str, req: ClientRequest) -> None:
@@ -1062,11 +1151,16 @@ class Node:
         parser = RespParser(max_bulk_len=self.cfg.limits.max_value_len + 1024)
         state = _Session(authed=not self.cfg.token, input=self._client_input.account())
         data = first
+        metrics = self.metrics
+        clock = time.perf_counter
         try:
             while True:
+                t0 = clock()  # when this batch of (pipelined) commands arrived: their latency's start
+                metrics.client_bytes_in += len(data)
                 parser.feed(data)
                 out = bytearray()
-                ops: list[Callable[[], Awaitable[bytes]]] = []
+                # Each reply to come, with the latency histogram of its command (None: not a command).
+                ops: list[tuple[Callable[[], Awaitable[bytes]], Histogram | None]] = []
                 last_kind = ""
                 close = False
                 while True:
@@ -1074,45 +1168,47 @@ class Node:
                     if cmd is None:
                         break
                     if not isinstance(cmd, list):  # a protocol violation: reply, then close
-                        ops.append(_const(cmd.reply))
+                        ops.append((_const(cmd.reply), None))
                         close = True
                         break
                     self.stats["total_commands"] += 1
+                    timer = metrics.command(cmd[0])
                     fast = self._fast_path(cmd, state) if len(cmd) in (2, 3) and state.multi is None else None
                     if fast is not None:
                         kind, op = fast
                         if last_kind and kind != last_kind and ops:
-                            for o in ops:
-                                out += await o()
+                            await self._replies(ops, out, t0)
                             ops = []
                         last_kind = kind
-                        ops.append(op)
+                        ops.append((op, timer))
                         continue
                     req = C.parse_command(cmd, self.cfg.limits)
                     if not state.authed and not C.allowed_before_auth(cmd[0]):
-                        ops.append(_const(encode_error(C.ERR_NOAUTH)))
+                        ops.append((_const(encode_error(C.ERR_NOAUTH)), timer))
                         continue
                     if isinstance(req, C.AuthRequest):
-                        ops.append(_const(self._auth(req, state)))
+                        ops.append((_const(self._auth(req, state)), timer))
                         continue
                     if isinstance(req, C.HelloRequest):
-                        ops.append(_const(self._hello(req, state)))
+                        ops.append((_const(self._hello(req, state)), timer))
                         continue
                     if isinstance(req, C.LocalReply) and req.close:
-                        ops.append(_const(req.encoded()))
+                        ops.append((_const(req.encoded()), timer))
                         close = True
                         break
                     if isinstance(req, C.ChangesRequest) and state.multi is None:
-                        for op in ops:
-                            out += await op()
+                        await self._replies(ops, out, t0)
+                        timer.observe(clock() - t0)  # a stream: counted when it starts
                         if out:
+                            metrics.client_bytes_out += len(out)
                             await stream.send_all(bytes(out))
                         await self._serve_changes(stream, req, state)
                         return
                     if isinstance(req, C.PubSubRequest) and state.multi is None:
-                        for op in ops:
-                            out += await op()
+                        await self._replies(ops, out, t0)
+                        timer.observe(clock() - t0)  # a stream: counted when it starts
                         if out:
+                            metrics.client_bytes_out += len(out)
                             await stream.send_all(bytes(out))
                         ops, out, last_kind = [], bytearray(), ""
                         if await self._serve_pubsub(stream, parser, req, state):
@@ -1121,7 +1217,7 @@ class Node:
                     if state.multi is not None or isinstance(req, C.TxnRequest):
                         queued = self._transaction_step(req, state)
                         if queued is not None:  # answered at once: queued, or refused
-                            ops.append(_const(queued))
+                            ops.append((_const(queued), timer))
                             continue
                         assert isinstance(req, C.TxnRequest)
                     kind = "r" if isinstance(req, (*_READS, C.SnapshotRequest)) else (
@@ -1129,21 +1225,20 @@ class Node:
                     if kind and last_kind and kind != last_kind and ops:
                         # A pipeline runs in order: a read sees the writes before it, and a
                         # write is not submitted before the reads ahead of it were served.
-                        for op in ops:
-                            out += await op()
+                        await self._replies(ops, out, t0)
                         ops = []
                     last_kind = kind or last_kind
                     if isinstance(req, C.TxnRequest):
-                        ops.append(self._watch(req.keys, state) if req.op == C.TxnOp.WATCH
-                                   else self._exec(state))
+                        ops.append((self._watch(req.keys, state) if req.op == C.TxnOp.WATCH
+                                    else self._exec(state), timer))
                     else:
-                        ops.append(self._prepare(req, argv=cmd, resp3=state.resp3))
+                        ops.append((self._prepare(req, argv=cmd, resp3=state.resp3), timer))
                 if not close and (refused := self._input_refused(parser, state)) is not None:
-                    ops.append(_const(refused))
+                    ops.append((_const(refused), None))
                     close = True
-                for op in ops:
-                    out += await op()
+                await self._replies(ops, out, t0)
                 if out:
+                    metrics.client_bytes_out += len(out)
                     await stream.send_all(bytes(out))
                 if close:
                     return
@@ -1156,6 +1251,19 @@ class Node:
             if state.input is not None:
                 state.input.close()
             self._clients -= 1
+
+    async def _replies(self, ops: list[tuple[Callable[[], Awaitable[bytes]], Histogram | None]], out: bytearray,
+                       t0: float) -> None:
+        """Await each reply in order into `out`; time each command from `t0`, count errors."""
+        metrics = self.metrics
+        clock = time.perf_counter
+        for op, timer in ops:
+            reply = await op()
+            out += reply
+            if timer is not None:
+                timer.observe(clock() - t0)
+            if reply[:1] == b"-":
+                metrics.error(reply)
 
     def _input_refused(self, parser: RespParser, state: _Session) -> bytes | None:
         """The -ERR that closes a connection whose unfinished request would pass its
@@ -1714,7 +1822,10 @@ class Node:
                 sid = next(self._backup_ids)
                 path = self._backup_dir() / f"backup-{sid}.aegis-snapshot"
                 path.parent.mkdir(parents=True, exist_ok=True)
+                t0 = time.perf_counter()
                 info, keys = await self._export_state(path)
+                self.metrics.snapshots["backup"].observe(time.perf_counter() - t0)
+                self.metrics.snapshot_bytes["backup"] = path.stat().st_size
                 index = info.index
                 self._backups[sid] = path
                 log.info("backup %d at index %d (%d keys, %d bytes)", sid, index, keys, path.stat().st_size)
@@ -1905,6 +2016,10 @@ _GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _READS: Final = (C.ReadRequest, C.ExistsRequest, C.QueryRequest, C.ScanRequest, C.KeysRequest,
                  C.DbsizeRequest, C.RangeRequest)
 _WRITES: Final = (C.WriteRequest, C.MemberRequest, C.LeaderTransferRequest)
+
+
+class MetricsListenError(OSError):
+    """`--metrics HOST:PORT` cannot be listened on (the message names the address)."""
 
 
 def _verify_snapshot_file(path: Path) -> str | None:
