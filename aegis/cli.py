@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most keys one RANGE/PREFIX reply returns (default 10000)")
     s.add_argument("--feed-history", type=int, default=100_000,
                    help="changes kept on disk so CHANGES ... FROM can resume (default 100000; 0: none)")
+    s.add_argument("--zstd-dict", choices=["off", "auto"], default="auto",
+                   help="zstd dictionaries trained by the leader and shipped through the log, so small "
+                        "values are stored at about a third of their size (default auto)")
+    s.add_argument("--zstd-dict-train-after", type=_positive_int, default=5_000, metavar="N",
+                   help="values written before the leader trains the first dictionary (default 5000)")
     s.add_argument("--fsync", choices=["always", "never"], default="always",
                    help="'never' is UNSAFE: acknowledged writes can be lost on a crash (benchmarks only)")
 
@@ -178,6 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         snapshot_threshold=args.snapshot_threshold, request_timeout=args.request_timeout,
         max_clients=args.max_clients, client_buffer_bytes=args.client_buffer_mb << 20, fsync=args.fsync == "always", join=args.join,
         keys_limit=args.keys_limit, range_limit=args.range_limit, feed_history=max(0, args.feed_history),
+        zstd_dict=args.zstd_dict, zstd_dict_train_after=max(64, args.zstd_dict_train_after),
     )
 
     async def run() -> None:

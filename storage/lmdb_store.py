@@ -1016,6 +1016,10 @@ class LmdbStore:
         known = self._zdicts.get(dict_id)
         return known[0] if known is not None else None
 
+    def dictionary(self, dict_id: int) -> tuple[int, bytes] | None:
+        """``(log index, bytes)`` of a dictionary this store holds."""
+        return self._zdicts.get(dict_id)
+
     def activate_committed(self, upto: int = 0) -> int | None:
         """Compress with the newest dictionary known to be committed (see `dictionaries`);
         returns its id, or None (and changes nothing) when there is none."""
