@@ -189,7 +189,7 @@ def decode_record(key: bytes, raw: bytes, path: str | None = None, codec: Codec 
         if len(raw) < off + 8:
             raise CorruptionError(f"state record of key {key[:64]!r} is truncated", path=path)
         (expires,) = _U64.unpack_from(raw, off)
-        version &= _VERSION_MAX
+        version &= ~_HAS_DEADLINE
         off += 8
     if len(key) > MAX_INLINE_KEY:
         off += _U32.size + len(key)
