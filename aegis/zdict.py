@@ -71,7 +71,7 @@ class ZDictConfig:
     retrain_after: int = 500_000  # ... and between two trials of a new one
     size: int = 32 << 10  # bytes of a dictionary
     max_dictionaries: int = 8
-    check_s: float = 1.0  # how often the leader looks
+    check_s: float = 0.25  # how often the leader looks
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
