@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="client sessions kept at most; opening one more expires the oldest (default 10000)")
     s.add_argument("--session-results", type=_positive_int, default=256,
                    help="results one session keeps for retries (default 256)")
+    s.add_argument("--zstd-dict", choices=["off", "auto"], default="auto",
+                   help="zstd dictionaries trained by the leader and shipped through the log, so small "
+                        "values are stored at about a third of their size (default auto)")
+    s.add_argument("--zstd-dict-train-after", type=_positive_int, default=5_000, metavar="N",
+                   help="values written before the leader trains the first dictionary (default 5000)")
     s.add_argument("--fsync", choices=["always", "never"], default="always",
                    help="'never' is UNSAFE: acknowledged writes can be lost on a crash (benchmarks only)")
     s.add_argument("--metrics", type=_parse_listen, default=None, metavar="HOST:PORT",
@@ -208,6 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limits=C.CommandLimits(session_timeout_ms=max(1, int(args.session_timeout * 1000)),
                                max_sessions=args.max_sessions, session_results=args.session_results),
         metrics=args.metrics,
+        zstd_dict=args.zstd_dict, zstd_dict_train_after=max(64, args.zstd_dict_train_after),
     )
 
     async def run() -> None:

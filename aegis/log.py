@@ -75,12 +75,14 @@ class EntryType(enum.IntEnum):
     CONFIG_CHANGE = 1
     NO_OP = 2
     BATCH = 3  # several client commands in one entry, applied in order (aegis.state.encode_batch)
+    DICTIONARY = 4  # a zstd dictionary for storage (aegis.zdict); the state machine ignores it
 
     # The seed spells these in CamelCase; keep those names working.
     Command = 0
     ConfigChange = 1
     NoOp = 2
     Batch = 3
+    Dictionary = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,6 +182,7 @@ class ConnectionPool:
         pack_payload: PayloadPacker | None,
         on_unreachable: Callable[[str, str], None],
         stream_snapshot: Callable[[str, trio.SocketStream, InstallSnapshotRequest], Awaitable[None]],
+        packer_for: Callable[[str], PayloadPacker] | None = None,
     ) -> None:
         self.handshake = handshake
         self.addresses = addresses
@@ -189,6 +190,9 @@ class ConnectionPool:
         self.pack_payload = pack_payload
         self.on_unreachable = on_unreachable
         self.stream_snapshot = stream_snapshot
+        #: The payload packer for one peer (it knows which zstd dictionaries that peer
+        #: holds, aegis.zdict); default `pack_payload` for all.
+        self.packer_for = packer_for
         self.connected: dict[str, bool] = {}
         self.bytes_sent = 0  # frames written to peers (snapshot files are counted by the node)
         self._queues: dict[str, trio.MemorySendChannel[Outgoing]] = {}
@@ -265,7 +269,7 @@ class ConnectionPool:
                     backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def _pump(self, pid: str, stream: trio.SocketStream, queue: trio.MemoryReceiveChannel[Outgoing]) -> None:
-        pack = self.pack_payload
+        pack = self.packer_for(pid) if self.packer_for is not None else self.pack_payload
         while True:
             item = None
             with trio.move_on_after(self.ping_interval):

@@ -1305,6 +1305,15 @@ class RaftNode:
             item = (EntryType.BATCH, encode_batch(payloads), timestamp)
         return self._append_as_leader([item])[0]
 
+    def propose_entry(self, entry_type: EntryType, data: bytes, *, timestamp: float = 0.0) -> LogIndex:
+        """Append one entry of a type the state machine does not interpret (a DICTIONARY:
+        storage's zstd dictionary, aegis.zdict). Commands and membership changes have their
+        own methods, which keep their rules."""
+        if entry_type != EntryType.DICTIONARY:
+            raise ValueError(f"propose_entry does not propose {entry_type.name} entries")
+        self._check_can_propose()
+        return self._append_as_leader([(entry_type, bytes(data), timestamp)])[0]
+
     def _check_can_propose(self) -> None:
         if self.role != Role.LEADER:
             raise NotLeaderError(self.leader_id)

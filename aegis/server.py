@@ -55,6 +55,7 @@ from .raft import ConfigChangeError, ImpossibleTermError, NotLeaderError, Propos
 from .feed import ChangeFeed, Compacted
 from .logs import event
 from .metrics import Histogram, NodeMetrics, node_health, new_registry, render, serve_http
+from .zdict import ZDict, leader_loop as zdict_leader_loop
 from .state import Command, CommandType, StateMachine
 from .peers import (
     FRAME_MSG,
@@ -126,6 +127,8 @@ class ServerConfig:
     feed_history: int = 100_000  # changes kept on disk for CHANGES ... FROM (0: none; memory only)
     metrics: tuple[str, int] | None = None  # serve /metrics and /health here (aegis serve --metrics)
     health_max_lag: int = 100  # /health: entries the applied index may trail the commit index
+    zstd_dict: str = "auto"  # zstd dictionaries shipped through the log (aegis.zdict): auto | off
+    zstd_dict_train_after: int = 5_000  # values written before the leader trains the first one
 
 
 #: The first argument of a transaction a follower forwards (its encoded Command follows);
@@ -215,6 +218,7 @@ class Node:
             pack_payload=_pack_payload,
             on_unreachable=self._peer_unreachable,
             stream_snapshot=self._stream_snapshot,
+            packer_for=lambda pid: self.zdict.packer_for(self.raft, pid),
         )
         self._clients = 0
         self._client_input = ByteBudget(cfg.client_buffer_bytes, "unfinished client requests")
@@ -233,17 +237,22 @@ class Node:
         self.sm = StateMachine()
         self.cluster: Cluster
         self.feed: ChangeFeed
+        self.zdict: ZDict
 
     # ------------------------------------------------------------------ startup
     def _open(self) -> None:
-        from storage import LmdbStore
+        from storage import Codec, LmdbStore
+
+        from .zdict import ZDict, ZDictConfig
 
         cfg = self.cfg
+        zcfg = ZDictConfig(mode=cfg.zstd_dict, train_after=cfg.zstd_dict_train_after)
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
         # The entry cache answers replication reads of recent entries; 8 MiB of batched
         # entries is tens of thousands of writes, and keeps a restart's cache load short.
+        # A codec of its own: the zstd dictionaries it holds and uses are this node's.
         self.store = LmdbStore.open(cfg.data_dir, node_id=cfg.node_id, cluster=cfg.cluster, sync=cfg.fsync,
-                                    cache_bytes=8 << 20)
+                                    cache_bytes=8 << 20, codec=Codec())
         hs, membership = self.store.initial_state()
         if not membership.members and self.store.snapshot().index == 0 and self.store.last_index() == 0:
             addrs = dict(cfg.peers)
@@ -259,6 +268,7 @@ class Node:
         # stored applied index are applied again as the log's commit index is relearned.
         self.kv = self.store.state()
         self.sm = StateMachine(backend=self.kv)
+        self.zdict = ZDict(zcfg, self.store, self.kv.applied())
         for stale in self._backup_dir().glob("*") if self._backup_dir().is_dir() else []:
             stale.unlink(missing_ok=True)  # backups of a previous run were never released
         rcfg = RaftConfig(
@@ -312,6 +322,7 @@ class Node:
                 nursery.start_soon(self._raft_loop)
                 nursery.start_soon(self._health_loop)
                 nursery.start_soon(self._expiry_loop)
+                nursery.start_soon(zdict_leader_loop, self.zdict, self.raft, self._propose_dictionary)
                 self._ensure_peer_tasks()
                 if self.raft.membership.voters == {self.id} and not self.raft.is_leader():
                     # A cluster of one elects itself at once: nobody else could object.
@@ -373,6 +384,11 @@ class Node:
             if self._client_op(Command.op("PURGE", *keys).encode(), w):
                 await self._wait(w)
                 self.stats["expired_keys"] += int(w.value.value) if w.error is None and w.value else 0
+
+    async def _propose_dictionary(self, payload: bytes) -> None:
+        w = _Waiter()
+        if self._submit(("entry", payload, w)):
+            await self._wait(w)
 
     async def _health_loop(self) -> None:
         while True:
@@ -440,6 +456,11 @@ class Node:
                 waiter.fail(f"ERR {exc}")
             else:
                 self._pending[idx] = (raft.term, [waiter])
+        elif kind == "entry":  # a DICTIONARY entry (aegis.zdict)
+            try:
+                ev[2].set(raft.propose_entry(EntryType.DICTIONARY, ev[1], timestamp=self._entry_time()))
+            except (NotLeaderError, ProposalDroppedError) as exc:
+                ev[2].fail(f"NOLEADER {exc}")
         elif kind == "transfer":
             try:
                 raft.transfer_leadership(ev[1])
@@ -534,6 +555,7 @@ class Node:
                 self._snapshot_installed(rd, *installed)
             if rd.snapshot is not None:
                 self.sm.reset(int(rd.snapshot.meta.index))
+                self.zdict.installed(int(rd.snapshot.meta.index))
                 self.feed.reset(int(rd.snapshot.meta.index))
                 self._fail_covered_by_snapshot(int(rd.snapshot.meta.index))
         elif rd.hard_state is not None:
@@ -666,6 +688,7 @@ class Node:
         all_results = self.sm.apply_entries(entries)
         self.metrics.apply.observe(time.perf_counter() - t0)
         self.metrics.applied_entries += len(entries)
+        self.zdict.applied(entries)
         changes = self.sm.changes
         if changes is not None:
             self.sm.changes = []
@@ -835,7 +858,9 @@ class Node:
         try:
             meta = self.raft.snapshot_meta_for(LogIndex(export.index))
             chunks = stream_snapshot(export.records(), export.index, export.count, sessions=export.sessions())
-            info = await trio.to_thread.run_sync(write_snapshot_file, path, meta, chunks)
+            dicts = self.store.dictionaries(export.index)  # a node installed from it needs them
+            info = await trio.to_thread.run_sync(
+                functools.partial(write_snapshot_file, path, meta, chunks, dictionaries=dicts))
             return info, export.count
         finally:
             export.close()
@@ -930,7 +955,7 @@ class Node:
         hs = await accept_handshake(stream, buf, self._refuse_peer, self._handshakes)
         if hs is None:
             return
-        from storage import unpack_payload
+        unpack_payload = self.store.codec.unpack_payload
 
         pid = hs.node_id
         # A peer keeps one outgoing connection to us, so a new one means the old is dead: close
@@ -1931,6 +1956,7 @@ class Node:
             "uptime_in_seconds": int(time.time() - self.started_at),
             "process_id": os.getpid(),
             **self.stats,
+            **self.zdict.info(),
         }
 
     def info_text(self, sections: tuple[str, ...] = ()) -> str:

@@ -20,7 +20,10 @@ Errors are `StorageError`s: `CorruptionError` and `WrongNodeError` mean "refuse 
 
 from .codec import (
     Codec,
+    decode_dictionary_entry,
     default_codec,
+    dictionary_id,
+    encode_dictionary_entry,
     pack_entry,
     pack_payload,
     record_term,
@@ -60,6 +63,9 @@ __all__ = [
     "unpack_payload",
     "record_term",
     "train_dictionary",
+    "dictionary_id",
+    "encode_dictionary_entry",
+    "decode_dictionary_entry",
     "StorageError",
     "CorruptionError",
     "WrongNodeError",

@@ -40,10 +40,15 @@ one per call costs more than compressing a small value).
 
 A trained dictionary (`train_dictionary`) helps small, similar values a lot (see
 bench/storage_bench.py). A record compressed with a dictionary can only be decoded by a
-codec that has that dictionary registered (`Codec.add_dictionary`); `LmdbStore` keeps its
-dictionary in the environment and registers it on open. A transport must therefore only
-ship dictionary records to peers known to hold the same dictionary (or `repack` them).
-Dictionaries are off by default.
+codec that has that dictionary registered (`Codec.add_dictionary`). In a cluster the
+dictionaries travel through the log (DICTIONARY entries, aegis.zdict): `LmdbStore` stores
+each one in its environment in the transaction that appends its entry, and registers them
+all on open, before it reads a record. A DICTIONARY entry's own record is never compressed
+with a dictionary (a node must decode it to learn the dictionary). A transport ships a
+dictionary record only to a peer known to hold that dictionary: `pack_payload(entry,
+dict_ok)` re-encodes the payload without one when ``dict_ok(dict_id)`` is false.
+`compress_value`/`decompress_value` are the same dictionaries for the state's values
+(storage.kv).
 
 For the transport: compress once
 --------------------------------
@@ -73,11 +78,12 @@ This module never imports trio, lmdb, or anything from aegis except the log type
 
 from __future__ import annotations
 
+import itertools
 import struct
 import threading
 import zlib
 from collections import deque
-from typing import Any, Iterable, Sequence, cast
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import zstandard as zstd
 
@@ -101,6 +107,10 @@ __all__ = [
     "unpack_payload",
     "record_term",
     "train_dictionary",
+    "dictionary_id",
+    "encode_dictionary_entry",
+    "decode_dictionary_entry",
+    "VALUE_THRESHOLD",
 ]
 
 FORMAT_VERSION = 1
@@ -122,6 +132,8 @@ _WIRE = struct.Struct(">BI")  # wire payload: flags, uncompressed length
 _CRC_HEAD = struct.Struct(">QQB")  # what LogEntry.checksum() covers before the payload
 _MAX_TERM = (1 << 64) - 1
 _ENTRY_TYPES = frozenset(int(t) for t in EntryType)
+_DICT_MAGIC = b"\x37\xa4\x30\xec"  # a trained zstd dictionary starts so (ZSTD_MAGIC_DICTIONARY)
+VALUE_THRESHOLD = 48  # state values shorter than this are stored raw (compress_value)
 
 
 class RecordHeader:
@@ -191,6 +203,8 @@ class Codec:
         )
         self._local = threading.local()
         self._dicts: dict[int, Any] = {}  # dict_id -> zstd.ZstdCompressionDict
+        self._dict_gen: dict[int, int] = {}  # dict_id -> generation (a replaced id gets new contexts)
+        self._gen = itertools.count(1)
         self._active_dict: int | None = None
         self._cache_entries = cache_entries
         self._cache_bytes = cache_bytes
@@ -214,18 +228,41 @@ class Codec:
         self._class_skipped = [0] * 34
 
     # --- dictionaries ------------------------------------------------------------------------
-    def add_dictionary(self, dict_bytes: bytes, *, activate: bool = False) -> int:
-        """Register a trained dictionary for decoding (and for encoding if `activate`)."""
-        d = zstd.ZstdCompressionDict(dict_bytes)
-        dict_id = int(d.dict_id())
-        if dict_id == 0:
-            raise ValueError("not a trained zstd dictionary (dictionary id 0)")
-        if dict_id not in self._dicts:
+    def add_dictionary(self, dict_bytes: bytes, *, activate: bool = False, replace: bool = False) -> int:
+        """Register a trained dictionary for decoding (and for encoding if `activate`).
+
+        A different dictionary under an id already registered is refused (ValueError), or
+        with `replace` takes its place (only for one that no record uses: an uncommitted
+        DICTIONARY entry another leader overwrote)."""
+        dict_id = dictionary_id(dict_bytes)
+        old = self._dicts.get(dict_id)
+        if old is not None and bytes(old.as_bytes()) != bytes(dict_bytes):
+            if not replace:
+                raise ValueError(f"another zstd dictionary with id {dict_id} is already registered")
+            if self._active_dict == dict_id:
+                raise ValueError(f"zstd dictionary {dict_id} is in use and cannot be replaced")
+            old = None
+        if old is None:
+            d = zstd.ZstdCompressionDict(bytes(dict_bytes))
             d.precompute_compress(compression_params=self._params)
+            self._dict_gen[dict_id] = next(self._gen)
             self._dicts[dict_id] = d
         if activate:
             self.use_dictionary(dict_id)
         return dict_id
+
+    def remove_dictionary(self, dict_id: int) -> None:
+        """Forget a dictionary no record uses (an uncommitted entry's, truncated)."""
+        if self._active_dict == dict_id:
+            raise ValueError(f"zstd dictionary {dict_id} is in use and cannot be removed")
+        self._dicts.pop(dict_id, None)
+        self._dict_gen.pop(dict_id, None)
+
+    def has_dictionary(self, dict_id: int) -> bool:
+        return dict_id in self._dicts
+
+    def dictionary_ids(self) -> list[int]:
+        return sorted(self._dicts)
 
     def use_dictionary(self, dict_id: int | None) -> None:
         """Compress new payloads with this registered dictionary (None: no dictionary)."""
@@ -242,7 +279,7 @@ class Codec:
 
     # --- per-thread contexts -------------------------------------------------------------------
     def _compressor(self, dict_id: int | None) -> Any:
-        key = f"c{dict_id or 0}"
+        key = f"c{dict_id or 0}_{self._dict_gen.get(dict_id or 0, 0)}"
         c = getattr(self._local, key, None)
         if c is None:
             if dict_id is None:
@@ -253,7 +290,7 @@ class Codec:
         return c
 
     def _decompressor(self, dict_id: int | None) -> Any:
-        key = f"d{dict_id or 0}"
+        key = f"d{dict_id or 0}_{self._dict_gen.get(dict_id or 0, 0)}"
         d = getattr(self._local, key, None)
         if d is None:
             if dict_id is None:
@@ -288,6 +325,32 @@ class Codec:
         if dict_id is None:
             return FLAG_COMPRESSED, 0, packed
         return FLAG_COMPRESSED | FLAG_DICT, dict_id, packed
+
+    def compress_plain(self, data: bytes) -> tuple[int, int, bytes]:
+        """`compress_payload` without a dictionary (and without the adaptive skip)."""
+        raw = data if type(data) is bytes else bytes(data)
+        if len(raw) <= self.threshold:
+            return 0, 0, raw
+        packed = cast(bytes, self._compressor(None).compress(raw))
+        if len(packed) >= len(raw):
+            return 0, 0, raw
+        return FLAG_COMPRESSED, 0, packed
+
+    def compress_value(self, value: bytes) -> tuple[int, bytes] | None:
+        """(dictionary id, zstd frame) of a state value with the active dictionary, or None
+        when there is none, the value is short, or the frame would not be smaller."""
+        dict_id = self._active_dict
+        n = len(value)
+        if dict_id is None or n < VALUE_THRESHOLD:
+            return None
+        packed = cast(bytes, self._compressor(dict_id).compress(value))
+        if len(packed) + 8 >= n:  # the dictionary id and length it needs
+            return None
+        return dict_id, packed
+
+    def decompress_value(self, dict_id: int, stored: bytes, length: int) -> bytes:
+        """Inverse of `compress_value`; raises StorageError/ValueError/zstd.ZstdError."""
+        return self.decompress_payload(FLAG_COMPRESSED | FLAG_DICT, dict_id, stored, length)
 
     def _observe(self, cls: int, n_in: int, n_out: int) -> None:
         # Unsynchronised on purpose: a lost update between threads only blurs a heuristic.
@@ -324,15 +387,24 @@ class Codec:
         return self.pack_entries((entry,))[0]
 
     # --- the wire form of a payload (the transport's hooks) -----------------------------------------
-    def pack_payload(self, entry: LogEntry) -> bytes:
+    def pack_payload(self, entry: LogEntry, dict_ok: Callable[[int], bool] | None = None) -> bytes:
         """The payload as a transport ships it: the stored bytes, not compressed again.
 
         ``flags (1) | uncompressed length (4) | [dictionary id (4)] | CRC32 (4) | stored
         bytes``; the CRC covers the fields before it and the stored bytes. Goes through the record cache, so for an entry the store
         has just appended this costs a CRC and a copy, not a compression.
+
+        A record compressed with a dictionary for which ``dict_ok(dict_id)`` is false (the
+        peer is not known to hold it) is shipped compressed without one instead.
         """
         record = self.pack_entries((entry,))[0]
         flags = record[2]
+        if flags & FLAG_DICT and dict_ok is not None:
+            (dict_id,) = _U32.unpack_from(record, _HEAD.size)
+            if not dict_ok(dict_id):
+                flags, _, plain = self.compress_plain(entry.data)
+                head = _WIRE.pack(flags, len(entry.data))
+                return b"".join((head, _U32.pack(zlib.crc32(plain, zlib.crc32(head))), plain))
         off = _HEAD.size + (4 if flags & FLAG_DICT else 0) + 4
         stored = memoryview(record)[off:]
         head = _WIRE.pack(flags, len(entry.data))
@@ -415,6 +487,8 @@ class Codec:
                 self._wire_forget(id(data))
         elif n <= self.threshold:
             flags, dict_id, stored = 0, 0, data
+        elif entry.type == EntryType.DICTIONARY:  # decoded to learn a dictionary: never needs one
+            flags, dict_id, stored = self.compress_plain(data)
         else:
             flags, dict_id, stored = self.compress_payload(data)
         # == entry.checksum(), computed with one struct call (pinned by the codec tests)
@@ -527,13 +601,43 @@ class Codec:
             self._cached_bytes = 0
 
 
-def train_dictionary(samples: Iterable[bytes], size: int = 16 << 10) -> bytes:
-    """Train a zstd dictionary of about `size` bytes on sample payloads; returns its bytes."""
+def train_dictionary(samples: Iterable[bytes], size: int = 16 << 10, *, dict_id: int = 0) -> bytes:
+    """Train a zstd dictionary of about `size` bytes on sample payloads; returns its bytes
+    (`dict_id` 0: zstd derives the id from the contents)."""
     sample_list: Sequence[bytes] = [bytes(s) for s in samples]
     if len(sample_list) < 8:
         raise ValueError("need at least 8 samples to train a zstd dictionary")
-    d = zstd.train_dictionary(size, list(sample_list))
+    d = zstd.train_dictionary(size, list(sample_list), dict_id=dict_id)
     return bytes(d.as_bytes())
+
+
+def dictionary_id(dict_bytes: bytes) -> int:
+    """The id of a trained zstd dictionary (ValueError if the bytes are not one)."""
+    raw = bytes(dict_bytes)
+    if len(raw) < 8 or raw[:4] != _DICT_MAGIC:
+        raise ValueError("not a trained zstd dictionary (bad magic)")
+    dict_id = int(zstd.ZstdCompressionDict(raw).dict_id())
+    if dict_id == 0:
+        raise ValueError("not a trained zstd dictionary (dictionary id 0)")
+    return dict_id
+
+
+_DICT_ENTRY_VERSION = 1
+
+
+def encode_dictionary_entry(dict_bytes: bytes) -> bytes:
+    """The payload of a DICTIONARY log entry: a version byte, then the dictionary."""
+    dictionary_id(dict_bytes)  # only real dictionaries go into the log
+    return bytes([_DICT_ENTRY_VERSION]) + bytes(dict_bytes)
+
+
+def decode_dictionary_entry(payload: bytes) -> tuple[int, bytes]:
+    """(dictionary id, dictionary bytes) of a DICTIONARY entry's payload; ValueError if
+    it is not one."""
+    raw = bytes(payload)
+    if not raw or raw[0] != _DICT_ENTRY_VERSION:
+        raise ValueError("not a DICTIONARY entry payload (unknown version)")
+    return dictionary_id(raw[1:]), raw[1:]
 
 
 _default_codec = Codec()

@@ -10,8 +10,10 @@ beside the log's, in three databases written together:
   ``crc32 (4) | version (8) | revision (8) | [deadline (8)] | [len (4) | key] | value``:
   the top bit of the stored version says a deadline (ms since the epoch) follows, so a
   record without one is byte for byte the previous format; a long key's record carries the
-  key. The CRC covers the key and the rest; a record that fails it is `CorruptionError`,
-  never served.
+  key. The next bit says the value is compressed with a zstd dictionary (aegis.zdict):
+  ``dictionary id (4) | length (4) | zstd frame`` instead of the value; a record without it
+  is as before. The CRC covers the key and the rest (the stored form); a record that fails
+  it is `CorruptionError`, never served.
 * ``scan`` (dupsort): the 8-byte blake2b digest of every stored key -> its `db_key`. The
   digest's top 63 bits are the key's `scan_hash`, so the index walks SCAN positions in
   order and the keys of one position sit together (the digest itself is stored because it
@@ -79,9 +81,11 @@ import zlib
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import lmdb
+import zstandard as zstd
 
 from aegis.state import Change, Item, KVView, Record, scan_hash
 
+from .codec import Codec
 from .errors import CorruptionError
 
 from .env import Env
@@ -108,8 +112,10 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _VR = struct.Struct(">QQ")
 _VRD = struct.Struct(">QQQ")
+_VR_ZSTD = struct.Struct(">II")  # a compressed value: dictionary id, uncompressed length
 _HAS_DEADLINE = 1 << 63  # in the stored version: a deadline follows the revision
-_VERSION_MAX = _HAS_DEADLINE - 1
+_ZSTD_VALUE = 1 << 62  # ... and the value is compressed with a zstd dictionary
+_VERSION_MAX = _ZSTD_VALUE - 1
 _INDEX_FORMAT = b"\x01"  # the first byte of ``indexes``; another value rebuilds them
 _LOAD_CHUNK = 65536  # scan entries sorted and written together when (re)building the index
 _T = TypeVar("_T")
@@ -133,14 +139,37 @@ def db_key(key: bytes) -> bytes:
     return _LONG + hashlib.sha256(key).digest()
 
 
-def encode_record(key: bytes, value: bytes, version: int, revision: int, expires: int = 0) -> bytes:
+def encode_record(key: bytes, value: bytes, version: int, revision: int, expires: int = 0,
+                  codec: Codec | None = None) -> bytes:
+    """A state record; with a `codec` whose dictionary is active, the value compressed
+    with it when that makes it smaller."""
     if version > _VERSION_MAX:
         raise ValueError(f"version {version} does not fit a state record")
+    packed = codec.compress_value(value) if codec is not None else None
+    if packed is not None:
+        version |= _ZSTD_VALUE
     body = _VRD.pack(version | _HAS_DEADLINE, revision, expires) if expires else _VR.pack(version, revision)
     if len(key) > MAX_INLINE_KEY:
         body += _U32.pack(len(key)) + key
-    body += value
+    if packed is not None:
+        body += _VR_ZSTD.pack(packed[0], len(value)) + packed[1]
+    else:
+        body += value
     return _U32.pack(zlib.crc32(body, zlib.crc32(key))) + body
+
+
+def _unpack_value(key: bytes, stored: bytes, codec: Codec | None, path: str | None) -> bytes:
+    """The value of a dictionary-compressed record, from ``dict id | length | frame``."""
+    if len(stored) < _VR_ZSTD.size:
+        raise CorruptionError(f"state record of key {key[:64]!r} is truncated", path=path)
+    dict_id, length = _VR_ZSTD.unpack_from(stored, 0)
+    if codec is None or not codec.has_dictionary(dict_id):
+        raise CorruptionError(f"the state record of key {key[:64]!r} needs zstd dictionary {dict_id}, "
+                              "which this node does not have", path=path)
+    try:
+        return codec.decompress_value(dict_id, stored[_VR_ZSTD.size:], length)
+    except (zstd.ZstdError, ValueError) as e:
+        raise CorruptionError(f"the value of key {key[:64]!r} cannot be decompressed ({e})", path=path) from None
 
 
 def _key_offset(raw: bytes) -> int:
@@ -148,7 +177,7 @@ def _key_offset(raw: bytes) -> int:
     return _HEAD.size + 8 if raw[4] & 0x80 else _HEAD.size
 
 
-def decode_record(key: bytes, raw: bytes, path: str | None = None) -> Record:
+def decode_record(key: bytes, raw: bytes, path: str | None = None, codec: Codec | None = None) -> Record:
     if len(raw) < _HEAD.size:
         raise CorruptionError(f"state record of key {key[:64]!r} is truncated", path=path)
     crc, version, revision = _HEAD.unpack_from(raw, 0)
@@ -160,10 +189,12 @@ def decode_record(key: bytes, raw: bytes, path: str | None = None) -> Record:
         if len(raw) < off + 8:
             raise CorruptionError(f"state record of key {key[:64]!r} is truncated", path=path)
         (expires,) = _U64.unpack_from(raw, off)
-        version &= _VERSION_MAX
+        version &= ~_HAS_DEADLINE
         off += 8
     if len(key) > MAX_INLINE_KEY:
         off += _U32.size + len(key)
+    if version & _ZSTD_VALUE:
+        return _unpack_value(key, bytes(raw[off:]), codec, path), version & _VERSION_MAX, revision, expires
     return bytes(raw[off:]), version, revision, expires
 
 
@@ -181,9 +212,9 @@ def _stored_key(dbkey: bytes, raw: bytes, path: str | None) -> bytes:
     return key
 
 
-def _decode_stored(dbkey: bytes, raw: bytes, path: str | None) -> Item:
+def _decode_stored(dbkey: bytes, raw: bytes, path: str | None, codec: Codec | None = None) -> Item:
     key = _stored_key(dbkey, raw, path)
-    value, version, revision, expires = decode_record(key, raw, path)
+    value, version, revision, expires = decode_record(key, raw, path, codec)
     return key, value, version, revision, expires
 
 
@@ -265,8 +296,14 @@ class _Order:
 class LmdbKV:
     """The `KVBackend` of a node: LMDB records under an in-memory overlay of recent applies."""
 
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Env, *, codec: Codec | None = None) -> None:
         e = env
+        #: Compresses values with its active zstd dictionary and decodes those that were
+        #: (None: values stay raw, and a compressed one is corruption).
+        self.codec = codec
+        #: Called (in the flush's worker thread) with the records of each flush: what the
+        #: leader trains a dictionary on (aegis.zdict). None: nobody looks.
+        self.sampler: Callable[[Iterable[Record | None]], None] | None = None
         self._e = e
         self._env = e.env
         self._db = e.kv_db
@@ -346,7 +383,7 @@ class LmdbKV:
         dues: dict[bytes, int] = {}
         due_puts = []
         for dk, raw in txn.cursor(db=self._db):
-            key, _value, _ver, _rev, expires = _decode_stored(dk, raw, self._path)
+            key, _value, _ver, _rev, expires = _decode_stored(dk, raw, self._path, self.codec)
             loader.add(key, dk)
             if expires:
                 dues[key] = expires
@@ -399,7 +436,7 @@ class LmdbKV:
             with self._lock:
                 raw = self._reader().get(db_key(key))
             if gen == self._gen:
-                return decode_record(key, raw, self._path) if raw is not None else None
+                return decode_record(key, raw, self._path, self.codec) if raw is not None else None
 
     def count(self) -> int:
         return self._count
@@ -435,7 +472,7 @@ class LmdbKV:
         overlay.update(self._live)
         with self._lock:
             with self._env.begin(db=self._db) as txn:
-                disk = [_decode_stored(k, v, self._path) for k, v in txn.cursor()]
+                disk = [_decode_stored(k, v, self._path, self.codec) for k, v in txn.cursor()]
         merged: dict[bytes, Record | None] = {k: (v, ver, rev, exp) for k, v, ver, rev, exp in disk}
         merged.update(overlay)
         out = [(k, *rec) for k, rec in sorted(merged.items()) if rec is not None]
@@ -481,7 +518,7 @@ class LmdbKV:
             for dk, raw in cur:
                 key = _stored_key(dk, raw, path)
                 if key >= start and (end is None or key < end) and not self._in_overlay(key):
-                    longs.append((key, decode_record(key, raw, path)))
+                    longs.append((key, decode_record(key, raw, path, self.codec)))
         longs.sort(key=_first)
         return heapq.merge(self._disk_short_range(txn, start, end), longs, key=_first)
 
@@ -500,7 +537,7 @@ class LmdbKV:
             if end is not None and key >= end:
                 return
             if not self._in_overlay(key):
-                yield key, decode_record(key, raw, path)
+                yield key, decode_record(key, raw, path, self.codec)
 
     def scan(self, cursor: int, count: int) -> tuple[int, list[tuple[bytes, Record]]]:
         """SCAN order: keys at positions >= `cursor`, at least `count` of them unless the state
@@ -548,7 +585,7 @@ class LmdbKV:
             raw = txn.get(dk, db=self._db) if len(pk) == 8 else None
             if raw is None:
                 raise CorruptionError(f"the scan index names a key that is not stored ({dk[:64]!r})", path=path)
-            key, value, version, revision, expires = _decode_stored(dk, raw, path)
+            key, value, version, revision, expires = _decode_stored(dk, raw, path, self.codec)
             if _digest(key) != pk:
                 raise CorruptionError(f"the scan index entry of key {key[:64]!r} is corrupt", path=path)
             if dk[:1] == _LONG and self._in_overlay(key):
@@ -664,6 +701,7 @@ class LmdbKV:
         flush taken before a snapshot install (`gen` is older) writes nothing: the install
         replaced what it would change. Returns whether it wrote."""
         db, meta, scan, due = self._db, self._meta, self._scan_db, self._due_db
+        codec = self.codec
         floor = [self._hist_floor]
         blake = _blake2b
         changed: dict[bytes, int] = {}  # the deadlines this write gives `due` (0: removed)
@@ -683,7 +721,7 @@ class LmdbKV:
                             txn.delete(dk, db=due)
                             changed[k] = 0
                     continue
-                puts.append((dk, encode_record(k, *rec)))
+                puts.append((dk, encode_record(k, *rec, codec=codec)))
                 if created is None:
                     positions.append((blake(k, digest_size=8).digest(), dk))
                 expires = rec[3]
@@ -718,6 +756,9 @@ class LmdbKV:
             txn.put(K_INDEXES, _INDEX_FORMAT + applied_raw, db=meta)
             txn.put(K_HISTORY_FLOOR, encode_applied(floor[0]), db=meta)
 
+        sampler = self.sampler
+        if sampler is not None:
+            sampler(items.values())
         with self._e.write_lock:
             if gen != -1 and gen != self._gen:
                 return False
@@ -752,7 +793,7 @@ class LmdbKV:
             for rev, key, value in history:
                 seq = seq + 1 if rev == prev else 0
                 prev = rev
-                puts.append((_HIST_KEY.pack(rev, seq), _encode_change(key, value)))
+                puts.append((_HIST_KEY.pack(rev, seq), _encode_change(key, value, self.codec)))
             cur = txn.cursor(db=hist)
             last = cur.key() if cur.last() else b""
             cur.putmulti(puts, append=bool(last) and puts[0][0] > last or not last)
@@ -796,7 +837,7 @@ class LmdbKV:
                     rev = _HIST_KEY.unpack(bytes(k))[0]
                     if len(out) >= limit and rev != last:
                         break
-                    key, value = _decode_change(bytes(v), path)
+                    key, value = _decode_change(bytes(v), path, self.codec)
                     out.append((rev, key, value))
                     last = rev
         return out
@@ -885,7 +926,7 @@ class LmdbKV:
                     if exp:
                         dues[k] = exp
                         due_puts.append((dk, _encode_due(k, dk, exp)))
-                    yield dk, encode_record(k, v, ver, rev, exp)
+                    yield dk, encode_record(k, v, ver, rev, exp, self.codec)
 
             consumed, added = txn.cursor(db).putmulti(encoded(), overwrite=False)
             if added != consumed:
@@ -945,8 +986,9 @@ class KVExport:
 
     def records(self) -> Iterator[Item]:
         path = self._kv._path
+        codec = self._kv.codec
         for k, v in self._txn.cursor(db=self._kv._db):
-            yield _decode_stored(k, v, path)
+            yield _decode_stored(k, v, path, codec)
 
     def sessions(self) -> list[tuple[int, bytes]]:
         """The client sessions of the same read, in id order."""
@@ -975,18 +1017,27 @@ _HIST_KEY = struct.Struct(">QI")  # revision, sequence within it
 _CLEN = struct.Struct(">I")
 
 
-def _encode_change(key: bytes, value: bytes | None) -> bytes:
-    body = (b"\x00" if value is None else b"\x01") + _CLEN.pack(len(key)) + key + (value or b"")
+def _encode_change(key: bytes, value: bytes | None, codec: Codec | None = None) -> bytes:
+    """``crc | tag | key length | key | value``: tag 0 deleted, 1 a value, 2 a value
+    compressed with a zstd dictionary (``dictionary id | length | frame``)."""
+    packed = codec.compress_value(value) if codec is not None and value else None
+    if packed is not None:
+        tail = _VR_ZSTD.pack(packed[0], len(value or b"")) + packed[1]
+        body = b"\x02" + _CLEN.pack(len(key)) + key + tail
+    else:
+        body = (b"\x00" if value is None else b"\x01") + _CLEN.pack(len(key)) + key + (value or b"")
     return struct.pack(">I", zlib.crc32(body)) + body
 
 
-def _decode_change(raw: bytes, path: str | None) -> tuple[bytes, bytes | None]:
+def _decode_change(raw: bytes, path: str | None, codec: Codec | None = None) -> tuple[bytes, bytes | None]:
     if len(raw) < 9 or struct.unpack_from(">I", raw, 0)[0] != zlib.crc32(memoryview(raw)[4:]):
         raise CorruptionError("a change in the feed's history is corrupt", path=path)
     (n,) = _CLEN.unpack_from(raw, 5)
     key = raw[9:9 + n]
     if len(key) != n:
         raise CorruptionError("a change in the feed's history is truncated", path=path)
+    if raw[4] == 2:
+        return key, _unpack_value(key, raw[9 + n:], codec, path)
     return key, (raw[9 + n:] if raw[4] == 1 else None)
 
 

@@ -6,7 +6,7 @@ One LMDB environment per data directory, with three named databases:
 
 * ``log``:  8-byte big-endian index -> entry record (`storage.codec`: header + zstd payload);
 * ``meta``: format, identity, hard state, membership, the log's snapshot point ("log base"),
-  the stored snapshot's `SnapshotInfo`, an optional zstd dictionary (`storage.meta`);
+  the stored snapshot's `SnapshotInfo`, the zstd dictionaries (`storage.meta`);
 * ``snap``: snapshot chunks (`storage.snapshot`).
 
 Invariants, checked on open (a violation is `CorruptionError`, the node refuses to start):
@@ -33,12 +33,23 @@ A cache of the last ``cache_entries`` entries (bounded also by ``cache_bytes``) 
 replication reads and `term()` for recent indexes without a transaction; older entries are
 read with a cursor and verified (`CorruptionError` names the index and the file).
 
+zstd dictionaries (aegis.zdict): a DICTIONARY entry's dictionary is stored (``zdict/<id>``,
+with the entry's index) in the transaction that appends the entry, and registered with the
+codec once it commits, so a follower can decode the records that use it as soon as it has
+acknowledged the entry. All of them are registered on open, before any record is read.
+Truncating the entry forgets its dictionary (no record can use it: only committed
+dictionaries are compressed with). A snapshot carries the dictionaries up to its index;
+installing one stores them first, then (when the log is dropped) forgets those it does not
+name above the old commit index. `activate_committed` picks, after a restart, the newest
+dictionary known to be committed.
+
 ``sync=False`` is UNSAFE and meant for benchmarks: a power failure may lose acknowledged
 batches (a killed process does not, the OS still has the pages).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import time
@@ -48,6 +59,7 @@ import lmdb
 
 from aegis.log import (
     CompactedError,
+    EntryType,
     HardState,
     LogEntry,
     LogIndex,
@@ -59,7 +71,7 @@ from aegis.log import (
 )
 
 from . import meta as m
-from .codec import Codec, default_codec
+from .codec import Codec, decode_dictionary_entry, default_codec
 from .env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Body, Env
 from aegis.state import Item, SnapshotParser
 
@@ -68,6 +80,7 @@ from .kv import STATE_DIR, LmdbKV
 from .snapshot import (
     CHUNK_SIZE,
     DEFAULT_SNAPSHOT_LEVEL,
+    MAX_DICTIONARIES,
     SnapshotInfo,
     SnapshotReader,
     SnapshotWriter,
@@ -76,6 +89,8 @@ from .snapshot import (
 )
 
 __all__ = ["LmdbStore", "DEFAULT_MAP_SIZE", "DEFAULT_MAX_MAP_SIZE"]
+
+log = logging.getLogger("aegis.storage")
 
 DEFAULT_CACHE_ENTRIES = 4096
 DEFAULT_CACHE_BYTES = 32 << 20
@@ -147,6 +162,7 @@ class LmdbStore:
         self._cache_lo = 1
         self._cache_bytes = 0
         self._kv: LmdbKV | None = None
+        self._zdicts: dict[int, tuple[int, bytes]] = {}  # dictionary id -> (log index, bytes)
         self._map_size = DEFAULT_MAP_SIZE
         self._max_map_size = env.max_map_size
 
@@ -203,6 +219,13 @@ class LmdbStore:
             cur = txn.cursor(self._log_db)
             first_key = cur.key() if cur.first() else None
             last_key = cur.key() if cur.last() else None
+            zdicts_raw: list[tuple[bytes, bytes]] = []
+            mcur = txn.cursor(self._meta_db)
+            if mcur.set_range(m.K_ZDICT_PREFIX):
+                for k, v in mcur:
+                    if not k.startswith(m.K_ZDICT_PREFIX):
+                        break
+                    zdicts_raw.append((bytes(k), bytes(v)))
 
         if ident_raw is None:
             if count or fmt_raw is not None or hs_raw is not None:
@@ -240,6 +263,17 @@ class LmdbStore:
             if not isinstance(d, bytes):
                 raise CorruptionError("stored zstd dictionary has an unexpected shape", path=path)
             self.codec.add_dictionary(d, activate=self.codec.active_dictionary is None)
+        for k, v in zdicts_raw:  # before any record is read: the log's tail may need them
+            obj = m.unseal(v, "zstd dictionary", path)
+            if not (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], int) and isinstance(obj[1], bytes)):
+                raise CorruptionError("stored zstd dictionary has an unexpected shape", path=path)
+            try:
+                dict_id = self.codec.add_dictionary(obj[1], replace=True)
+            except ValueError as e:
+                raise CorruptionError(f"stored zstd dictionary is invalid ({e})", path=path) from None
+            if m.zdict_key(dict_id) != k:
+                raise CorruptionError(f"stored zstd dictionary {dict_id} is filed under another id", path=path)
+            self._zdicts[dict_id] = (int(obj[0]), obj[1])
 
         base = self._base.index
         if count == 0:
@@ -514,12 +548,18 @@ class LmdbStore:
                 return
             key = _U64.pack
             items = list(zip([key(e.index) for e in entries], self.codec.pack_entries(entries)))
+            dicts_in = self._dictionaries_in(entries)
+            dicts_out = self._dictionaries_truncated(cut, dicts_in) if cut is not None else []
 
             def body(txn: lmdb.Transaction[bytes]) -> None:
                 if cut is not None:
                     self._delete_log_range(txn, cut, last)
                 if items:
                     txn.cursor(self._log_db).putmulti(items, append=True)
+                for dict_id in dicts_out:
+                    txn.delete(m.zdict_key(dict_id), db=self._meta_db)
+                for dict_id, (idx, raw) in dicts_in.items():
+                    txn.put(m.zdict_key(dict_id), m.seal([idx, raw]), db=self._meta_db)
                 if hard_state is not None:
                     txn.put(m.K_HARD_STATE, m.encode_hard_state(hard_state), db=self._meta_db)
                 if membership is not None:
@@ -532,6 +572,8 @@ class LmdbStore:
                 if entries:
                     self._cache_extend(entries)
                     self._last = entries[-1].index
+                if dicts_out or dicts_in:
+                    self._dictionaries_changed(dicts_out, dicts_in)
                 if hard_state is not None:
                     self._hard = hard_state
                 if membership is not None:
@@ -557,7 +599,7 @@ class LmdbStore:
         env = Env.open(self.directory / STATE_DIR, sync=self.sync_writes, map_size=self._map_size,
                        max_map_size=self._max_map_size, writemap=True)
         try:
-            kv = LmdbKV(env)
+            kv = LmdbKV(env, codec=self.codec)
             self._repair_after_install(kv)
         except BaseException:
             env.close()
@@ -646,24 +688,41 @@ class LmdbStore:
                 parsers[:] = [parser]
                 yield from parser.records()
 
+        with read_snapshot_file(path) as f:
+            dictionaries = f.info.dictionaries
+        # First, durably: what the leader sends after the snapshot may use them.
+        self.add_dictionaries(dictionaries)
         kv = self.state()
+        commit_before = self._hard.commit_index
         count = kv.install(records, int(meta.index), int(meta.term), m.encode_snapshot_meta(meta),
                            lambda: parsers[0].sessions())
         with self._write_lock:
             self._check_writable()
             compaction = self._compaction(meta) if meta.index > self._base.index else None
+            kept_log = meta.index <= self._base.index or (
+                meta.index <= self._last and self.term(meta.index) == meta.term)
+            named = {raw for _, raw in dictionaries}
+            active = self.codec.active_dictionary
+            # The log is dropped: a dictionary of an entry in it that the snapshot does not
+            # name was never committed (and no record uses it).
+            stale = [] if kept_log else [d for d, (idx, raw) in self._zdicts.items()
+                                         if idx > commit_before and raw not in named and d != active]
 
             def body(txn: lmdb.Transaction[bytes]) -> None:
                 if compaction is not None:
                     compaction[0](txn)
                 if membership is not None:
                     txn.put(m.K_MEMBERSHIP, m.encode_membership(membership), db=self._meta_db)
+                for dict_id in stale:
+                    txn.delete(m.zdict_key(dict_id), db=self._meta_db)
 
             def apply() -> None:
                 if compaction is not None:
                     compaction[1]()
                 if membership is not None:
                     self._membership = membership
+                if stale:
+                    self._dictionaries_changed(stale, {})
 
             self._commit(body, apply, destructive=True)
         return count
@@ -815,7 +874,8 @@ class LmdbStore:
             with self.begin_snapshot(f.info.meta) as w:
                 for raw in f.raw_chunks():
                     w.write_compressed(raw)
-                return w.commit(hard_state=hard_state, membership=membership, expect_checksum=f.info.checksum)
+                return w.commit(hard_state=hard_state, membership=membership, expect_checksum=f.info.checksum,
+                                dictionaries=f.info.dictionaries)
 
     def _snapshot_put_chunk(self, snapshot_id: int, chunk_no: int, value: bytes) -> None:
         key = _SNAP_KEY.pack(snapshot_id, chunk_no)
@@ -869,8 +929,12 @@ class LmdbStore:
             old_id = current.snapshot_id if current is not None else None
             compaction = self._compaction(info.meta) if compact and info.index > self._base.index else None
 
+            added = {decode_dictionary_entry(b"\x01" + raw)[0]: (idx, raw) for idx, raw in info.dictionaries}
+
             def body(txn: lmdb.Transaction[bytes]) -> None:
                 txn.put(m.K_SNAPSHOT, m.seal(info.to_obj()), db=self._meta_db)
+                for dict_id, (idx, raw) in added.items():
+                    txn.put(m.zdict_key(dict_id), m.seal([idx, raw]), db=self._meta_db)
                 if compaction is not None:
                     compaction[0](txn)
                 if old_id is not None and old_id != info.snapshot_id:
@@ -882,6 +946,8 @@ class LmdbStore:
 
             def apply() -> None:
                 self._snap_info = info
+                if added:
+                    self._dictionaries_changed((), added)
                 if compaction is not None:
                     compaction[1]()
                 if hard_state is not None:
@@ -890,6 +956,86 @@ class LmdbStore:
                     self._membership = membership
 
             self._commit(body, apply, destructive=True)
+
+    # ------------------------------------------------------------------------------------------
+    # zstd dictionaries from the log (aegis.zdict)
+    # ------------------------------------------------------------------------------------------
+    def _dictionaries_in(self, entries: Sequence[LogEntry]) -> dict[int, tuple[int, bytes]]:
+        """The dictionaries of the DICTIONARY entries among `entries` (a payload that is no
+        dictionary is left alone: the entry stays, meaning nothing)."""
+        out: dict[int, tuple[int, bytes]] = {}
+        for e in entries:
+            if e.type != EntryType.DICTIONARY:
+                continue
+            try:
+                dict_id, raw = decode_dictionary_entry(e.data)
+            except ValueError:
+                continue
+            if len(self._zdicts) + len(out) >= MAX_DICTIONARIES and dict_id not in self._zdicts:
+                continue
+            out[dict_id] = (int(e.index), raw)
+        return out
+
+    def _dictionaries_truncated(self, cut: int, kept: dict[int, tuple[int, bytes]]) -> list[int]:
+        """The dictionaries whose entries a truncation at `cut` deletes (never committed)."""
+        active = self.codec.active_dictionary
+        return [d for d, (idx, _) in self._zdicts.items() if idx >= cut and d != active and d not in kept]
+
+    def _dictionaries_changed(self, removed: Iterable[int], added: dict[int, tuple[int, bytes]]) -> None:
+        """After the commit that stored the change."""
+        for dict_id in removed:
+            self._zdicts.pop(dict_id, None)
+            self.codec.remove_dictionary(dict_id)
+        for dict_id, (idx, raw) in added.items():
+            try:
+                self.codec.add_dictionary(raw, replace=True)
+            except ValueError:  # the id of the dictionary in use (a leader never does this)
+                log.error("ignoring a zstd dictionary that reuses the id %d of the one in use", dict_id)
+                continue
+            self._zdicts[dict_id] = (idx, raw)
+
+    def add_dictionaries(self, dictionaries: Iterable[tuple[int, bytes]]) -> None:
+        """Store and register committed dictionaries (a snapshot's), in one transaction."""
+        added: dict[int, tuple[int, bytes]] = {}
+        for idx, raw in dictionaries:
+            dict_id = decode_dictionary_entry(b"\x01" + bytes(raw))[0]
+            if self._zdicts.get(dict_id) != (idx, bytes(raw)):
+                added[dict_id] = (int(idx), bytes(raw))
+        if not added:
+            return
+        with self._write_lock:
+            self._check_writable()
+
+            def body(txn: lmdb.Transaction[bytes]) -> None:
+                for dict_id, (idx, raw) in added.items():
+                    txn.put(m.zdict_key(dict_id), m.seal([idx, raw]), db=self._meta_db)
+
+            self._commit(body, lambda: self._dictionaries_changed((), added), destructive=False)
+
+    def dictionaries(self, upto: int = 0) -> list[tuple[int, bytes]]:
+        """``(log index, bytes)`` of the dictionaries known to be committed: at or below
+        `upto` (an applied index) or the stored commit index; by index."""
+        limit = max(upto, self._hard.commit_index)
+        return sorted((idx, raw) for idx, raw in self._zdicts.values() if idx <= limit)
+
+    def dictionary_index(self, dict_id: int) -> int | None:
+        """The log index of a dictionary's entry (None: this store does not hold it)."""
+        known = self._zdicts.get(dict_id)
+        return known[0] if known is not None else None
+
+    def dictionary(self, dict_id: int) -> tuple[int, bytes] | None:
+        """``(log index, bytes)`` of a dictionary this store holds."""
+        return self._zdicts.get(dict_id)
+
+    def activate_committed(self, upto: int = 0) -> int | None:
+        """Compress with the newest dictionary known to be committed (see `dictionaries`);
+        returns its id, or None (and changes nothing) when there is none."""
+        limit = max(upto, self._hard.commit_index)
+        best = max(((idx, d) for d, (idx, _) in self._zdicts.items() if idx <= limit), default=None)
+        if best is None:
+            return None
+        self.codec.use_dictionary(best[1])
+        return best[1]
 
     # ------------------------------------------------------------------------------------------
     # dictionary and introspection
@@ -921,5 +1067,6 @@ class LmdbStore:
                 cached_bytes=self._cache_bytes,
                 snapshot_index=snap.index if snap is not None else None,
                 snapshot_size=snap.size if snap is not None else None,
+                zstd_dictionaries=len(self._zdicts),
             )
             return out

@@ -13,7 +13,9 @@ Keys of the `meta` database:
 ``membership``     the current membership (`Membership.to_dict()`)
 ``log_base``       ``[index, term, membership]``: the log's snapshot point (`LogStore.snapshot()`)
 ``snapshot``       `SnapshotInfo` of the stored snapshot data (see storage.snapshot)
-``zstd_dict``      a trained zstd dictionary for small payloads (optional)
+``zstd_dict``      a trained zstd dictionary for small payloads (optional; the old, local way)
+``zdict/<id>``     ``[log index, dictionary bytes]``: a zstd dictionary from a DICTIONARY entry
+                   (4-byte big-endian id), written with the entry (aegis.zdict)
 =================  =====================================================================
 """
 
@@ -38,6 +40,8 @@ __all__ = [
     "K_LOG_BASE",
     "K_SNAPSHOT",
     "K_DICT",
+    "K_ZDICT_PREFIX",
+    "zdict_key",
     "seal",
     "unseal",
     "encode_hard_state",
@@ -59,6 +63,11 @@ K_MEMBERSHIP = b"membership"
 K_LOG_BASE = b"log_base"
 K_SNAPSHOT = b"snapshot"
 K_DICT = b"zstd_dict"
+K_ZDICT_PREFIX = b"zdict/"
+
+
+def zdict_key(dict_id: int) -> bytes:
+    return K_ZDICT_PREFIX + struct.pack(">I", dict_id)
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")

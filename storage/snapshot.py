@@ -32,7 +32,10 @@ chunk per short transaction, so a slow follower streaming a snapshot never pins 
 replaces the one being read, the reader raises `SnapshotSupersededError`.
 
 Backup files (`aegis snapshot save/status/restore`) use the same chunk framing after a
-header (see `write_snapshot_file`). A file is written to a temporary name, fsynced and
+header (see `write_snapshot_file`). A snapshot also carries the zstd dictionaries the log's
+records and the state's values may be compressed with (`SnapshotInfo.dictionaries`, as
+``(log index, dictionary bytes)``; flag 0x0001 of a file's header), so a node installed or
+restored from it can decode what it receives next (aegis.zdict). A file is written to a temporary name, fsynced and
 renamed, so a backup is either complete or absent.
 """
 
@@ -66,6 +69,8 @@ __all__ = [
 ]
 
 CHUNK_SIZE = 1 << 20
+MAX_DICTIONARIES = 64
+FLAG_DICTIONARIES = 0x0001  # in a file's header: the dictionaries follow the membership
 OUT_PIECE = 1 << 18
 MAX_FILE_CHUNK = 64 << 20
 DEFAULT_SNAPSHOT_LEVEL = 3
@@ -90,6 +95,7 @@ class SnapshotInfo:
     created: float  # unix time of commit
     chunks: int
     snapshot_id: int = 0  # the store's key prefix; 0 for files
+    dictionaries: tuple[tuple[int, bytes], ...] = ()  # (log index, zstd dictionary), by index
 
     @property
     def meta(self) -> SnapshotMeta:
@@ -106,6 +112,7 @@ class SnapshotInfo:
             "created": self.created,
             "chunks": self.chunks,
             "snapshot_id": self.snapshot_id,
+            "dictionaries": [[i, d] for i, d in self.dictionaries],
         }
 
     @classmethod
@@ -125,7 +132,19 @@ class SnapshotInfo:
             float(v["created"]),
             int(v["chunks"]),
             int(v["snapshot_id"]),
+            _dictionaries(v.get("dictionaries", [])),
         )
+
+
+def _dictionaries(v: object) -> tuple[tuple[int, bytes], ...]:
+    if not isinstance(v, list) or not all(
+        isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and not isinstance(x[0], bool)
+        and x[0] >= 0 and isinstance(x[1], bytes) for x in v
+    ):
+        raise ValueError("snapshot dictionaries are not a list of [index, bytes]")
+    if len(v) > MAX_DICTIONARIES:
+        raise ValueError(f"a snapshot carries at most {MAX_DICTIONARIES} dictionaries, this one {len(v)}")
+    return tuple((int(x[0]), bytes(x[1])) for x in v)
 
 
 # --- chunk framing -------------------------------------------------------------------------------
@@ -346,6 +365,7 @@ class SnapshotWriter:
         hard_state: HardState | None = None,
         membership: Membership | None = None,
         expect_checksum: str | None = None,
+        dictionaries: Iterable[tuple[int, bytes]] = (),
     ) -> SnapshotInfo:
         """Make this the store's snapshot (and compact the log) in one transaction.
 
@@ -380,6 +400,7 @@ class SnapshotWriter:
                 self._clock(),
                 self._chunks,
                 self.snapshot_id,
+                tuple(sorted((int(i), bytes(d)) for i, d in dictionaries)),
             )
             self._backend._snapshot_commit(
                 info, compact=self._compact, hard_state=hard_state, membership=membership
@@ -442,7 +463,7 @@ def _file_header(info: SnapshotInfo) -> bytes:
     head = _FILE_HEAD.pack(
         _FILE_MAGIC,
         _FILE_VERSION,
-        0,
+        FLAG_DICTIONARIES if info.dictionaries else 0,
         info.index,
         info.term,
         info.size,
@@ -453,6 +474,9 @@ def _file_header(info: SnapshotInfo) -> bytes:
         len(m),
     )
     head += m
+    if info.dictionaries:
+        d: bytes = msgpack.packb([[i, b] for i, b in info.dictionaries], use_bin_type=True)
+        head += _U32.pack(len(d)) + d
     return head + _U32.pack(zlib.crc32(head))
 
 
@@ -510,6 +534,7 @@ def write_snapshot_file(
     level: int = DEFAULT_SNAPSHOT_LEVEL,
     chunk_size: int = CHUNK_SIZE,
     created: float | None = None,
+    dictionaries: Iterable[tuple[int, bytes]] = (),
 ) -> SnapshotInfo:
     """Write a backup file from uncompressed `chunks`; returns what it holds.
 
@@ -519,7 +544,8 @@ def write_snapshot_file(
     """
     comp = _Compressor(level, chunk_size)
     when = time.time() if created is None else created
-    placeholder = SnapshotInfo(meta.index, meta.term, meta.membership, 0, 0, "", when, 0)
+    dicts = tuple(sorted((int(i), bytes(d)) for i, d in dictionaries))
+    placeholder = SnapshotInfo(meta.index, meta.term, meta.membership, 0, 0, "", when, 0, dictionaries=dicts)
 
     def compressed() -> Iterator[bytes]:
         for data in chunks:
@@ -529,7 +555,7 @@ def write_snapshot_file(
     def finish(n: int, stored: int) -> SnapshotInfo:
         return SnapshotInfo(
             meta.index, meta.term, meta.membership, comp.digest.size, stored,
-            comp.digest.sha.hexdigest(), when, n,
+            comp.digest.sha.hexdigest(), when, n, dictionaries=dicts,
         )
 
     return _write_file(path, placeholder, compressed(), finish)
@@ -552,7 +578,8 @@ def write_snapshot_file_raw(
         if d.size != info.size or d.sha.hexdigest() != info.checksum:
             raise CorruptionError(f"{where} does not match its checksum; backup not written")
         return SnapshotInfo(
-            info.index, info.term, info.membership, d.size, stored, info.checksum, info.created, n
+            info.index, info.term, info.membership, d.size, stored, info.checksum, info.created, n,
+            dictionaries=info.dictionaries,
         )
 
     return _write_file(path, info, verified(), finish)
@@ -562,22 +589,40 @@ def _read_header(f: BinaryIO, path: str) -> SnapshotInfo:
     fixed = f.read(_FILE_HEAD.size)
     if len(fixed) < _FILE_HEAD.size or fixed[:8] != _FILE_MAGIC:
         raise CorruptionError("not an aegis snapshot file (bad magic or too short)", path=path)
-    magic, version, _flags, index, term, size, stored, chunks, created, sha, mlen = _FILE_HEAD.unpack(fixed)
+    magic, version, flags, index, term, size, stored, chunks, created, sha, mlen = _FILE_HEAD.unpack(fixed)
     if version != _FILE_VERSION:
         raise CorruptionError(f"unsupported snapshot file version {version}", path=path)
+    if flags & ~FLAG_DICTIONARIES:
+        raise CorruptionError(f"snapshot file header has unknown flags {flags:#x}", path=path)
     if mlen > 16 << 20:
         raise CorruptionError("snapshot file header is corrupt (membership too large)", path=path)
     m = f.read(mlen)
+    extra = b""
+    if flags & FLAG_DICTIONARIES and len(m) == mlen:
+        lb = f.read(4)
+        dlen = _U32.unpack(lb)[0] if len(lb) == 4 else -1
+        if not 0 <= dlen <= MAX_DICTIONARIES << 20:
+            raise CorruptionError("snapshot file header is corrupt (dictionaries)", path=path)
+        extra = lb + f.read(dlen)
+        if len(extra) != dlen + 4:
+            raise CorruptionError("snapshot file header is truncated (dictionaries)", path=path)
     crc = f.read(4)
-    if len(m) != mlen or len(crc) != 4 or _U32.unpack(crc)[0] != zlib.crc32(fixed + m):
+    if len(m) != mlen or len(crc) != 4 or _U32.unpack(crc)[0] != zlib.crc32(fixed + m + extra):
         raise CorruptionError("checksum mismatch in snapshot file header", path=path)
+    dictionaries: tuple[tuple[int, bytes], ...] = ()
+    if extra:
+        try:
+            dictionaries = _dictionaries(msgpack.unpackb(extra[4:], raw=False))
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
+            raise CorruptionError(f"snapshot file dictionaries are invalid ({e})", path=path) from None
     try:
         mobj: Any = msgpack.unpackb(m, raw=False)
         membership = Membership.from_dict(cast(dict[str, object], mobj))
     except (ValueError, TypeError, IndexError, AttributeError, msgpack.UnpackException) as e:
         raise CorruptionError(f"snapshot file membership is invalid ({e})", path=path) from None
     return SnapshotInfo(
-        LogIndex(index), Term(term), membership, size, stored, sha.hex(), created, chunks
+        LogIndex(index), Term(term), membership, size, stored, sha.hex(), created, chunks,
+        dictionaries=dictionaries,
     )
 
 
