@@ -1197,7 +1197,9 @@ class Node:
                         close = True
                         break
                     self.stats["total_commands"] += 1
-                    timer = metrics.command(cmd[0])
+                    # a write in a client session counts as the command it carries
+                    timer = metrics.command(cmd[0] if len(cmd) < 6 or cmd[0].lower() != b"session"
+                                            else cmd[5])
                     fast = self._fast_path(cmd, state) if len(cmd) in (2, 3) and state.multi is None else None
                     if fast is not None:
                         kind, op = fast

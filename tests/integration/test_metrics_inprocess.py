@@ -54,7 +54,7 @@ async def test_two_nodes_in_one_process_have_their_own_metrics(tmp_path: Path) -
             assert 'node="b1"' in text_b and 'node="a1"' not in text_b
             assert _value(text_a, 'aegis_requests_total{command="set"}') == 5
             assert 'aegis_requests_total{command="set"}' not in text_b
-            assert _value(text_a, "aegis_proposals_total") == 5
+            assert _value(text_a, "aegis_proposals_total") == 6  # the client's SESSION OPEN, 5 SETs
             assert _value(text_a, 'aegis_fsync_duration_seconds_count{db="log"}') >= 1
             assert (await _get(a.metrics_port, "/health"))[0] == 200
             nursery.cancel_scope.cancel()
