@@ -526,6 +526,10 @@ def format_failure(k: KeyResult, t0: float = 0.0, *, context: int = 8) -> list[s
     if k.minimal is not None:
         lines.append(f"  minimal offending operations ({len(k.minimal)} completed ops; {k.minimal_unknown} other "
                      "writes on the key allowed any outcome at any time after their invocation):")
-        for op in sorted(k.minimal, key=lambda o: o.invoke):
+        shown = sorted(k.minimal, key=lambda o: o.invoke)
+        if len(shown) > 2 * context + 4:
+            lines.append(f"    ... {len(shown) - 2 * context - 4} earlier ones (in the history) ...")
+            shown = shown[-(2 * context + 4):]
+        for op in shown:
             lines.append(f"    {format_op(op, t0)}")
     return lines
