@@ -3,14 +3,17 @@
 Every node reaches every other one only through the addresses in its own `--peers`; with
 `proxies=True` each directed link a→b goes through its own `LinkProxy`, so a test can cut
 links (partitions, isolation) or drop their connections (`drop_link`, seeded by
-`fault_seed`) without touching the nodes; a proxy drops nothing unless asked. Everything started here is
-stopped by PID in `stop_all()`; ports come from the kernel (bind to port 0).
+`fault_seed`), delay them (`delay_link`), or split the cluster (`partition`) without touching
+the nodes; a proxy drops nothing unless asked. Nodes can be paused (SIGSTOP) and resumed.
+Everything started here is stopped by PID in `stop_all()`; ports come from the kernel (bind
+to port 0).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import random
 import signal
 import socket
@@ -114,7 +117,11 @@ class LinkProxy:
 
     An established connection has no timeout: peer links are one-way, so the direction back
     to the caller is idle for as long as the link lives, and a read timeout there would tear
-    every link down on its own. Connection drops happen only when a test asks (`drop`)."""
+    every link down on its own. Connection drops happen only when a test asks (`drop`).
+
+    Each direction is a delay line: a reader thread stamps every chunk with the time it
+    arrived and a writer thread sends it `delay` seconds later (`set_delay`), in order, so a
+    delay adds latency without limiting throughput."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -124,6 +131,7 @@ class LinkProxy:
         self.sock.listen(64)
         self.port = int(self.sock.getsockname()[1])
         self.cut = False
+        self.delay = 0.0
         self.accepted = 0  # connections relayed so far: each reconnect of the link counts one
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -149,25 +157,50 @@ class LinkProxy:
                 self._conns += [client, upstream]
                 self.accepted += 1
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                line: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+                threading.Thread(target=self._read, args=(a, b, line), daemon=True).start()
+                threading.Thread(target=self._write, args=(a, b, line), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _read(self, src: socket.socket, dst: socket.socket, line: queue.Queue[tuple[float, bytes] | None]) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data or self.cut:
                     break
+                line.put((time.monotonic() + self.delay, data))
+        except OSError:
+            pass
+        finally:
+            line.put(None)
+            self._close_pair(src, dst)
+
+    def _write(self, src: socket.socket, dst: socket.socket, line: queue.Queue[tuple[float, bytes] | None]) -> None:
+        try:
+            while (item := line.get()) is not None:
+                due, data = item
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                if self.cut:
+                    break
                 dst.sendall(data)
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-            with self._lock:
-                self._conns = [c for c in self._conns if c not in (src, dst)]
+            self._close_pair(src, dst)
+
+    def _close_pair(self, src: socket.socket, dst: socket.socket) -> None:
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+        with self._lock:
+            self._conns = [c for c in self._conns if c not in (src, dst)]
+
+    def set_delay(self, seconds: float) -> None:
+        """Deliver what arrives from now on `seconds` later (0: at once)."""
+        self.delay = max(0.0, seconds)
 
     def drop(self) -> int:
         """Reset the connections now relayed (the link stays up: the caller reconnects).
@@ -271,9 +304,22 @@ class LocalCluster:
             os.kill(node.proc.pid, sig)
             node.proc.wait(timeout=10)
 
+    def pause(self, nid: str) -> None:
+        """SIGSTOP the node: it holds its sockets open but answers nothing."""
+        node = self.nodes[nid]
+        if node.alive():
+            os.kill(node.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+
+    def resume(self, nid: str) -> None:
+        node = self.nodes[nid]
+        if node.alive():
+            os.kill(node.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+
     def stop_all(self) -> None:
         for node in self.nodes.values():
             if node.proc is not None and node.proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    os.kill(node.proc.pid, signal.SIGCONT)  # a paused node could not act on SIGTERM
                 node.proc.terminate()
         for node in self.nodes.values():
             if node.proc is not None:
@@ -314,9 +360,22 @@ class LocalCluster:
         self.links[(a, b)].drop()
         return a, b
 
+    def partition(self, *groups: list[str]) -> None:
+        """Cut every link between nodes of different groups (links within a group stay)."""
+        side = {nid: i for i, group in enumerate(groups) for nid in group}
+        for (a, b), link in self.links.items():
+            if side.get(a, -1) != side.get(b, -2):
+                link.set_cut(True)
+
+    def delay_link(self, a: str, b: str, seconds: float) -> None:
+        """Delay the traffic a sends to b by `seconds` (0 to stop); `heal()` clears it too."""
+        self.links[(a, b)].set_delay(seconds)
+
     def heal(self) -> None:
+        """Reconnect every cut link and take every delay off."""
         for link in self.links.values():
             link.set_cut(False)
+            link.set_delay(0.0)
 
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{p.log.read_text(errors='replace')[-3000:]}"

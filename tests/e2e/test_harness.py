@@ -99,3 +99,32 @@ def test_proxied_cluster_links_reconnect_only_when_dropped(tmp_path: Path) -> No
         raise
     finally:
         c.stop_all()
+
+
+def test_a_delayed_link_delivers_late_in_order_and_then_on_time(upstream: tuple[int, list[socket.socket]]) -> None:
+    port, accepted = upstream
+    proxy = LinkProxy(port)
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as caller:
+            caller.sendall(b"a")
+            wait_until(lambda: accepted, 5, what="the proxy to connect upstream")
+            far = accepted[0]
+            far.settimeout(5)
+            assert far.recv(1) == b"a"
+            proxy.set_delay(0.4)
+            sent = time.monotonic()
+            for chunk in (b"1", b"2", b"3"):
+                caller.sendall(chunk)
+                time.sleep(0.05)
+            got = b""
+            while len(got) < 3:
+                got += far.recv(3)
+            assert got == b"123"
+            assert time.monotonic() - sent >= 0.4
+            proxy.set_delay(0)
+            sent = time.monotonic()
+            caller.sendall(b"z")
+            assert far.recv(1) == b"z"
+            assert time.monotonic() - sent < 0.3
+    finally:
+        proxy.close()
