@@ -65,3 +65,59 @@ def test_health_with_no_node_answering_is_unavailable(tmp_path: Path) -> None:
     assert out.returncode == 2
     doc = json.loads(out.stdout)
     assert doc["status"] == "unavailable" and doc["leader"] is None and not doc["members"][0]["reachable"]
+
+
+def aegis(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "aegis.cli", *args], capture_output=True, text=True, timeout=60,
+                          input=stdin)
+
+
+def test_member_and_leader_commands(tmp_path: Path) -> None:
+    """`aegis member add|promote|remove|list` and `aegis leader transfer` through any node;
+    bad requests exit 1 and write nothing."""
+    from .harness import NodeProc, free_port
+
+    with running(LocalCluster(tmp_path), leader=True) as c:
+        leader = c.leader()
+        follower = next(n for n in c.nodes if n != leader)
+        at = c.addr(follower)  # a follower forwards to the leader
+        doc = json.loads(aegis("member", "list", "--addr", at, "--json").stdout)
+        assert sorted(m["id"] for m in doc["members"]) == sorted(c.nodes)
+
+        commit = c.info(leader)["commit_index"]
+        out = aegis("member", "add", leader, c.addr(leader), "--addr", at)
+        assert out.returncode == 1 and "already a voter" in out.stderr, out.stdout + out.stderr
+        out = aegis("member", "promote", leader, "--addr", at)
+        assert out.returncode == 1 and "already a voter" in out.stderr
+        out = aegis("member", "remove", "nobody", "--yes", "--addr", at)
+        assert out.returncode == 1 and "not a member" in out.stderr
+        assert aegis("member", "add", "n9", "nowhere", "--addr", at).returncode == 2  # argparse: bad address
+        assert c.info(leader)["commit_index"] == commit  # nothing was written
+
+        new = NodeProc("n4", free_port(), tmp_path / "n4", tmp_path / "n4.log")
+        peers = ",".join(f"{n}={p.addr}" for n, p in c.nodes.items()) + f",n4={new.addr}"
+        logf = open(new.log, "ab")
+        new.proc = subprocess.Popen([sys.executable, "-m", "aegis.cli", "serve", "--id", "n4", "--listen", new.addr,
+                                     "--data", str(new.data), "--peers", peers, "--join", "--tick-ms", "20"],
+                                    stdout=logf, stderr=subprocess.STDOUT)
+        logf.close()
+        c.nodes["n4"] = new  # stopped with the others
+        wait_until(lambda: new.client().ping(), 15, what="n4 to listen")
+        out = aegis("member", "add", "n4", new.addr, "--learner", "--addr", at)
+        assert out.returncode == 0, out.stderr
+        assert any(line.startswith("n4 ") and "learner" in line for line in out.stdout.splitlines())
+        wait_until(lambda: c.info("n4")["applied_index"] >= commit, 15, what="n4 to catch up")
+        doc = json.loads(aegis("member", "promote", "n4", "--addr", at, "--json").stdout)
+        assert doc["ok"] and {m["id"]: m["role"] for m in doc["members"]}["n4"] == "voter"
+
+        # remove asks first: refused without a terminal unless --yes
+        commit = c.info(leader)["commit_index"]
+        out = aegis("member", "remove", "n4", "--addr", at, stdin="y\n")
+        assert out.returncode == 1 and "--yes" in out.stderr and c.info(leader)["commit_index"] == commit
+        out = aegis("member", "remove", "n4", "--yes", "--addr", at)
+        assert out.returncode == 0, out.stderr
+        assert not any(line.startswith("n4 ") for line in out.stdout.splitlines())
+
+        doc = json.loads(aegis("leader", "transfer", follower, "--addr", c.addr(leader), "--json").stdout)
+        assert doc["ok"], doc
+        wait_until(lambda: c.info(follower)["role"] == "leader", 10, what="the transfer")
