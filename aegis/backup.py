@@ -34,7 +34,7 @@ def _progress(console: Console) -> Progress:
                     console=console, transient=True, disable=not console.is_terminal)
 
 
-def save(addr: str, path: str, token: str | None, as_json: bool = False) -> int:
+def save(addr: str, path: str, token: str | None) -> int:
     import trio
 
     from storage import StorageError, read_snapshot_file
@@ -88,10 +88,7 @@ def save(addr: str, path: str, token: str | None, as_json: bool = False) -> int:
         tmp.unlink(missing_ok=True)
         print(f"aegis snapshot save: cannot take a snapshot from {addr}: {exc}", file=sys.stderr)
         return 1
-    if as_json:
-        print(json.dumps({"file": str(target), "index": index, "term": term, "keys": keys, "bytes": size}))
-    else:
-        print(f"saved {target}: index {index}, term {term}, {keys} keys, {size} bytes")
+    print(f"saved {target}: index {index}, term {term}, {keys} keys, {size} bytes")
     return 0
 
 
@@ -146,7 +143,7 @@ def status(path: str, as_json: bool) -> int:
     return 0
 
 
-def restore(path: str, data: str, node_id: str, peers: dict[str, str], cluster: str, as_json: bool = False) -> int:
+def restore(path: str, data: str, node_id: str, peers: dict[str, str], cluster: str) -> int:
     from storage import LmdbStore, StorageError, read_snapshot_file
 
     err = Console(stderr=True)
@@ -179,10 +176,6 @@ def restore(path: str, data: str, node_id: str, peers: dict[str, str], cluster: 
     except (StorageError, ValueError, OSError) as exc:
         print(f"aegis snapshot restore: {exc}", file=sys.stderr)
         return 1
-    if as_json:
-        print(json.dumps({"file": path, "index": info.index, "term": info.term, "data": data, "id": node_id,
-                          "members": sorted(membership.members)}))
-    else:
-        print(f"restored {path} (index {info.index}, term {info.term}) into {data} for node {node_id} "
-              f"of {','.join(sorted(membership.members))}")
+    print(f"restored {path} (index {info.index}, term {info.term}) into {data} for node {node_id} "
+          f"of {','.join(sorted(membership.members))}")
     return 0

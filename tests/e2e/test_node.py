@@ -490,12 +490,6 @@ def test_snapshot_save_status_restore_brings_a_cluster_back(cluster: LocalCluste
     assert out.returncode == 0, out.stderr
     assert "saved" in out.stdout and backup.exists()
     assert not list(tmp_path.glob("*.partial"))
-    js = subprocess.run([*cli, "save", str(tmp_path / "again.aegis-snapshot"), "--addr", cluster.nodes["n1"].addr,
-                         "--json"], capture_output=True, text=True, timeout=60)
-    assert js.returncode == 0, js.stderr
-    import json as _json
-    saved = _json.loads(js.stdout)
-    assert saved["keys"] == 301 and saved["bytes"] > 0 and saved["file"].endswith("again.aegis-snapshot")
     st = subprocess.run([*cli, "status", str(backup), "--json"], capture_output=True, text=True, timeout=60)
     assert st.returncode == 0, st.stderr
     import json
@@ -514,11 +508,9 @@ def test_snapshot_save_status_restore_brings_a_cluster_back(cluster: LocalCluste
     try:
         peers = ",".join(f"{n}={p.addr}" for n, p in new.nodes.items())
         for nid, node in new.nodes.items():
-            r = subprocess.run([*cli, "restore", str(backup), "--data", str(node.data), "--id", nid, "--peers", peers,
-                                "--json"], capture_output=True, text=True, timeout=60)
+            r = subprocess.run([*cli, "restore", str(backup), "--data", str(node.data), "--id", nid, "--peers", peers],
+                               capture_output=True, text=True, timeout=60)
             assert r.returncode == 0, r.stderr
-            restored = _json.loads(r.stdout)
-            assert restored["id"] == nid and restored["members"] == sorted(new.nodes) and restored["index"] >= 302
         again = subprocess.run([*cli, "restore", str(backup), "--data", str(new.nodes["n1"].data), "--id", "n1"],
                                capture_output=True, text=True, timeout=60)
         assert again.returncode == 1 and "not empty" in again.stderr
