@@ -154,28 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--cluster", action="store_true",
                     help="one row per member, each from the member itself (--addr: any members, comma-separated)")
 
-    me = sub.add_parser("member", help="list, add, promote or remove cluster members")
-    mesub = me.add_subparsers(dest="member_cmd", required=True, metavar="ACTION")
-    ml = mesub.add_parser("list", help="print the members")
-    ma = mesub.add_parser("add", help="add a member (as a learner with --learner, then promote it)")
-    ma.add_argument("id")
-    ma.add_argument("address", type=_parse_addr_arg, help="HOST:PORT the new member listens on")
-    ma.add_argument("--learner", action="store_true", help="add it without a vote (catch up first)")
-    mp = mesub.add_parser("promote", help="make a learner a voter")
-    mp.add_argument("id")
-    mr = mesub.add_parser("remove", help="remove a member (it stops counting for quorum)")
-    mr.add_argument("id")
-    mr.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    le = sub.add_parser("leader", help="leadership")
-    lesub = le.add_subparsers(dest="leader_cmd", required=True, metavar="ACTION")
-    lt = lesub.add_parser("transfer", help="hand leadership to a voter")
-    lt.add_argument("id")
-    for q in (ml, ma, mp, mr, lt):
-        q.add_argument("--addr", default="127.0.0.1:7001",
-                       help="HOST:PORT[,HOST:PORT...] of any members (default 127.0.0.1:7001)")
-        q.add_argument("--json", action="store_true", help="machine-readable output")
-        q.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"))
-
     he = sub.add_parser("health", help="ask every member how it is; exit 0 healthy, 1 degraded, 2 unavailable")
     he.add_argument("--addr", default="127.0.0.1:7001",
                     help="HOST:PORT[,HOST:PORT...] of any members (the others are found; default 127.0.0.1:7001)")
@@ -201,8 +179,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_status(args)
     if args.cmd == "health":
         return cmd_health(args)
-    if args.cmd in ("member", "leader"):
-        return cmd_admin(args)
     if args.cmd == "snapshot":
         from . import backup
 
@@ -376,59 +352,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- status
-def _parse_addr_arg(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"want HOST:PORT, got {text!r}")
-    return text
-
-
-def cmd_admin(args: argparse.Namespace) -> int:
-    import trio
-
-    from .ops import admin, parse_member_line
-
-    addrs = [a.strip() for a in args.addr.split(",") if a.strip()]
-    if args.cmd == "leader":
-        command: tuple[str, ...] = ("LEADER", "TRANSFER", args.id)
-    elif args.member_cmd == "list":
-        command = ()
-    elif args.member_cmd == "add":
-        command = ("MEMBER", "ADD", args.id, args.address) + (("LEARNER",) if args.learner else ())
-    elif args.member_cmd == "promote":
-        command = ("MEMBER", "PROMOTE", args.id)
-    else:
-        command = ("MEMBER", "REMOVE", args.id)
-        if not args.yes:
-            if not sys.stdin.isatty():
-                print(f"aegis member remove: not removing {args.id} without confirmation: stdin is not a "
-                      "terminal (pass --yes)", file=sys.stderr)
-                return 1
-            answer = input(f"Remove {args.id} from the cluster? It stops counting for quorum. [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                print("not removed", file=sys.stderr)
-                return 1
-    try:
-        reply, lines = trio.run(admin, addrs, args.token, *command)
-    except Exception as exc:
-        what = " ".join(command) or "MEMBER LIST"
-        if args.json:
-            print(json.dumps({"command": what, "ok": False, "error": str(exc)}))
-        else:
-            print(f"aegis {args.cmd}: {what}: {exc}", file=sys.stderr)
-        return 1
-    members = [parse_member_line(line) for line in lines]
-    if args.json:
-        print(json.dumps({"command": " ".join(command) or "MEMBER LIST", "ok": True, "reply": reply,
-                          "members": members}, indent=2))
-    else:
-        if reply is not None:
-            print(reply)
-        for line in lines:
-            print(line)
-    return 0
-
-
 def cmd_health(args: argparse.Namespace) -> int:
     import trio
 

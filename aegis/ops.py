@@ -199,34 +199,3 @@ def status_table(health: Health) -> tuple[list[str], list[list[str]]]:
         rows.append([m.id, m.addr, m.role, str(m.term), str(m.commit_index), str(m.applied_index), lag,
                      "healthy" if m.healthy else m.why, heard, m.version])
     return header, rows
-
-
-def parse_member_line(line: str) -> dict[str, str]:
-    """A MEMBER LIST line ``id addr role [k=v ...]`` as a JSON-able dict."""
-    parts = line.split()
-    out = {"id": parts[0] if parts else "", "addr": parts[1] if len(parts) > 1 else "",
-           "role": parts[2] if len(parts) > 2 else ""}
-    for p in parts[3:]:
-        k, eq, v = p.partition("=")
-        if eq:
-            out[k] = v
-    return out
-
-
-async def admin(addrs: list[str], token: str | None, *command: str) -> tuple[str | None, list[str]]:
-    """Run a membership/leadership command at any of `addrs` (a follower forwards it to the
-    leader) and then MEMBER LIST: (the command's reply or None for LIST, the members' lines).
-    A refused command raises the client's error."""
-    from .client import AegisClient
-
-    client = await AegisClient.connect(addrs, token=token, timeout=10, sessions=False)
-    try:
-        reply: str | None = None
-        if command:
-            r = await client.execute(*command)
-            reply = r.decode() if isinstance(r, bytes) else str(r)
-        listing = await client.execute("MEMBER", "LIST")
-    finally:
-        await client.aclose()
-    lines = [x.decode() if isinstance(x, bytes) else str(x) for x in (listing if isinstance(listing, list) else [])]
-    return reply, lines
