@@ -151,8 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--addr", default="127.0.0.1:7001", help="HOST:PORT of any node (default 127.0.0.1:7001)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"))
-    st.add_argument("--cluster", action="store_true",
-                    help="one row per member, each from the member itself (--addr: any members, comma-separated)")
 
     he = sub.add_parser("health", help="ask every member how it is; exit 0 healthy, 1 degraded, 2 unavailable")
     he.add_argument("--addr", default="127.0.0.1:7001",
@@ -369,37 +367,8 @@ def cmd_health(args: argparse.Namespace) -> int:
     return health.exit_code
 
 
-def cmd_status_cluster(args: argparse.Namespace) -> int:
-    import trio
-
-    from .ops import gather, status_table
-
-    addrs = [a.strip() for a in args.addr.split(",") if a.strip()]
-    health = trio.run(gather, addrs, args.token)
-    if args.json:
-        print(json.dumps(health.to_json(), indent=2))
-        return 0 if health.leader else 1
-    header, rows = status_table(health)
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(*header)
-        for r in rows:
-            table.add_row(*r)
-        Console().print(table)
-    else:
-        widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-        for r in [header, *rows]:
-            print("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
-    return 0 if health.leader else 1
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     import trio
-
-    if args.cluster:
-        return cmd_status_cluster(args)
 
     from .client import AegisClient
 

@@ -34,8 +34,6 @@ class Member:
     applied_index: int = 0
     healthy: bool = False
     why: str = ""
-    version: str = ""
-    last_heard_ms: int | None = None  # as the leader sees it (None: unknown)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,33 +167,6 @@ async def gather(addrs: list[str], token: str | None = None) -> Health:
             info.get("node_id", known.get(addr, "?")), addr, reachable=True, role=info.get("role", ""),
             leader_id=info.get("leader_id", ""), term=int(info.get("term", 0) or 0),
             commit_index=int(info.get("commit_index", 0) or 0),
-            applied_index=int(info.get("applied_index", 0) or 0), version=info.get("aegis_version", "")))
+            applied_index=int(info.get("applied_index", 0) or 0)))
     members.sort(key=lambda m: (m.id, m.addr))
-    health = classify(members, voters)
-    # How long since the leader heard from each member, in the leader's own words.
-    lead = next((a for a, ans in answers.items() if not isinstance(ans, Exception)
-                 and ans[0].get("role") == "leader" and ans[0].get("node_id") == health.leader), None)
-    if lead is not None:
-        ans = answers[lead]
-        assert not isinstance(ans, Exception)
-        heard = {nid: f.get("last_heard_ms") for nid, _, f in parse_cluster_nodes(ans[1])}
-        for mem in members:
-            h = heard.get(mem.id)
-            mem.last_heard_ms = int(h) if h and h.isdigit() else None
-    return health
-
-
-def status_table(health: Health) -> tuple[list[str], list[list[str]]]:
-    """`aegis status --cluster`: a header and one row per member."""
-    commit = max((m.commit_index for m in health.members if m.id == health.leader), default=0)
-    header = ["id", "addr", "role", "term", "commit", "applied", "lag", "health", "last heard", "version"]
-    rows = []
-    for m in health.members:
-        if not m.reachable:
-            rows.append([m.id, m.addr, "-", "-", "-", "-", "-", m.why, "-", "-"])
-            continue
-        lag = str(max(0, commit - m.applied_index)) if health.leader else "-"
-        heard = "-" if m.last_heard_ms is None else f"{m.last_heard_ms} ms"
-        rows.append([m.id, m.addr, m.role, str(m.term), str(m.commit_index), str(m.applied_index), lag,
-                     "healthy" if m.healthy else m.why, heard, m.version])
-    return header, rows
+    return classify(members, voters)

@@ -131,8 +131,6 @@ class ServerConfig:
     zstd_dict_train_after: int = 5_000  # values written before the leader trains the first one
 
 
-_AEGIS_VERSION = "0.1.0"  # aegis.__version__ (not imported: aegis/__init__ imports this module's users)
-
 #: The first argument of a transaction a follower forwards (its encoded Command follows);
 #: no client can send it: the command table does not know it.
 TXN_FORWARD = b"\x00aegis-txn"
@@ -1958,7 +1956,6 @@ class Node:
             "data_dir": os.path.abspath(self.cfg.data_dir),
             "fsync": "always" if self.cfg.fsync else "never (UNSAFE)",
             "uptime_in_seconds": int(time.time() - self.started_at),
-            "aegis_version": _AEGIS_VERSION,
             "process_id": os.getpid(),
             **self.stats,
             **self.zdict.info(),
