@@ -151,12 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--addr", default="127.0.0.1:7001", help="HOST:PORT of any node (default 127.0.0.1:7001)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"))
-
-    he = sub.add_parser("health", help="ask every member how it is; exit 0 healthy, 1 degraded, 2 unavailable")
-    he.add_argument("--addr", default="127.0.0.1:7001",
-                    help="HOST:PORT[,HOST:PORT...] of any members (the others are found; default 127.0.0.1:7001)")
-    he.add_argument("--json", action="store_true", help="machine-readable output")
-    he.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"))
     return p
 
 
@@ -175,8 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_up(args)
     if args.cmd == "status":
         return cmd_status(args)
-    if args.cmd == "health":
-        return cmd_health(args)
     if args.cmd == "snapshot":
         from . import backup
 
@@ -350,23 +342,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- status
-def cmd_health(args: argparse.Namespace) -> int:
-    import trio
-
-    from .ops import gather
-
-    addrs = [a.strip() for a in args.addr.split(",") if a.strip()]
-    if not addrs:
-        print("aegis health: --addr names no address", file=sys.stderr)
-        return 2
-    health = trio.run(gather, addrs, args.token)
-    if args.json:
-        print(json.dumps(health.to_json(), indent=2))
-    else:
-        print("\n".join(health.lines()))
-    return health.exit_code
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     import trio
 
