@@ -164,9 +164,9 @@ class Probe:
 class MemberStatus:
     """One member as `health` and `status --cluster` report it (the JSON row)."""
 
-    id: str
+    id: str | None  # None: an address that did not answer, when no member list is known
     addr: str
-    membership: str  # "voter" / "learner" (configuration)
+    membership: str  # "voter" / "learner" (configuration); "unknown" with no member list
     reachable: bool
     healthy: bool
     reason: str | None  # why not healthy; None when healthy
@@ -490,7 +490,7 @@ async def gather_report(seeds: Sequence[str], token: str | None, max_lag: int,
             p = s.probes.get(m.addr)
             unreached[m.id] = p.error if p is not None and p.error else "no answer"
     if not members:  # nobody answered: one row per address asked
-        rows = tuple(MemberStatus(p.node_id or "?", p.addr, "?", False, False, f"unreachable: {p.error}")
+        rows = tuple(MemberStatus(p.node_id, p.addr, "unknown", False, False, f"unreachable: {p.error}")
                      for p in s.probes.values())
         report = classify([], {}, max_lag=max_lag)
         answered = [p for p in s.probes.values() if p.reachable]
@@ -614,9 +614,8 @@ def member(action: str, opts: Options, *, node_id: str | None = None, address: s
             if not stdin.isatty():
                 return _fail(prog, f"refusing to remove {node_id} without confirmation: stdin is not a "
                                    "terminal; pass --yes to remove it", opts)
-            what = "the leader, a voter" if target.is_leader else f"a {target.role}"
-            sys.stderr.write(f"Remove {node_id} ({target.addr}, {what}) from the cluster? "
-                             "It stops serving and must not rejoin with its old data. [y/N] ")
+            what = "the leader: leadership moves to another voter" if target.is_leader else f"a {target.role}"
+            sys.stderr.write(f"Remove {node_id} ({target.addr}, {what}) from the cluster? [y/N] ")
             sys.stderr.flush()
             answer = stdin.readline().strip().lower()
             if answer not in ("y", "yes"):
