@@ -494,7 +494,8 @@ async def gather_report(seeds: Sequence[str], token: str | None, max_lag: int,
                      for p in s.probes.values())
         report = classify([], {}, max_lag=max_lag)
         answered = [p for p in s.probes.values() if p.reachable]
-        summary = ("unavailable: no node answered" if not answered
+        summary = (f"unavailable: no node answered (asked {', '.join(seeds)}; name more nodes with --addr)"
+                   if not answered
                    else "unavailable: the nodes that answered list no members")
         return replace(report, members=rows, summary=summary), s
     return classify(members, by_id, max_lag=max_lag, unreached=unreached), s
