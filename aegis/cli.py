@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("file")
     sv.add_argument("--addr", default="127.0.0.1:7001", help="HOST:PORT of any node (default 127.0.0.1:7001)")
     sv.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"))
+    sv.add_argument("--json", action="store_true", help="one JSON document on stdout")
     ss = snsub.add_parser("status", help="verify FILE and print what it holds")
     ss.add_argument("file")
     ss.add_argument("--json", action="store_true")
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--peers", type=_parse_peers, default={},
                     help="ID=HOST:PORT,… of the new cluster (omit for a cluster of one)")
     sr.add_argument("--cluster", default="aegis")
+    sr.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     st = sub.add_parser("status", help="print a node's status (--cluster: every member's)")
     st.add_argument("--addr", default="127.0.0.1:7001",
@@ -207,10 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import backup
 
         if args.snapshot_cmd == "save":
-            return backup.save(args.addr, args.file, args.token)
+            return backup.save(args.addr, args.file, args.token, args.json)
         if args.snapshot_cmd == "status":
             return backup.status(args.file, args.json)
-        return backup.restore(args.file, args.data, args.id, args.peers, args.cluster)
+        return backup.restore(args.file, args.data, args.id, args.peers, args.cluster, args.json)
     return EXIT_USAGE
 
 

@@ -166,6 +166,23 @@ def test_leader_transfer(cluster: LocalCluster) -> None:
     assert out.returncode == 0 and f"{target} is already the leader" in out.stdout
 
 
+def test_snapshot_save_and_restore_take_json(cluster: LocalCluster, tmp_path: Path) -> None:
+    cluster.nodes["n1"].client().set("snap", "1")
+    backup = tmp_path / "b.aegis-snapshot"
+    out = aegis("snapshot", "save", str(backup), "--json", "--addr", cluster.addr("n2"))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert set(doc) == {"file", "index", "term", "keys", "size"} and doc["keys"] >= 1
+    assert doc["size"] == backup.stat().st_size and doc["file"] == str(backup)
+    out = aegis("snapshot", "restore", str(backup), "--data", str(tmp_path / "r1"), "--id", "r1", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert (doc["node_id"], doc["members"], doc["index"]) == ("r1", ["r1"], json.loads(
+        aegis("snapshot", "status", str(backup), "--json").stdout)["index"])
+    out = aegis("snapshot", "restore", str(backup), "--data", str(tmp_path / "r1"), "--id", "r1", "--json")
+    assert out.returncode == 1 and "not empty" in json.loads(out.stdout)["error"] and "not empty" in out.stderr
+
+
 def test_health_exit_codes_as_nodes_die(cluster: LocalCluster) -> None:
     """Last in the module: it kills two of the three nodes."""
     leader = cluster.leader(voters(cluster))
