@@ -247,8 +247,8 @@ def classify(members: Sequence[Member], by_id: dict[str, Probe], *, max_lag: int
         heard = _maybe_int(seen.get("last_heard_ms"))
         view = seen.get("health")
         if p is None or not p.reachable:
-            why = unreached.get(m.id) or (p.error if p is not None else None) or "no answer"
-            rows.append(MemberStatus(m.id, m.addr, m.role, False, False, f"unreachable: {why}",
+            why = unreached.get(m.id) or (p.error if p is not None else None) or "unreachable: no answer"
+            rows.append(MemberStatus(m.id, m.addr, m.role, False, False, why,
                                      last_heard_ms=heard, leader_view=view))
             continue
         info = p.info or {}
@@ -288,7 +288,7 @@ def classify(members: Sequence[Member], by_id: dict[str, Probe], *, max_lag: int
                    f"quorum is {quorum} (leader {leader_id}, term {leader_term})")
     elif all(r.healthy for r in rows):
         health, code = "healthy", EXIT_OK
-        summary = f"healthy: {len(rows)} members, leader {leader_id}, term {leader_term}"
+        summary = f"healthy: {_plural(len(rows), 'member')}, leader {leader_id}, term {leader_term}"
     else:
         bad = sum(1 for r in rows if not r.healthy)
         health, code = "degraded", EXIT_DEGRADED
@@ -296,6 +296,10 @@ def classify(members: Sequence[Member], by_id: dict[str, Probe], *, max_lag: int
                    f"voters healthy (quorum {quorum}), leader {leader_id}, term {leader_term}")
     return ClusterReport(health, code, summary, leader_id, leader_term, len(voters), quorum, healthy_voters,
                          tuple(rows))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _maybe_int(text: str | None) -> int | None:
@@ -382,7 +386,7 @@ async def probe(addr: str, token: str | None, timeout: float = PROBE_TIMEOUT) ->
     """INFO, CLUSTER NODES and MEMBER LIST from one address, in one pipeline."""
     import trio
 
-    from .client import AegisClient, parse_cluster_nodes, parse_info
+    from .client import AegisClient, AuthenticationError, parse_cluster_nodes, parse_info
     from .protocol import RespError
 
     start = trio.current_time()
@@ -393,7 +397,8 @@ async def probe(addr: str, token: str | None, timeout: float = PROBE_TIMEOUT) ->
         took = (trio.current_time() - start) * 1000
         info_r, nodes_r, members_r = replies
         if isinstance(info_r, RespError):
-            return Probe(addr, error=info_r.text, took_ms=took)
+            refused = info_r.kind in ("NOAUTH", "WRONGPASS")
+            return Probe(addr, error=_access(info_r.text) if refused else f"error: {info_r.text}", took_ms=took)
         info = parse_info(info_r if isinstance(info_r, (bytes, str)) else b"")
         if "node_id" not in info:
             return Probe(addr, error="INFO has no node_id: not an Aegis node?", took_ms=took)
@@ -403,12 +408,19 @@ async def probe(addr: str, token: str | None, timeout: float = PROBE_TIMEOUT) ->
         except ValueError:
             members = ()
         return Probe(addr, info, nodes, members, None, took)
+    except AuthenticationError as exc:
+        return Probe(addr, error=_access(exc.message), took_ms=(trio.current_time() - start) * 1000)
     except AegisError as exc:
-        return Probe(addr, error=_why(exc), took_ms=(trio.current_time() - start) * 1000)
+        return Probe(addr, error=f"unreachable: {_why(exc)}", took_ms=(trio.current_time() - start) * 1000)
     except (OSError, ValueError) as exc:
-        return Probe(addr, error=str(exc) or type(exc).__name__, took_ms=(trio.current_time() - start) * 1000)
+        return Probe(addr, error=f"unreachable: {exc or type(exc).__name__}",
+                     took_ms=(trio.current_time() - start) * 1000)
     finally:
         await client.aclose()
+
+
+def _access(text: str) -> str:
+    return f"refused access: {text.rstrip('.')} (give --token or set AEGIS_TOKEN)"
 
 
 def _why(exc: AegisError) -> str:
@@ -488,9 +500,9 @@ async def gather_report(seeds: Sequence[str], token: str | None, max_lag: int,
     for m in members:
         if m.id not in by_id:
             p = s.probes.get(m.addr)
-            unreached[m.id] = p.error if p is not None and p.error else "no answer"
+            unreached[m.id] = p.error if p is not None and p.error else "unreachable: no answer"
     if not members:  # nobody answered: one row per address asked
-        rows = tuple(MemberStatus(p.node_id, p.addr, "unknown", False, False, f"unreachable: {p.error}")
+        rows = tuple(MemberStatus(p.node_id, p.addr, "unknown", False, False, p.error)
                      for p in s.probes.values())
         report = classify([], {}, max_lag=max_lag)
         answered = [p for p in s.probes.values() if p.reachable]

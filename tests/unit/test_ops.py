@@ -114,7 +114,7 @@ def test_every_member_up_and_caught_up_is_healthy() -> None:
 def test_one_of_three_down_is_degraded_two_down_is_unavailable() -> None:
     probes = healthy_cluster()
     del probes["n3"]
-    r = classify(MEMBERS, probes, unreached={"n3": "connection refused"})
+    r = classify(MEMBERS, probes, unreached={"n3": "unreachable: connection refused"})
     assert (r.health, r.exit_code, r.healthy_voters) == ("degraded", EXIT_DEGRADED, 2)
     bad = r.members[2]
     assert not bad.reachable and bad.reason == "unreachable: connection refused"
@@ -197,7 +197,7 @@ def test_format_table_aligns_columns_and_shows_missing_values_as_dashes() -> Non
 def test_status_rows_say_why_a_member_is_not_healthy() -> None:
     probes = healthy_cluster()
     del probes["n2"]
-    r = classify(MEMBERS, probes, unreached={"n2": "connection refused"})
+    r = classify(MEMBERS, probes, unreached={"n2": "unreachable: connection refused"})
     rows = status_rows(r)
     assert len(rows[0]) == len(STATUS_HEADERS)
     assert rows[0] == ["n1", "127.0.0.1:7001", "leader", 3, 100, 100, 0, "healthy", "0 ms", "0.1.0"]
@@ -208,7 +208,7 @@ def test_status_rows_say_why_a_member_is_not_healthy() -> None:
 def test_health_lines_one_per_member_then_the_verdict() -> None:
     probes = healthy_cluster()
     del probes["n3"]
-    lines = health_lines(classify(MEMBERS, probes, unreached={"n3": "timed out"})).splitlines()
+    lines = health_lines(classify(MEMBERS, probes, unreached={"n3": "unreachable: timed out"})).splitlines()
     assert len(lines) == 5  # header, three members, verdict
     assert lines[1].split()[:4] == ["n1", "127.0.0.1:7001", "leader", "healthy"]
     assert "unhealthy: unreachable: timed out" in lines[3]
