@@ -34,7 +34,14 @@ def _progress(console: Console) -> Progress:
                     console=console, transient=True, disable=not console.is_terminal)
 
 
-def save(addr: str, path: str, token: str | None) -> int:
+def _failed(prog: str, message: str, as_json: bool) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": message}))
+    return 1
+
+
+def save(addr: str, path: str, token: str | None, as_json: bool = False) -> int:
     import trio
 
     from storage import StorageError, read_snapshot_file
@@ -82,13 +89,15 @@ def save(addr: str, path: str, token: str | None) -> int:
         os.replace(tmp, target)
     except (StorageError, OSError, RuntimeError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
-        print(f"aegis snapshot save: {exc}", file=sys.stderr)
-        return 1
+        return _failed("aegis snapshot save", str(exc), as_json)
     except Exception as exc:  # noqa: BLE001 - connection and server errors, said plainly
         tmp.unlink(missing_ok=True)
-        print(f"aegis snapshot save: cannot take a snapshot from {addr}: {exc}", file=sys.stderr)
-        return 1
-    print(f"saved {target}: index {index}, term {term}, {keys} keys, {size} bytes")
+        return _failed("aegis snapshot save", f"cannot take a snapshot from {addr}: {exc}", as_json)
+    if as_json:
+        print(json.dumps({"file": str(target), "index": index, "term": term, "keys": keys, "size": size},
+                         indent=2))
+    else:
+        print(f"saved {target}: index {index}, term {term}, {keys} keys, {size} bytes")
     return 0
 
 
@@ -143,17 +152,16 @@ def status(path: str, as_json: bool) -> int:
     return 0
 
 
-def restore(path: str, data: str, node_id: str, peers: dict[str, str], cluster: str) -> int:
+def restore(path: str, data: str, node_id: str, peers: dict[str, str], cluster: str, as_json: bool = False) -> int:
     from storage import LmdbStore, StorageError, read_snapshot_file
 
     err = Console(stderr=True)
     if peers and node_id not in peers:
-        print(f"aegis snapshot restore: --id {node_id} does not appear in --peers", file=sys.stderr)
+        _failed("aegis snapshot restore", f"--id {node_id} does not appear in --peers", as_json)
         return 2
     target = Path(data)
     if target.exists() and any(target.iterdir()):
-        print(f"aegis snapshot restore: {data} is not empty; restore seeds a new node only", file=sys.stderr)
-        return 1
+        return _failed("aegis snapshot restore", f"{data} is not empty; restore seeds a new node only", as_json)
     membership = Membership.of(sorted(peers) if peers else [node_id], addresses=dict(peers))
     try:
         with read_snapshot_file(path) as reader:
@@ -171,11 +179,13 @@ def restore(path: str, data: str, node_id: str, peers: dict[str, str], cluster: 
             finally:
                 store.close()
     except FileNotFoundError:
-        print(f"aegis snapshot restore: no such file: {path}", file=sys.stderr)
-        return 1
+        return _failed("aegis snapshot restore", f"no such file: {path}", as_json)
     except (StorageError, ValueError, OSError) as exc:
-        print(f"aegis snapshot restore: {exc}", file=sys.stderr)
-        return 1
+        return _failed("aegis snapshot restore", str(exc), as_json)
+    if as_json:
+        print(json.dumps({"file": str(path), "data": str(data), "node_id": node_id, "index": int(info.index),
+                          "term": int(info.term), "members": sorted(membership.members)}, indent=2))
+        return 0
     print(f"restored {path} (index {info.index}, term {info.term}) into {data} for node {node_id} "
           f"of {','.join(sorted(membership.members))}")
     return 0

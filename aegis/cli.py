@@ -4,6 +4,10 @@
                 --peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003 [--metrics 127.0.0.1:9101]
     aegis up [--nodes 3] [--data data] [--port 7001] [--metrics-port 9101]
     aegis status --addr 127.0.0.1:7001 [--json]
+    aegis status --cluster --addr HOST:PORT[,HOST:PORT…] [--json]
+    aegis member list | add ID HOST:PORT [--learner] | promote ID | remove ID [--yes]   [--addr …] [--json]
+    aegis leader transfer ID [--addr …] [--json]
+    aegis health --addr HOST:PORT[,HOST:PORT…] [--json]      (exit 0 healthy, 1 degraded, 2 no quorum)
     aegis snapshot save FILE [--addr HOST:PORT] | status FILE | restore FILE --data DIR --id ID [--peers …]
 
 Flags are a contract (DESIGN.md §3): extend, never rename.
@@ -64,6 +68,28 @@ def _parse_peers(text: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(f"node {nid!r} is named twice in --peers")
         peers[nid] = addr
     return peers
+
+
+def _parse_addrs(text: str) -> list[str]:
+    from .ops import parse_addrs
+
+    try:
+        return parse_addrs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cluster_options(wait: bool = True) -> argparse.ArgumentParser:
+    """--addr/--token/--json (and --wait) shared by the commands that operate a cluster."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--addr", type=_parse_addrs, default=["127.0.0.1:7001"], metavar="HOST:PORT[,…]",
+                        help="any node(s) of the cluster; the leader is found from them (default 127.0.0.1:7001)")
+    common.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"), help="AUTH token (also AEGIS_TOKEN)")
+    common.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    if wait:
+        common.add_argument("--wait", type=float, default=5.0,
+                            help="seconds to keep looking for a leader while there is none (default 5)")
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("file")
     sv.add_argument("--addr", default="127.0.0.1:7001", help="HOST:PORT of any node (default 127.0.0.1:7001)")
     sv.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"))
+    sv.add_argument("--json", action="store_true", help="one JSON document on stdout")
     ss = snsub.add_parser("status", help="verify FILE and print what it holds")
     ss.add_argument("file")
     ss.add_argument("--json", action="store_true")
@@ -146,11 +173,43 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--peers", type=_parse_peers, default={},
                     help="ID=HOST:PORT,… of the new cluster (omit for a cluster of one)")
     sr.add_argument("--cluster", default="aegis")
+    sr.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
-    st = sub.add_parser("status", help="print a node's status")
-    st.add_argument("--addr", default="127.0.0.1:7001", help="HOST:PORT of any node (default 127.0.0.1:7001)")
+    st = sub.add_parser("status", help="print a node's status (--cluster: every member's)")
+    st.add_argument("--addr", default="127.0.0.1:7001",
+                    help="HOST:PORT of any node (default 127.0.0.1:7001); with --cluster, a comma list")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"))
+    st.add_argument("--cluster", action="store_true",
+                    help="one row per member, from each member's own INFO")
+    st.add_argument("--max-lag", type=int, default=1000,
+                    help="with --cluster: entries a member may be behind and still count as healthy")
+
+    member = _cluster_options()
+    me = sub.add_parser("member", help="list and change the membership (finds the leader itself)")
+    mesub = me.add_subparsers(dest="member_cmd", required=True, metavar="ACTION")
+    mesub.add_parser("list", parents=[member], help="print the members")
+    ma = mesub.add_parser("add", parents=[member], help="add a node started with `aegis serve --join`")
+    ma.add_argument("node_id", metavar="ID")
+    ma.add_argument("address", metavar="HOST:PORT", help="where the members reach the new node")
+    ma.add_argument("--learner", action="store_true",
+                    help="add it as a non-voting learner (promote it once it has caught up)")
+    mp = mesub.add_parser("promote", parents=[member], help="make a learner a voter")
+    mp.add_argument("node_id", metavar="ID")
+    mr = mesub.add_parser("remove", parents=[member], help="remove a member (asks first on a terminal)")
+    mr.add_argument("node_id", metavar="ID")
+    mr.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+    ld = sub.add_parser("leader", help="leadership")
+    ldsub = ld.add_subparsers(dest="leader_cmd", required=True, metavar="ACTION")
+    lt = ldsub.add_parser("transfer", parents=[member], help="hand leadership to another voter")
+    lt.add_argument("node_id", metavar="ID")
+
+    he = sub.add_parser("health", parents=[_cluster_options(wait=False)],
+                        help="ask every member; exit 0 healthy, 1 degraded, 2 no quorum or no answer")
+    he.add_argument("--max-lag", type=int, default=1000,
+                    help="entries a member may be behind the leader's commit index and count as healthy "
+                         "(default 1000)")
     return p
 
 
@@ -168,15 +227,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "up":
         return cmd_up(args)
     if args.cmd == "status":
+        if args.cluster:
+            return cmd_status_cluster(args)
         return cmd_status(args)
+    if args.cmd in ("member", "leader", "health"):
+        return cmd_ops(args)
     if args.cmd == "snapshot":
         from . import backup
 
         if args.snapshot_cmd == "save":
-            return backup.save(args.addr, args.file, args.token)
+            return backup.save(args.addr, args.file, args.token, args.json)
         if args.snapshot_cmd == "status":
             return backup.status(args.file, args.json)
-        return backup.restore(args.file, args.data, args.id, args.peers, args.cluster)
+        return backup.restore(args.file, args.data, args.id, args.peers, args.cluster, args.json)
     return EXIT_USAGE
 
 
@@ -339,6 +402,31 @@ def cmd_up(args: argparse.Namespace) -> int:
             p.wait()
     print("aegis up: stopped.")
     return 0
+
+
+# ---------------------------------------------------------------------- operating a cluster
+def cmd_ops(args: argparse.Namespace) -> int:
+    from . import ops
+
+    opts = ops.Options(tuple(args.addr), args.token, args.json, getattr(args, "wait", 5.0))
+    if args.cmd == "health":
+        return ops.health(opts, max_lag=args.max_lag)
+    if args.cmd == "leader":
+        return ops.leader_transfer(args.node_id, opts)
+    return ops.member(args.member_cmd, opts, node_id=getattr(args, "node_id", None),
+                      address=getattr(args, "address", None), learner=getattr(args, "learner", False),
+                      yes=getattr(args, "yes", False))
+
+
+def cmd_status_cluster(args: argparse.Namespace) -> int:
+    from . import ops
+
+    try:
+        addrs = ops.parse_addrs(args.addr)
+    except ValueError as exc:
+        print(f"aegis status: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return ops.status_cluster(ops.Options(tuple(addrs), args.token, args.json), max_lag=args.max_lag)
 
 
 # ---------------------------------------------------------------------- status

@@ -44,6 +44,7 @@ from typing import Any, Awaitable, Callable, Final
 import msgpack
 import trio
 
+from . import __version__
 from . import commands as C
 from .budget import Account, ByteBudget
 from .cluster import Cluster, ClusterConfig, ClusterState
@@ -1957,6 +1958,7 @@ class Node:
             "fsync": "always" if self.cfg.fsync else "never (UNSAFE)",
             "uptime_in_seconds": int(time.time() - self.started_at),
             "process_id": os.getpid(),
+            "aegis_version": __version__,
             **self.stats,
             **self.zdict.info(),
         }
