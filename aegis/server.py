@@ -292,13 +292,13 @@ class Node:
         return addrs
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        await trio.to_thread.run_sync(self._open)
-        self.kv.history_keep = self.cfg.feed_history
-        self.feed = ChangeFeed(self.sm.last_applied, self.kv.durable_applied,
-                               self.kv if self.cfg.feed_history else None,
-                               memory_limit=min(100_000, max(self.cfg.feed_history, 1_000)))
-        self.sm.changes = []
         try:
+            await trio.to_thread.run_sync(self._open)  # inside: a refused data directory is closed too
+            self.kv.history_keep = self.cfg.feed_history
+            self.feed = ChangeFeed(self.sm.last_applied, self.kv.durable_applied,
+                                   self.kv if self.cfg.feed_history else None,
+                                   memory_limit=min(100_000, max(self.cfg.feed_history, 1_000)))
+            self.sm.changes = []
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.pool.start(nursery)
