@@ -137,6 +137,8 @@ async def accept_handshake(
         log.info("refused a peer connection: no handshake within %g s", HANDSHAKE_TIMEOUT)
         await safe_send(stream, frame(FRAME_REJECT + f"no handshake within {HANDSHAKE_TIMEOUT:g} s".encode()))
         return None
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return None  # the caller went away mid-handshake (over TLS, a ragged EOF raises)
     finally:
         account.close()
 

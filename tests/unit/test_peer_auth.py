@@ -302,3 +302,33 @@ def test_serve_takes_the_secret_file_then_the_data_dir_then_the_token(tmp_path: 
         resolve_secret(str(explicit), str(data), None)
     with pytest.raises(SecretFileError, match="cannot read the secret file"):
         resolve_secret(str(tmp_path / "missing"), str(data), None)
+
+
+class Ragged(trio.abc.Stream):
+    """A stream that delivers `data`, then fails as a TLS stream does at a ragged EOF."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    async def wait_send_all_might_not_block(self) -> None:
+        pass
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.data:
+            data, self.data = self.data, b""
+            return data
+        raise trio.BrokenResourceError("ragged EOF")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_caller_that_vanishes_mid_handshake_is_just_forgotten() -> None:
+    """Over TLS a caller that closes without close_notify makes receive_some raise: the
+    acceptor returns None (it used to raise, and the exception took the node down)."""
+    hs = Handshake(node_id="n2", cluster="aegis", nonce=new_nonce())
+    for data in (b"", PEER_MAGIC[:3], PEER_MAGIC + frame(FRAME_MSG + encode(hs))):
+        assert await accept_handshake(Ragged(data), bytearray(), accept_members, auth=GOOD, me="n1") is None
