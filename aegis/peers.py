@@ -184,13 +184,13 @@ async def _accept_handshake(
     if not isinstance(hs, Handshake):
         await safe_send(stream, frame(FRAME_REJECT + b"expected a handshake"))
         return None
-    if hs.protocol_version < PROTOCOL_VERSION or len(hs.nonce) != NONCE_LEN:
+    if hs.protocol_version < PROTOCOL_VERSION:
         why = (f"peer protocol {hs.protocol_version} is not spoken here (this node speaks {PROTOCOL_VERSION}: "
                f"peers prove the cluster secret by HMAC challenge); upgrade the caller")
-        _warn_refusal(hs.node_id, why)
-        await safe_send(stream, frame(FRAME_REJECT + why.encode()))
-        return None
-    why = refuse(hs)
+    else:
+        why = refuse(hs)
+        if not why and len(hs.nonce) != NONCE_LEN:
+            why = f"malformed handshake: the nonce must be {NONCE_LEN} bytes, not {len(hs.nonce)}"
     if why:
         _warn_refusal(hs.node_id, why)
         await safe_send(stream, frame(FRAME_REJECT + why.encode()))
