@@ -19,7 +19,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ssl
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -41,7 +44,8 @@ def _failed(prog: str, message: str, as_json: bool) -> int:
     return 1
 
 
-def save(addr: str, path: str, token: str | None, as_json: bool = False) -> int:
+def save(addr: str, path: str, token: str | None, as_json: bool = False, *,
+         ssl_context: "ssl.SSLContext | None" = None) -> int:
     import trio
 
     from storage import StorageError, read_snapshot_file
@@ -53,7 +57,7 @@ def save(addr: str, path: str, token: str | None, as_json: bool = False) -> int:
     tmp = target.with_name(target.name + ".partial")
 
     async def fetch() -> list[Any]:
-        client = await AegisClient.connect(addr, token=token, timeout=60)
+        client = await AegisClient.connect(addr, token=token, timeout=60, ssl_context=ssl_context)
         try:
             head = await client.execute("SNAPSHOT", "CREATE")
             if not isinstance(head, list) or len(head) < 5 or not all(isinstance(x, int) for x in head[:5]):

@@ -9,6 +9,7 @@
     aegis leader transfer ID [--addr …] [--json]
     aegis health --addr HOST:PORT[,HOST:PORT…] [--json]      (exit 0 healthy, 1 degraded, 2 no quorum)
     aegis snapshot save FILE [--addr HOST:PORT] | status FILE | restore FILE --data DIR --id ID [--peers …]
+    aegis repair-term --data DIR [--term T]   (a term past the limit: every node at once)
 
 Flags are a contract (DESIGN.md §3): extend, never rename.
 """
@@ -25,7 +26,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .tls import TlsConfig
 
 from .logs import FORMATS, set_context
 from .logs import setup as setup_logging
@@ -111,7 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a new member of a running cluster: wait for `MEMBER ADD` on the leader "
                         "instead of forming a cluster from --peers (only matters for an empty --data)")
     s.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"),
-                   help="require AUTH with this token (also AEGIS_TOKEN)")
+                   help="require AUTH with this token (also AEGIS_TOKEN); also the peer secret "
+                        "when there is no secret file")
+    s.add_argument("--secret-file", default=None,
+                   help="the cluster secret peers prove by HMAC (default: DATA/cluster.secret if present, "
+                        "else --token; `aegis up` writes one)")
+    s.add_argument("--tls-cert", default=None, help="TLS certificate (PEM) for clients and peers")
+    s.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    s.add_argument("--tls-ca", default=None,
+                   help="CA (PEM) that every peer's certificate, and any client certificate, must chain to")
+    s.add_argument("--tls-verify-clients", action="store_true",
+                   help="with TLS: every client must present a certificate signed by --tls-ca")
     s.add_argument("--tick-ms", type=float, default=50.0, help="Raft tick length in ms (default 50)")
     s.add_argument("--election-ticks", type=int, default=10,
                    help="minimum election timeout in ticks (randomised up to 2x; default 10)")
@@ -163,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--addr", default="127.0.0.1:7001", help="HOST:PORT of any node (default 127.0.0.1:7001)")
     sv.add_argument("--token", default=os.environ.get("AEGIS_TOKEN"))
     sv.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    _add_client_tls(sv)
     ss = snsub.add_parser("status", help="verify FILE and print what it holds")
     ss.add_argument("file")
     ss.add_argument("--json", action="store_true")
@@ -210,7 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("--max-lag", type=int, default=1000,
                     help="entries a member may be behind the leader's commit index and count as healthy "
                          "(default 1000)")
+    _add_client_tls(st)
+
+    rt = sub.add_parser("repair-term", help="lower a term past the limit (stopped cluster, every node at once)")
+    rt.add_argument("--data", required=True, help="the node's data directory (the node must be stopped)")
+    rt.add_argument("--term", type=int, default=None,
+                    help="the term to set (the same on every node, at least every node's last log term); "
+                         "without it, print what the node holds")
     return p
+
+
+def _add_client_tls(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls", action="store_true", help="connect with TLS (the system's CAs unless --tls-ca)")
+    p.add_argument("--tls-ca", default=None, help="CA (PEM) to verify the node against (implies --tls)")
+    p.add_argument("--tls-cert", default=None, help="client certificate (PEM), if the node wants one")
+    p.add_argument("--tls-key", default=None, help="its private key (PEM)")
+
+
+def _client_ssl(args: argparse.Namespace) -> "ssl.SSLContext | None":
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    from .tls import client_context
+
+    return client_context(args.tls_ca, cert=args.tls_cert, key=args.tls_key)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,11 +271,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_status(args)
     if args.cmd in ("member", "leader", "health"):
         return cmd_ops(args)
+    if args.cmd == "repair-term":
+        from .repair import repair_term
+
+        return repair_term(args.data, args.term)
     if args.cmd == "snapshot":
         from . import backup
 
         if args.snapshot_cmd == "save":
-            return backup.save(args.addr, args.file, args.token, args.json)
+            return backup.save(args.addr, args.file, args.token, args.json, ssl_context=_client_ssl(args))
         if args.snapshot_cmd == "status":
             return backup.status(args.file, args.json)
         return backup.restore(args.file, args.data, args.id, args.peers, args.cluster, args.json)
@@ -250,7 +293,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from storage import DataDirInUseError, StorageError, WrongNodeError
 
     from . import commands as C
+    from .peerauth import SecretFileError
+    from .raft import StoredTermError
     from .server import MetricsListenError, Node, ServerConfig
+    from .tls import TlsConfigError
 
     host, port = args.listen
     peers: dict[str, str] = dict(args.peers)
@@ -266,9 +312,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.fsync == "never":
         logging.getLogger("aegis").warning("--fsync never: UNSAFE, acknowledged writes can be lost on a crash")
+    try:
+        secret, tls = _serve_security(args)
+    except (SecretFileError, TlsConfigError) as exc:
+        print(f"aegis serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     cfg = ServerConfig(
         node_id=args.id, host=host, port=port, data_dir=args.data, peers=peers, cluster=args.cluster,
-        token=args.token, tick_ms=args.tick_ms,
+        token=args.token, secret=secret, tls=tls, tick_ms=args.tick_ms,
         election_ticks=(args.election_ticks, 2 * args.election_ticks), heartbeat_ticks=args.heartbeat_ticks,
         snapshot_threshold=args.snapshot_threshold, request_timeout=args.request_timeout,
         max_clients=args.max_clients, client_buffer_bytes=args.client_buffer_mb << 20, fsync=args.fsync == "always", join=args.join,
@@ -311,6 +362,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except WrongNodeError as exc:
         print(f"aegis serve: {exc}", file=sys.stderr)
         return 3
+    except StoredTermError as exc:
+        print(f"aegis serve: {exc}", file=sys.stderr)
+        return 6
     except DataDirInUseError as exc:
         print(f"aegis serve: {exc}", file=sys.stderr)
         return 3
@@ -324,6 +378,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"aegis serve: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 5
     return 0
+
+
+def _serve_security(args: argparse.Namespace) -> "tuple[bytes | None, TlsConfig | None]":
+    """The peer secret and TLS settings of `aegis serve` (SecretFileError, TlsConfigError)."""
+    from .peerauth import resolve_secret
+    from .tls import TlsConfig, TlsConfigError
+
+    secret, source, warnings = resolve_secret(args.secret_file, args.data, args.token)
+    for warning in warnings:
+        logging.getLogger("aegis").warning("%s", warning)
+    if secret is not None:
+        logging.getLogger("aegis").info("peers prove the cluster secret from %s", source)
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_ca or args.tls_verify_clients:
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            raise TlsConfigError("TLS needs --tls-cert, --tls-key and --tls-ca together (peers verify each "
+                                 "other against the CA)")
+        tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_ca, args.tls_verify_clients)
+        tls.server_context()  # fail now, with the file's name, rather than at the first connection
+        tls.peer_context()
+    return secret, tls
 
 
 def _leaves(exc: BaseException) -> "list[BaseException]":
@@ -349,7 +424,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     peers = ",".join(f"{nid}={a}" for nid, a in addrs.items())
     data = Path(args.data)
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    print(f"Aegis: starting a {n}-node cluster {args.cluster!r} under {data}/")
+    from .peerauth import SecretFileError, ensure_cluster_secret
+
+    try:
+        created = ensure_cluster_secret([data / nid for nid in ids])
+    except SecretFileError as exc:
+        print(f"aegis up: {exc}", file=sys.stderr)
+        return 1
+    print(f"Aegis: starting a {n}-node cluster {args.cluster!r} under {data}/"
+          + (" (new cluster secret in each node's cluster.secret)" if created else ""))
     for nid in ids:
         cmd = [sys.executable, "-m", "aegis.cli", "--log-level", "warning", "serve", "--id", nid,
                "--listen", addrs[nid], "--data", str(data / nid), "--peers", peers,
@@ -436,7 +519,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .client import AegisClient
 
     async def fetch() -> tuple[dict[str, str], str]:
-        client = await AegisClient.connect(args.addr, token=args.token, timeout=3)
+        client = await AegisClient.connect(args.addr, token=args.token, timeout=3, ssl_context=_client_ssl(args))
         try:
             info = await client.info()
             nodes = await client.execute("CLUSTER", "NODES")

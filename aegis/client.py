@@ -63,6 +63,7 @@ from __future__ import annotations
 import enum
 import random
 import select
+import ssl
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -316,7 +317,7 @@ class _Connection:
 
     __slots__ = ("stream", "address", "parser")
 
-    def __init__(self, stream: trio.SocketStream, address: str) -> None:
+    def __init__(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], address: str) -> None:
         self.stream = stream
         self.address = address
         self.parser = RespReplyParser()
@@ -340,7 +341,8 @@ class _Connection:
         if self.parser.buffered > 0:
             return True
         try:
-            fd = self.stream.socket.fileno()
+            tcp = self.stream.transport_stream if isinstance(self.stream, trio.SSLStream) else self.stream
+            fd = tcp.socket.fileno()
             if fd < 0:
                 return True
             if hasattr(select, "poll"):  # select() cannot take descriptors above 1023
@@ -410,6 +412,7 @@ class AegisClient:
         client_name: str | None = None,
         seed: int | None = None,
         sessions: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [a for a in addresses.split(",") if a.strip()]
@@ -422,6 +425,7 @@ class AegisClient:
         self._next = 0  # index of the seed to try first on the next connect
         self._token = token.encode() if isinstance(token, str) else token
         self._client_name = client_name
+        self._ssl = ssl_context  # TLS to every node (aegis.tls.client_context)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retry = retry
@@ -448,6 +452,7 @@ class AegisClient:
         client_name: str | None = None,
         seed: int | None = None,
         sessions: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> AegisClient:
         """A client already connected to one of `addresses` (NodeUnavailableError if none)."""
         client = cls(
@@ -459,6 +464,7 @@ class AegisClient:
             client_name=client_name,
             seed=seed,
             sessions=sessions,
+            ssl_context=ssl_context,
         )
         await client.ensure_connected()
         return client
@@ -884,7 +890,8 @@ class AegisClient:
                 conn = await self._open(address, deadline)
             except AuthenticationError:
                 raise
-            except (OSError, _Closed, trio.TooSlowError, RespProtocolError, AegisError) as exc:
+            except (OSError, _Closed, trio.TooSlowError, trio.BrokenResourceError, RespProtocolError,
+                    AegisError) as exc:
                 failures.append(f"{address} ({_describe(exc)})")
                 continue
             self._conn = conn
@@ -899,9 +906,14 @@ class AegisClient:
         host, port = _split_address(address)
         limit = min(deadline, trio.current_time() + self.connect_timeout)
         with trio.fail_at(limit):
-            stream = await trio.open_tcp_stream(host, port)
+            tcp = await trio.open_tcp_stream(host, port)
+            stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+            if self._ssl is not None:
+                stream = trio.SSLStream(tcp, self._ssl, server_hostname=host)
             conn = _Connection(stream, address)
             try:
+                if isinstance(stream, trio.SSLStream):
+                    await stream.do_handshake()
                 await self._handshake(conn)
             except BaseException:
                 await conn.close()
@@ -992,6 +1004,8 @@ def _describe(exc: BaseException) -> str:
         exc = _first_leaf(cause)
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
+    if isinstance(exc.__cause__, ssl.SSLError):  # trio wraps TLS failures in BrokenResourceError
+        return f"TLS: {exc.__cause__.reason or exc.__cause__}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, OSError) and exc.strerror:
@@ -1010,6 +1024,7 @@ async def open_client(
     client_name: str | None = None,
     lazy: bool = False,
     sessions: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[AegisClient]:
     """``async with open_client("127.0.0.1:7001,127.0.0.1:7002") as client: …``
 
@@ -1023,6 +1038,7 @@ async def open_client(
         retry=retry,
         client_name=client_name,
         sessions=sessions,
+        ssl_context=ssl_context,
     )
     try:
         if not lazy:

@@ -10,11 +10,15 @@ says what they carry:
   and their responses, the handshake) — msgpack, never pickle;
 * ``S`` + a chunk of a snapshot file, ``E`` at its end (InstallSnapshot, streamed);
 * ``P`` a ping, so each side knows the other is alive even when Raft is quiet;
+* ``C`` nonce + proof + id / ``K`` proof: the HMAC challenge and its answer (aegis.peerauth);
 * ``A`` / ``R`` + reason: the answer to a handshake.
 
-The first frame is a `Handshake` naming the caller's node id and cluster: identity is by
-name, never by source address, so proxies and NAT in between are fine. The receiver refuses
-strangers and other clusters with a reason and closes.
+The first frame is a `Handshake` naming the caller's node id and cluster, with a fresh
+nonce: identity is by name, never by source address, so proxies and NAT in between are
+fine. The receiver refuses strangers and other clusters with a reason and closes; then both
+sides prove they know the cluster secret (`C`, `K`: see aegis.peerauth), and a caller that
+cannot is refused, logged, and closed before anything else it sends is read. With TLS
+(`--tls-*`) all of this runs inside a mutually authenticated TLS session.
 
 Until its handshake is accepted a connection is a stranger's, and may make the node hold
 little: at most `HANDSHAKE_FRAME_LIMIT` for the frame (a larger declared length is refused
@@ -34,6 +38,9 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -42,7 +49,8 @@ import trio
 from .budget import Account, ByteBudget
 from .messages import InstallSnapshotRequest
 from .node import parse_address
-from .transport import Handshake, PayloadPacker, decode, encode
+from .peerauth import NONCE_LEN, PROOF_LEN, PeerAuth, new_nonce
+from .transport import PROTOCOL_VERSION, Handshake, PayloadPacker, decode, encode
 
 log = logging.getLogger("aegis.peers")
 
@@ -53,8 +61,10 @@ FRAME_SNAP_END = b"E"
 FRAME_PING = b"P"
 FRAME_ACCEPT = b"A"
 FRAME_REJECT = b"R"
+FRAME_CHALLENGE = b"C"
+FRAME_PROOF = b"K"
 MAX_PEER_FRAME = 64 << 20
-HANDSHAKE_FRAME_LIMIT = 4 << 10  # a handshake is ~100 bytes: ids, cluster name, token
+HANDSHAKE_FRAME_LIMIT = 4 << 10  # a handshake is ~100 bytes: ids, cluster name, nonce
 PREAUTH_PEER_BYTES = 8 << 10  # all a connection may make the node hold before it is accepted
 PREAUTH_PEER_BUDGET = 4 << 20  # ... all such connections together (see `handshake_budget`)
 HANDSHAKE_TIMEOUT = 5.0
@@ -111,27 +121,43 @@ async def safe_send(stream: trio.abc.SendStream, data: bytes) -> None:
 
 async def accept_handshake(
     stream: trio.abc.Stream, buf: bytearray, refuse: Callable[[Handshake], str | None],
-    budget: ByteBudget | None = None,
+    budget: ByteBudget | None = None, *, auth: PeerAuth, me: str,
 ) -> Handshake | None:
     """The receiving side of a peer connection, after the first bytes were read into `buf`.
 
-    Returns the caller's handshake once accepted, or None after refusing it (the reason is
-    sent to the caller, who logs it). Until then the connection's bytes are charged to
-    `budget` (the node's `handshake_budget()`), within `PREAUTH_PEER_BYTES` of its own."""
+    Returns the caller's handshake once it proved it knows the cluster secret (see
+    aegis.peerauth; `me` is this node's id), or None after refusing it (the reason is sent
+    to the caller, who logs it). Until then the connection's bytes are charged to `budget`
+    (the node's `handshake_budget()`), within `PREAUTH_PEER_BYTES` of its own."""
     account = (budget or handshake_budget()).account()
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
-            return await _accept_handshake(stream, buf, refuse, account)
+            return await _accept_handshake(stream, buf, refuse, account, auth, me)
     except trio.TooSlowError:
         log.info("refused a peer connection: no handshake within %g s", HANDSHAKE_TIMEOUT)
         await safe_send(stream, frame(FRAME_REJECT + f"no handshake within {HANDSHAKE_TIMEOUT:g} s".encode()))
         return None
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return None  # the caller went away mid-handshake (over TLS, a ragged EOF raises)
     finally:
         account.close()
 
 
+async def _read_preauth(stream: trio.abc.Stream, buf: bytearray, account: Account) -> bytes | None:
+    """One frame from a connection not yet accepted, within its small allowance; a
+    refusal is sent and None returned (as at EOF)."""
+    try:
+        body = await read_frame(stream, buf, HANDSHAKE_FRAME_LIMIT, account, PREAUTH_PEER_BYTES)
+    except ValueError as exc:  # too long, or too much held: refused before it is buffered
+        log.info("refused a peer connection before its handshake: %s", exc)
+        await safe_send(stream, frame(FRAME_REJECT + f"handshake refused: {exc}".encode()))
+        return None
+    return body
+
+
 async def _accept_handshake(
-    stream: trio.abc.Stream, buf: bytearray, refuse: Callable[[Handshake], str | None], account: Account
+    stream: trio.abc.Stream, buf: bytearray, refuse: Callable[[Handshake], str | None], account: Account,
+    auth: PeerAuth, me: str,
 ) -> Handshake | None:
     while len(buf) < len(PEER_MAGIC):
         more = await stream.receive_some(len(PEER_MAGIC) - len(buf))
@@ -141,16 +167,13 @@ async def _accept_handshake(
     if bytes(buf[: len(PEER_MAGIC)]) != PEER_MAGIC:
         await safe_send(stream, b"-ERR Protocol error: not a RESP request or an Aegis peer\r\n")
         return None
-    try:
-        why = account.hold(len(buf), PREAUTH_PEER_BYTES, "this peer connection")
-        if why is not None:
-            raise ValueError(why)
-        del buf[: len(PEER_MAGIC)]
-        body = await read_frame(stream, buf, HANDSHAKE_FRAME_LIMIT, account, PREAUTH_PEER_BYTES)
-    except ValueError as exc:  # too long, or too much held: refused before it is buffered
-        log.info("refused a peer connection before its handshake: %s", exc)
-        await safe_send(stream, frame(FRAME_REJECT + f"handshake refused: {exc}".encode()))
+    why = account.hold(len(buf), PREAUTH_PEER_BYTES, "this peer connection")
+    if why is not None:
+        log.info("refused a peer connection before its handshake: %s", why)
+        await safe_send(stream, frame(FRAME_REJECT + f"handshake refused: {why}".encode()))
         return None
+    del buf[: len(PEER_MAGIC)]
+    body = await _read_preauth(stream, buf, account)
     if body is None:
         return None
     try:
@@ -161,13 +184,90 @@ async def _accept_handshake(
     if not isinstance(hs, Handshake):
         await safe_send(stream, frame(FRAME_REJECT + b"expected a handshake"))
         return None
-    why = refuse(hs)
+    if hs.protocol_version < PROTOCOL_VERSION:
+        why = (f"peer protocol {hs.protocol_version} is not spoken here (this node speaks {PROTOCOL_VERSION}: "
+               f"peers prove the cluster secret by HMAC challenge); upgrade the caller")
+    else:
+        why = refuse(hs)
+        if not why and len(hs.nonce) != NONCE_LEN:
+            why = f"malformed handshake: the nonce must be {NONCE_LEN} bytes, not {len(hs.nonce)}"
     if why:
-        log.warning("refused peer connection from %r: %s", hs.node_id, why)
+        _warn_refusal(hs.node_id, why)
+        await safe_send(stream, frame(FRAME_REJECT + why.encode()))
+        return None
+    # The challenge: our nonce, our proof for the caller's nonce, and who we are.
+    nonce = new_nonce()
+    proof = auth.acceptor_proof(hs.nonce, hs.node_id, me, hs.cluster)
+    await stream.send_all(frame(FRAME_CHALLENGE + nonce + proof + me.encode()))
+    body = await _read_preauth(stream, buf, account)
+    if body is None:
+        return None
+    answer = body[1:]
+    if (body[:1] != FRAME_PROOF or len(answer) != PROOF_LEN
+            or not auth.check_dialer(answer, nonce, hs.nonce, hs.node_id, me, hs.cluster)):
+        why = "the caller did not prove it knows the cluster secret"
+        _warn_refusal(hs.node_id, why + " (a different --token or secret file, or none: check every node's)")
         await safe_send(stream, frame(FRAME_REJECT + why.encode()))
         return None
     await stream.send_all(frame(FRAME_ACCEPT))
     return hs
+
+
+_refusals: dict[tuple[str, str], tuple[float, int]] = {}  # (claimed id, reason) -> (last warned, since)
+REFUSAL_LOG_INTERVAL = 10.0
+
+
+def _warn_refusal(claimed: str, why: str) -> None:
+    """One warning per claimed id and reason every `REFUSAL_LOG_INTERVAL` seconds (a
+    misconfigured peer retries every second), saying how many were refused meanwhile."""
+    now = time.monotonic()
+    key = (claimed[:64], why)
+    last, quiet = _refusals.get(key, (-REFUSAL_LOG_INTERVAL, 0))
+    if now - last < REFUSAL_LOG_INTERVAL:
+        _refusals[key] = (last, quiet + 1)
+        log.debug("refused peer connection from %r: %s", claimed, why)
+        return
+    if len(_refusals) > 1000:
+        _refusals.clear()
+    _refusals[key] = (now, 0)
+    more = f" ({quiet} more refused since the last warning)" if quiet else ""
+    log.warning("refused peer connection from %r: %s; closed it%s", claimed, why, more)
+
+
+class PeerRefusedError(ConnectionError):
+    """The other side of an outgoing peer connection refused us, or failed to prove itself."""
+
+
+async def dial_handshake(stream: trio.abc.Stream, hello: Handshake, auth: PeerAuth, expected: str,
+                         addr: str) -> bytearray:
+    """The calling side: send `hello` (its nonce fresh), check the acceptor's proof that it
+    knows the secret and is `expected`, prove ourselves, and wait for the acceptance.
+    Returns what was read past the acceptance; raises PeerRefusedError."""
+    buf = bytearray()
+    await stream.send_all(PEER_MAGIC + frame(FRAME_MSG + encode(hello)))
+    with trio.fail_after(CONNECT_TIMEOUT):
+        reply = await read_frame(stream, buf, HANDSHAKE_FRAME_LIMIT)
+    if reply is None or reply[:1] == FRAME_REJECT:
+        why = (reply or b"Rconnection closed")[1:].decode(errors="replace")
+        raise PeerRefusedError(f"{expected} at {addr} refused the handshake: {why}")
+    body = reply[1:]
+    if reply[:1] != FRAME_CHALLENGE or len(body) < NONCE_LEN + PROOF_LEN:
+        raise PeerRefusedError(f"{expected} at {addr} answered the handshake with {reply[:1]!r}, not a challenge")
+    nonce, proof, who = body[:NONCE_LEN], body[NONCE_LEN : NONCE_LEN + PROOF_LEN], body[NONCE_LEN + PROOF_LEN :]
+    acceptor = who.decode(errors="replace")
+    if acceptor != expected:
+        raise PeerRefusedError(f"the node at {addr} is {acceptor!r}, not {expected!r} (check --peers)")
+    if not auth.check_acceptor(proof, hello.nonce, hello.node_id, expected, hello.cluster):
+        raise PeerRefusedError(f"{expected} at {addr} did not prove it knows the cluster secret "
+                               f"(a different --token or secret file, or none: check every node's)")
+    await stream.send_all(frame(FRAME_PROOF + auth.dialer_proof(nonce, hello.nonce, hello.node_id, expected,
+                                                                 hello.cluster)))
+    with trio.fail_after(CONNECT_TIMEOUT):
+        reply = await read_frame(stream, buf, HANDSHAKE_FRAME_LIMIT)
+    if reply is None or not reply.startswith(FRAME_ACCEPT):
+        why = (reply or b"Rconnection closed")[1:].decode(errors="replace")
+        raise PeerRefusedError(f"{expected} at {addr} refused the handshake: {why}")
+    return buf
 
 
 class ConnectionPool:
@@ -181,10 +281,15 @@ class ConnectionPool:
         ping_interval: float,
         pack_payload: PayloadPacker | None,
         on_unreachable: Callable[[str, str], None],
-        stream_snapshot: Callable[[str, trio.SocketStream, InstallSnapshotRequest], Awaitable[None]],
+        stream_snapshot: Callable[[str, trio.abc.Stream, InstallSnapshotRequest], Awaitable[None]],
+        auth: PeerAuth,
+        ssl_context: ssl.SSLContext | None = None,
         packer_for: Callable[[str], PayloadPacker] | None = None,
     ) -> None:
         self.handshake = handshake
+        self.auth = auth
+        self.ssl_context = ssl_context  # mutual TLS to every peer (verified against --tls-ca)
+        self._warned: dict[str, str] = {}  # peer -> the refusal last logged as a warning
         self.addresses = addresses
         self.ping_interval = ping_interval
         self.pack_payload = pack_payload
@@ -240,24 +345,30 @@ class ConnectionPool:
                 try:
                     host, port = parse_address(addr)
                     with trio.fail_after(CONNECT_TIMEOUT):
-                        stream = await trio.open_tcp_stream(host, port)
+                        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+                        if self.ssl_context is not None:
+                            # Peers are known by id, not address (proxies, NAT): the certificate
+                            # must chain to --tls-ca; the HMAC handshake then proves the id.
+                            stream = trio.SSLStream(stream, self.ssl_context)
+                            await stream.do_handshake()
                     async with stream:
-                        await stream.send_all(PEER_MAGIC + frame(FRAME_MSG + encode(self.handshake)))
-                        with trio.fail_after(CONNECT_TIMEOUT):
-                            reply = await read_frame(stream, bytearray())
-                        if reply is None or not reply.startswith(FRAME_ACCEPT):
-                            why = (reply or b"Rconnection closed")[1:].decode(errors="replace")
-                            raise ConnectionError(f"{pid} refused the handshake: {why}")
+                        hello = replace(self.handshake, nonce=new_nonce())
+                        await dial_handshake(stream, hello, self.auth, pid, addr)
                         if backoff > 0.05:
                             log.info("connected to peer %s at %s", pid, addr)
                         backoff = 0.05
+                        self._warned.pop(pid, None)
                         self.connected[pid] = True
                         await self._pump(pid, stream, queue)
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
                         ConnectionError, ValueError) as exc:
                     self.connected[pid] = False
-                    reason = str(exc) or exc.__class__.__name__
-                    if backoff >= 0.4:
+                    reason = _reason(exc)
+                    if isinstance(exc, (PeerRefusedError, ssl.SSLError)) or isinstance(exc.__cause__, ssl.SSLError):
+                        if self._warned.get(pid) != reason:  # once per reason, not every retry
+                            self._warned[pid] = reason
+                            log.warning("cannot connect to peer %s: %s", pid, reason)
+                    elif backoff >= 0.4:
                         log.debug("peer %s unreachable: %s", pid, reason)
                     self.on_unreachable(pid, reason)
                     while True:  # stale messages only slow recovery: Raft resends
@@ -268,7 +379,7 @@ class ConnectionPool:
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
 
-    async def _pump(self, pid: str, stream: trio.SocketStream, queue: trio.MemoryReceiveChannel[Outgoing]) -> None:
+    async def _pump(self, pid: str, stream: trio.abc.Stream, queue: trio.MemoryReceiveChannel[Outgoing]) -> None:
         pack = self.packer_for(pid) if self.packer_for is not None else self.pack_payload
         while True:
             item = None
@@ -299,7 +410,7 @@ class ConnectionPool:
                 self.bytes_sent += len(buf)
 
 
-async def send_snapshot_file(stream: trio.SocketStream, msg: InstallSnapshotRequest, path: Path) -> None:
+async def send_snapshot_file(stream: trio.abc.SendStream, msg: InstallSnapshotRequest, path: Path) -> None:
     """Stream InstallSnapshot: the request frame, then the snapshot file in chunks, then E."""
     await stream.send_all(frame(FRAME_MSG + encode(msg)))
     with open(path, "rb") as f:
@@ -309,6 +420,13 @@ async def send_snapshot_file(stream: trio.SocketStream, msg: InstallSnapshotRequ
                 break
             await stream.send_all(frame(FRAME_SNAP_CHUNK + chunk))
     await stream.send_all(frame(FRAME_SNAP_END))
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLError):  # trio wraps TLS failures in BrokenResourceError
+        return f"TLS: {cause.reason or cause}"
+    return str(exc) or exc.__class__.__name__
 
 
 def fsync_close(f: Any) -> None:

@@ -94,6 +94,7 @@ __all__ = [
     "ProposalDroppedError",
     "ConfigChangeError",
     "ImpossibleTermError",
+    "StoredTermError",
     "MAX_TERM",
     "MAX_TERM_JUMP",
     # messages re-exported
@@ -139,6 +140,12 @@ class ImpossibleTermError(RaftError):
     carries on, as if the message had been lost."""
 
 
+class StoredTermError(RaftError):
+    """The term on disk is `MAX_TERM` or more (written by a version before the limit, under
+    attack): the node cannot take part in elections, and lowering a term is only safe for
+    the whole cluster at once, so the node refuses to start and says how to repair it."""
+
+
 #: The highest term a node ever holds. Far below the codec's 2**63 - 1, so every term the
 #: core can produce (a candidate's term + 1 included) is encodable; a node at MAX_TERM no
 #: longer campaigns rather than reach a term no peer could decode.
@@ -147,6 +154,19 @@ MAX_TERM: Term = Term((1 << 62) - 1)
 #: election timeout while cut off (none with PreVote), so 2**32 is over a century of
 #: elections; a forged message cannot push a cluster to MAX_TERM in fewer than 2**30 steps.
 MAX_TERM_JUMP: int = 1 << 32
+
+
+def _inner_term(m: RaftMessage) -> int:
+    """The newest term a message carries besides its own: entries, snapshot, log position."""
+    if isinstance(m, AppendEntriesRequest):
+        return max([m.prev_log_term, *(e.term for e in m.entries)])
+    if isinstance(m, VoteRequest):
+        return m.last_log_term
+    if isinstance(m, InstallSnapshotRequest):
+        return m.snapshot.term
+    if isinstance(m, AppendEntriesResponse):
+        return m.hint_term
+    return 0
 
 
 class Role(enum.Enum):
@@ -491,6 +511,14 @@ class RaftNode:
             # applied was committed, and is not handed out again.
             self.log.restore_applied(LogIndex(applied))
         hs, stored_membership = store.initial_state()
+        if hs.term >= MAX_TERM:
+            raise StoredTermError(
+                f"{node_id}: the stored term {hs.term} is at or past the highest term {MAX_TERM} (written by "
+                "an older version, most likely under a forged-peer attack); this node cannot take part in "
+                "elections. Stop EVERY node of the cluster, then run `aegis repair-term --data DIR` on each "
+                "to see its last log term, and `aegis repair-term --data DIR --term T` on each with the same "
+                "T, at least the largest last log term of all of them; then start them all. Never repair "
+                "only some nodes of a running cluster: lowering a term there can elect two leaders")
         self.term: Term = hs.term
         self.voted_for: str | None = hs.voted_for
         self._persisted_hs = hs
@@ -874,6 +902,13 @@ class RaftNode:
                 f"refused {type(m).__name__} from {sender!r} with term {m.term}: "
                 + ("terms stop below 2**62" if m.term >= MAX_TERM else
                    f"it leads this node's term {self.term} by more than {MAX_TERM_JUMP}"))
+        inner = _inner_term(m)
+        if inner > m.term:
+            # No honest sender holds an entry (or snapshot, or log) newer than its own term;
+            # persisting one would leave a log whose last term passes the stored term.
+            raise ImpossibleTermError(
+                f"refused {type(m).__name__} from {sender!r} with term {m.term}: it carries term {inner}, "
+                "newer than its own")
         if isinstance(m, TimeoutNow) and (m.term != self.term or sender != self.leader_id):
             # Only the leader this node follows in its current term may make it campaign
             # [3.10]: that leader sends TimeoutNow once this node caught up with it, so it

@@ -36,6 +36,7 @@ import hmac
 import itertools
 import logging
 import os
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,17 +62,22 @@ from .state import Command, CommandType, StateMachine
 from .peers import (
     FRAME_MSG,
     FRAME_PING,
+    FRAME_REJECT,
     FRAME_SNAP_CHUNK,
     FRAME_SNAP_END,
+    HANDSHAKE_TIMEOUT,
     PEER_MAGIC,
     ConnectionPool,
     accept_handshake,
+    frame,
     fsync_close,
     handshake_budget,
     read_frame,
     safe_send,
     send_snapshot_file,
 )
+from .peerauth import PeerAuth
+from .tls import TlsConfig, peer_cert_presented
 from .transport import (
     MAX_BATCH_COMMANDS,
     MAX_FRAME_SIZE,
@@ -99,7 +105,9 @@ class ServerConfig:
     data_dir: str = "data/n1"
     peers: dict[str, str] = field(default_factory=dict)  # id -> "host:port", may include self
     cluster: str = "aegis"
-    token: str | None = None
+    token: str | None = None  # clients must AUTH with it; the peer secret too if `secret` is None
+    secret: bytes | None = None  # the cluster secret peers prove by HMAC (aegis.peerauth)
+    tls: TlsConfig | None = None  # TLS on the port, mutual TLS to and from peers (aegis.tls)
     tick_ms: float = 50.0
     election_ticks: tuple[int, int] = (10, 20)
     heartbeat_ticks: int = 2
@@ -212,13 +220,17 @@ class Node:
         self._forward_ids = itertools.count(1)
         self._backups: dict[int, Path] = {}
         self._backup_ids = itertools.count(1)
+        self.peer_auth = PeerAuth(cfg.secret if cfg.secret is not None else (cfg.token or "").encode())
+        self._tls_server = cfg.tls.server_context() if cfg.tls is not None else None
         self.pool = ConnectionPool(
-            Handshake(node_id=cfg.node_id, cluster=cfg.cluster, auth=(cfg.token or "").encode()),
+            Handshake(node_id=cfg.node_id, cluster=cfg.cluster),
             self._addresses,
             ping_interval=cfg.tick_ms * cfg.heartbeat_ticks / 1000,
             pack_payload=_pack_payload,
             on_unreachable=self._peer_unreachable,
             stream_snapshot=self._stream_snapshot,
+            auth=self.peer_auth,
+            ssl_context=cfg.tls.peer_context() if cfg.tls is not None else None,
             packer_for=lambda pid: self.zdict.packer_for(self.raft, pid),
         )
         self._clients = 0
@@ -305,13 +317,13 @@ class Node:
         return addrs
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        await trio.to_thread.run_sync(self._open)
-        self.kv.history_keep = self.cfg.feed_history
-        self.feed = ChangeFeed(self.sm.last_applied, self.kv.durable_applied,
-                               self.kv if self.cfg.feed_history else None,
-                               memory_limit=min(100_000, max(self.cfg.feed_history, 1_000)))
-        self.sm.changes = []
         try:
+            await trio.to_thread.run_sync(self._open)  # inside: a refused data directory is closed too
+            self.kv.history_keep = self.cfg.feed_history
+            self.feed = ChangeFeed(self.sm.last_applied, self.kv.durable_applied,
+                                   self.kv if self.cfg.feed_history else None,
+                                   memory_limit=min(100_000, max(self.cfg.feed_history, 1_000)))
+            self.sm.changes = []
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.pool.start(nursery)
@@ -331,9 +343,14 @@ class Node:
                     self._submit(("tick",))
                 metrics = f"{self.cfg.metrics[0]}:{self.metrics_port}" if self.cfg.metrics else None
                 event(events, "node_started", f"node {self.id} serving on {self.cfg.host}:{self.port} (cluster "
-                      f"{self.cfg.cluster}, data {self.cfg.data_dir}, metrics {metrics or 'off'})",
+                      f"{self.cfg.cluster}, data {self.cfg.data_dir}, metrics {metrics or 'off'}"
+                      f"{', TLS' if self._tls_server else ''})",
                       node=self.id, term=self.raft.term, listen=f"{self.cfg.host}:{self.port}",
-                      cluster=self.cfg.cluster, data=self.cfg.data_dir, metrics=metrics)
+                      cluster=self.cfg.cluster, data=self.cfg.data_dir, metrics=metrics, tls=bool(self._tls_server))
+                if self.peer_auth.open:
+                    log.warning("no cluster secret (--token, --secret-file or %s/cluster.secret): any process "
+                                "that can reach %s:%d can act as a peer (and as a client)",
+                                self.cfg.data_dir, self.cfg.host, self.port)
                 task_status.started(self.port)
         finally:
             with trio.CancelScope(shield=True):
@@ -912,7 +929,7 @@ class Node:
             pass
         self._submit(("unreachable", pid))
 
-    async def _stream_snapshot(self, pid: str, stream: trio.SocketStream, msg: InstallSnapshotRequest) -> None:
+    async def _stream_snapshot(self, pid: str, stream: trio.abc.Stream, msg: InstallSnapshotRequest) -> None:
         """InstallSnapshot in chunks: the current snapshot exported as a backup-format file."""
         tmp = Path(self.cfg.data_dir) / f"outgoing-{pid}.snap"
         ok = False
@@ -940,7 +957,13 @@ class Node:
                 pass
 
     # ------------------------------------------------------------------ connections
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+    async def _handle_connection(self, tcp: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = tcp
+        if self._tls_server is not None:
+            tls = await self._tls_handshake(tcp)
+            if tls is None:
+                return
+            stream = tls
         try:
             first = await stream.receive_some(65536)
         except (trio.BrokenResourceError, OSError):
@@ -952,8 +975,34 @@ class Node:
         else:
             await self._handle_client(stream, first)
 
-    async def _handle_peer(self, stream: trio.SocketStream, buf: bytearray) -> None:
-        hs = await accept_handshake(stream, buf, self._refuse_peer, self._handshakes)
+    async def _tls_handshake(self, tcp: trio.SocketStream) -> trio.SSLStream[trio.SocketStream] | None:
+        """TLS first, within the handshake timeout; a failure is logged and the connection closed."""
+        assert self._tls_server is not None
+        tls = trio.SSLStream(tcp, self._tls_server, server_side=True)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
+            cause = exc.__cause__
+            why = f"{cause.reason or cause}" if isinstance(cause, ssl.SSLError) else (str(exc) or type(exc).__name__)
+            try:
+                who = "%s:%d" % tcp.socket.getpeername()[:2]
+            except OSError:
+                who = "a client"
+            log.info("TLS handshake with %s failed: %s; closed the connection", who, why)
+            await trio.aclose_forcefully(tcp)
+            return None
+        return tls
+
+    async def _handle_peer(self, stream: trio.abc.Stream, buf: bytearray) -> None:
+        if self._tls_server is not None and not peer_cert_presented(stream):
+            log.warning("refused a peer connection that presented no TLS certificate (peers need one signed "
+                        "by --tls-ca)")
+            await safe_send(stream, frame(FRAME_REJECT + b"a peer must present a TLS certificate signed by the "
+                                                         b"cluster's CA"))
+            return
+        hs = await accept_handshake(stream, buf, self._refuse_peer, self._handshakes, auth=self.peer_auth,
+                                    me=self.id)
         if hs is None:
             return
         unpack_payload = self.store.codec.unpack_payload
@@ -1044,9 +1093,7 @@ class Node:
         known = set(self.raft.membership.members) | set(self.cfg.peers)
         if hs.node_id not in known:
             return f"{hs.node_id!r} is not a member of cluster {self.cfg.cluster!r}"
-        if self.cfg.token and not hmac.compare_digest(hs.auth, self.cfg.token.encode()):
-            return "bad cluster token"
-        return None
+        return None  # then it proves it knows the cluster secret (accept_handshake)
 
     def _heard_from(self, pid: str) -> None:
         try:
@@ -1169,14 +1216,14 @@ class Node:
                         w.fail(f"TRYAGAIN cannot reach the leader {leader}; nothing was sent")
 
     # ------------------------------------------------------------------ clients
-    async def _handle_client(self, stream: trio.SocketStream, first: bytes) -> None:
+    async def _handle_client(self, stream: trio.abc.Stream, first: bytes | bytearray) -> None:
         if self._clients >= self.cfg.max_clients:
             await safe_send(stream, encode_error("ERR max number of clients reached"))
             return
         self._clients += 1
         parser = RespParser(max_bulk_len=self.cfg.limits.max_value_len + 1024)
         state = _Session(authed=not self.cfg.token, input=self._client_input.account())
-        data = first
+        data: bytes | bytearray = first
         metrics = self.metrics
         clock = time.perf_counter
         try:
@@ -1350,7 +1397,7 @@ class Node:
         return None
 
     # ------------------------------------------------------------------ the change feed
-    async def _serve_changes(self, stream: trio.SocketStream, req: C.ChangesRequest, state: _Session) -> None:
+    async def _serve_changes(self, stream: trio.abc.Stream, req: C.ChangesRequest, state: _Session) -> None:
         """Stream the changes under a prefix until the client goes away (see ChangesRequest)."""
         feed = self.feed
         pos = feed.current if req.from_revision is None else req.from_revision
@@ -1406,7 +1453,7 @@ class Node:
         finally:
             self.stats["feed_subscribers"] -= 1
 
-    async def _serve_pubsub(self, stream: trio.SocketStream, parser: RespParser, first: C.PubSubRequest,
+    async def _serve_pubsub(self, stream: trio.abc.Stream, parser: RespParser, first: C.PubSubRequest,
                             state: _Session) -> bool:
         """Redis's subscribed mode over the change feed (keyspace notifications). Returns
         True when the connection is finished, False when its last subscription ended."""

@@ -81,7 +81,9 @@ __all__ = [
     "TransportStats",
 ]
 
-PROTOCOL_VERSION: Final = 1
+#: 2: the handshake proves the cluster secret by HMAC challenge (version 1 sent a token in
+#: the clear; a node refuses it).
+PROTOCOL_VERSION: Final = 2
 MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
 MAX_ID_LEN: Final = 256
 MAX_REPLY_DEPTH: Final = 16
@@ -238,13 +240,15 @@ class ClientBatchResponse:
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
-    """The first frame on a peer connection: who is calling, in which cluster. Identity is
-    by node id and cluster name, never by source address."""
+    """The first frame on a peer connection: who is calling, in which cluster, and the
+    caller's fresh nonce for the acceptor to prove it knows the cluster secret (see
+    aegis.peerauth; the secret itself never travels). Identity is by node id and cluster
+    name, never by source address."""
 
     node_id: str
     cluster: str
     protocol_version: int = PROTOCOL_VERSION
-    auth: bytes = b""
+    nonce: bytes = b""
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not self.node_id or len(self.node_id) > MAX_ID_LEN:
@@ -253,8 +257,8 @@ class Handshake:
             raise ValueError("handshake needs a cluster name")
         if not _is_uint(self.protocol_version):
             raise ValueError("bad protocol version")
-        if not isinstance(self.auth, bytes):
-            raise TypeError("auth must be bytes")
+        if not isinstance(self.nonce, bytes):
+            raise TypeError("nonce must be bytes")
 
 
 WireMessage: TypeAlias = RaftMessage | ClientRequest | ClientResponse | ClientBatchRequest | ClientBatchResponse | Handshake
@@ -456,7 +460,7 @@ def encode(msg: WireMessage, pack_payload: PayloadPacker | None = None) -> bytes
     if isinstance(msg, ClientBatchResponse):
         return _pack([int(MessageType.CLIENT_BATCH_RESPONSE), msg.request_id, list(msg.replies)])
     if isinstance(msg, Handshake):
-        return _pack([int(MessageType.HANDSHAKE), msg.node_id, msg.cluster, msg.protocol_version, msg.auth])
+        return _pack([int(MessageType.HANDSHAKE), msg.node_id, msg.cluster, msg.protocol_version, msg.nonce])
     schema = _SCHEMAS.get(type(msg))
     if schema is None:
         raise CodecError(f"not a wire message: {type(msg).__name__}")
@@ -679,12 +683,12 @@ def _decode_client_batch_response(obj: list[object]) -> ClientBatchResponse:
 
 def _decode_handshake(obj: list[object]) -> Handshake:
     _need(len(obj) == 5, "Handshake (want 4 fields)")
-    _, node_id, cluster, version, auth = obj
+    _, node_id, cluster, version, nonce = obj
     _need(isinstance(node_id, str) and isinstance(cluster, str), "Handshake ids")
     _need(_is_uint(version), "Handshake.protocol_version")
-    _need(isinstance(auth, bytes), "Handshake.auth")
+    _need(isinstance(nonce, bytes), "Handshake.nonce")
     try:
-        return Handshake(node_id, cluster, version, auth)  # type: ignore[arg-type]
+        return Handshake(node_id, cluster, version, nonce)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise CodecError(f"invalid Handshake: {exc}") from None
 

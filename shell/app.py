@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", default=None, help=f"authentication token (default: ${TOKEN_ENV})",
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per command (default 5)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (the system's CAs unless --tls-ca)")
+    parser.add_argument("--tls-ca", default=None, metavar="FILE", help="CA (PEM) to verify nodes against (implies --tls)")
+    parser.add_argument("--tls-cert", default=None, metavar="FILE", help="client certificate (PEM), if nodes want one")
+    parser.add_argument("--tls-key", default=None, metavar="FILE", help="its private key (PEM)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print each reply as one JSON value per line")
     out.add_argument("--raw", action="store_true", help="raw replies even on a terminal")
@@ -128,6 +132,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--timeout must be positive")
     if args.token is None:
         args.token = os.environ.get(TOKEN_ENV) or None
+    args.ssl_context = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        from aegis.tls import TlsConfigError, client_context
+
+        try:
+            args.ssl_context = client_context(args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+        except TlsConfigError as exc:
+            parser.error(str(exc))
     return args
 
 
@@ -326,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _make_connection(args: argparse.Namespace) -> ShellConnection:
-    return ShellConnection(args.addresses, token=args.token, timeout=args.timeout)
+    return ShellConnection(args.addresses, token=args.token, timeout=args.timeout, ssl_context=args.ssl_context)
 
 
 if __name__ == "__main__":  # pragma: no cover

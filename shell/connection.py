@@ -33,6 +33,7 @@ reset, and the next command connects as usual.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -126,13 +127,15 @@ class ShellConnection:
         token: str | None = None,
         timeout: float = 5.0,
         connect_timeout: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._token = token
+        self._ssl = ssl_context
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self.client = AegisClient(
             list(addresses), token=token, timeout=timeout, connect_timeout=connect_timeout,
-            client_name="aegis-shell",
+            client_name="aegis-shell", ssl_context=ssl_context,
         )
         self.view = NodeView(self.client.address)
         #: what the server keeps for the command connection (replaced, never mutated)
@@ -153,7 +156,7 @@ class ShellConnection:
         seeds = [first] + [a for a in self.client.seeds if a != first]
         return AegisClient(
             seeds, token=self._token, timeout=self._timeout,
-            connect_timeout=self._connect_timeout, client_name="aegis-shell-stream",
+            connect_timeout=self._connect_timeout, client_name="aegis-shell-stream", ssl_context=self._ssl,
         )
 
     async def execute(self, argv: Sequence[bytes]) -> Outcome:
@@ -318,7 +321,7 @@ class ShellConnection:
         old = self.client
         self.client = AegisClient(
             seeds, token=self._token, timeout=self._timeout,
-            connect_timeout=self._connect_timeout, client_name="aegis-shell",
+            connect_timeout=self._connect_timeout, client_name="aegis-shell", ssl_context=self._ssl,
         )
         await old.aclose()
         self.session = NO_SESSION  # whatever it held went with the old connection
@@ -338,7 +341,7 @@ class ShellConnection:
                 with trio.fail_after(INFO_TIMEOUT + 0.5):
                     async with open_client(
                         [address], token=self._token, timeout=INFO_TIMEOUT,
-                        connect_timeout=min(1.0, INFO_TIMEOUT),
+                        connect_timeout=min(1.0, INFO_TIMEOUT), ssl_context=self._ssl,
                     ) as probe:
                         text = reply_text(await probe.execute("INFO"))
             except (AegisError, OSError, trio.TooSlowError) as exc:

@@ -1070,3 +1070,22 @@ class LmdbStore:
                 zstd_dictionaries=len(self._zdicts),
             )
             return out
+
+
+def read_identity(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The node id and cluster a data directory belongs to (for offline tools that must
+    open it as its own node). StorageError if there is no Aegis data there;
+    DataDirInUseError if a node has it open."""
+    env = Env.open(path, create=False)
+    try:
+        with env.env.begin() as txn:
+            raw = txn.get(m.K_IDENTITY, db=env.meta_db)
+    finally:
+        env.close()
+    if raw is None:
+        raise StorageError(f"no aegis data in {path}")
+    ident = m.unseal(raw, "identity", str(path))
+    if not isinstance(ident, dict) or not isinstance(ident.get("node_id"), str) \
+            or not isinstance(ident.get("cluster"), str):
+        raise CorruptionError("stored identity has an unexpected shape", path=str(path))
+    return ident["node_id"], ident["cluster"]

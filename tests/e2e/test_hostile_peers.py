@@ -1,5 +1,7 @@
 """Forged peers against real nodes (issue 11): frames in flight cannot make a node hold
-more than a handshake before a peer is accepted, nor more than one frame per member after."""
+more than a handshake before a peer is accepted, nor more than one frame per member after;
+and a forger without the cluster secret is refused at the handshake, so it cannot change a
+node's term."""
 
 from __future__ import annotations
 
@@ -10,7 +12,20 @@ from typing import Iterator
 
 import pytest
 
-from aegis.peers import FRAME_ACCEPT, FRAME_MSG, FRAME_REJECT, HANDSHAKE_FRAME_LIMIT, MAX_PEER_FRAME, PEER_MAGIC, frame
+from aegis.log import LogIndex, Term
+from aegis.messages import TimeoutNow, VoteRequest
+from aegis.peerauth import NONCE_LEN, PeerAuth, new_nonce
+from aegis.peers import (
+    FRAME_ACCEPT,
+    FRAME_CHALLENGE,
+    FRAME_MSG,
+    FRAME_PROOF,
+    FRAME_REJECT,
+    HANDSHAKE_FRAME_LIMIT,
+    MAX_PEER_FRAME,
+    PEER_MAGIC,
+    frame,
+)
 from aegis.transport import Handshake, encode
 
 from .harness import LocalCluster, running, wait_until
@@ -28,6 +43,19 @@ def read_reply(s: socket.socket) -> bytes:
             return b""
         buf += more
     return buf[4 : 4 + int.from_bytes(buf[:4], "big")]
+
+
+def forge_handshake(s: socket.socket, claimed: str, to: str, secret: bytes) -> bytes:
+    """Run the peer handshake claiming to be `claimed`, proving with `secret` (right or
+    wrong), against node `to`; returns the node's final answer (ACCEPT or REJECT + why)."""
+    hs = Handshake(node_id=claimed, cluster="aegis", nonce=new_nonce())
+    s.sendall(PEER_MAGIC + frame(FRAME_MSG + encode(hs)))
+    challenge = read_reply(s)
+    if not challenge.startswith(FRAME_CHALLENGE):
+        return challenge
+    na = challenge[1 : 1 + NONCE_LEN]
+    s.sendall(frame(FRAME_PROOF + PeerAuth(secret).dialer_proof(na, hs.nonce, claimed, to, "aegis")))
+    return read_reply(s)
 
 
 def send_big_frame(s: socket.socket) -> None:
@@ -94,9 +122,9 @@ def test_forged_members_hold_at_most_one_frame_each(cluster: LocalCluster) -> No
     for i in range(FORGERS):
         s = socket.create_connection(("127.0.0.1", node.port), timeout=10)
         socks.append(s)
-        hs = Handshake(node_id=members[i % len(members)], cluster="aegis", auth=b"")
-        s.sendall(PEER_MAGIC + frame(FRAME_MSG + encode(hs)))
-        assert read_reply(s) == FRAME_ACCEPT
+        # No secret on this cluster (the warned-about default of a bare `aegis serve`): the
+        # forger computes the proofs with the empty key, as the nodes do.
+        assert forge_handshake(s, members[i % len(members)], leader, b"") == FRAME_ACCEPT
         send_big_frame(s)
         peak = max(peak, rss_anon_mb(node.proc.pid) - baseline)
     time.sleep(0.5)
@@ -111,3 +139,52 @@ def test_forged_members_hold_at_most_one_frame_each(cluster: LocalCluster) -> No
     assert c.set("after", "forgers")
     for nid in cluster.nodes:
         wait_until(lambda: cluster.nodes[nid].client().get("after") == b"forgers", 10, what=f"{nid} to replicate")
+
+
+def test_a_forged_peer_without_the_secret_cannot_change_a_term(tmp_path: Path) -> None:
+    """The issue 11 attack (a transfer vote request at a huge term, then TimeoutNow), from a
+    connection claiming to be a member, against a cluster with a secret: refused at the
+    handshake and logged; nothing it sends after is read; no node changes term."""
+    secret_file = tmp_path / "cluster.secret"
+    secret_file.write_text("the real cluster secret, 0123456789abcdef\n")
+    secret_file.chmod(0o600)
+    with running(LocalCluster(tmp_path, n=3, extra=["--secret-file", str(secret_file)]), leader=True) as c:
+        leader = c.leader()
+        term = c.info(leader)["term"]
+        attack = [VoteRequest(term=Term(int(term) + 1000), candidate_id="n2", last_log_index=LogIndex(1 << 40),
+                              last_log_term=Term(int(term)), transfer=True),
+                  TimeoutNow(term=Term(int(term)), leader_id="n2")]
+        answers = []
+        for target in c.nodes:
+            if target == "n2":
+                continue
+            for secret in (b"", b"a guess at the secret, 0123456789"):
+                with socket.create_connection(("127.0.0.1", c.nodes[target].port), timeout=10) as s:
+                    answers.append(forge_handshake(s, "n2", target, secret))
+                    try:  # sent anyway, as if accepted: never read
+                        s.sendall(b"".join(frame(FRAME_MSG + encode(replace_receiver(m, target))) for m in attack))
+                    except OSError:
+                        pass
+            # The old handshake, with a token in the clear, is refused too.
+            with socket.create_connection(("127.0.0.1", c.nodes[target].port), timeout=10) as s:
+                s.sendall(PEER_MAGIC + frame(FRAME_MSG + encode(Handshake("n2", "aegis", 1, b"s3cret"))))
+                answers.append(read_reply(s))
+        assert all(a == FRAME_REJECT + b"the caller did not prove it knows the cluster secret"
+                   for a in answers[:2] + answers[3:5]), answers
+        assert answers[2].startswith(FRAME_REJECT + b"peer protocol 1 is not spoken here")
+        time.sleep(1.0)  # ample time for any effect of the attack to show
+        assert {c.info(n)["term"] for n in c.nodes} == {term}
+        assert c.leader() == leader
+        assert c.nodes[leader].client().set("after", "forgery")
+        for nid in c.nodes:
+            wait_until(lambda: c.nodes[nid].client().get("after") == b"forgery", 10, what=f"{nid} to replicate")
+        logs = "".join(c.nodes[n].log.read_text() for n in c.nodes if n != "n2")
+        assert "refused peer connection from 'n2': the caller did not prove it knows the cluster secret" in logs
+        assert "no cluster secret" not in logs  # the nodes have one: no warning
+        assert "ImpossibleTermError" not in logs and "refused VoteRequest" not in logs  # never got that far
+
+
+def replace_receiver(m: VoteRequest | TimeoutNow, receiver: str) -> VoteRequest | TimeoutNow:
+    from dataclasses import replace
+
+    return replace(m, receiver=receiver)

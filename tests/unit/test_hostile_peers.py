@@ -147,3 +147,86 @@ def test_the_highest_term_a_node_can_reach_is_encodable_and_final() -> None:
         n.start_election()
     with pytest.raises(RaftError, match="highest term"):
         n.campaign(pre_vote=True)
+
+
+def test_terms_inside_a_message_cannot_be_newer_than_the_message() -> None:
+    """A forged message at an honest term can still carry a huge term inside: a log position
+    or a snapshot. (Entries newer than their append cannot even be built, nor decoded: see
+    AppendEntriesRequest.) A snapshot of a newer term would put it in the log, on disk, past
+    the stored term, and a restart would refuse the data directory. Refused before anything
+    changes."""
+    from aegis.log import LogEntry, SnapshotMeta
+    from aegis.messages import InstallSnapshotRequest
+
+    n = node(term=3)
+    before = durable(n)
+    bad = [
+        AppendEntriesRequest(term=Term(4), leader_id="b", prev_log_index=LogIndex(1), prev_log_term=Term(9),
+                             receiver="a"),
+        VoteRequest(term=Term(4), candidate_id="b", last_log_index=LogIndex(9), last_log_term=Term(1 << 61),
+                    receiver="a"),
+        InstallSnapshotRequest(term=Term(4), leader_id="b",
+                               snapshot=SnapshotMeta(index=LogIndex(5), term=Term(5), membership=Membership.of(ABC)),
+                               receiver="a"),
+        AppendEntriesResponse(term=Term(3), success=False, follower_id="b", hint_term=Term(50), receiver="a"),
+    ]
+    for m in bad:
+        with pytest.raises(ImpossibleTermError, match="newer than its own"):
+            n.step(m)  # type: ignore[arg-type]
+        assert durable(n) == before and not n.has_ready()
+    # The honest shape of the same append is taken.
+    n.step(AppendEntriesRequest(term=Term(4), leader_id="b", prev_log_index=LogIndex(0), prev_log_term=Term(0),
+                                entries=(LogEntry(LogIndex(1), Term(4)),), receiver="a"))
+    assert n.term == 4 and n.log.last_index() == 1
+
+
+@pytest.mark.parametrize("term", [MAX_TERM, (1 << 63) - 1])
+def test_a_stored_term_past_the_limit_refuses_to_start_and_says_how_to_repair(term: int) -> None:
+    from aegis.raft import StoredTermError
+
+    with pytest.raises(StoredTermError, match="aegis repair-term") as info:
+        node(term=term)
+    assert "Stop EVERY node" in str(info.value) and "same" in str(info.value)
+    node(term=MAX_TERM - 1)  # the highest term a node starts with
+
+
+def test_aegis_repair_term_lowers_a_bricked_term_on_disk(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    """A data directory left at term 2**63-1 by an older version (the issue 11 attack): `aegis
+    serve` refuses it with the repair command; `aegis repair-term` shows what it holds, refuses
+    a term below the log's, and sets the given term with the vote cleared; then it starts."""
+    from pathlib import Path
+
+    from aegis.cli import main
+    from aegis.log import EntryType, HardState, LogEntry
+    from storage import LmdbStore
+
+    data = str(Path(str(tmp_path)) / "n1")
+    store = LmdbStore.open(data, node_id="n1")
+    store.write_batch(entries=[LogEntry(LogIndex(1), Term(2), EntryType.COMMAND), LogEntry(LogIndex(2), Term(3))],
+                      hard_state=HardState(Term((1 << 63) - 1), "n2", LogIndex(2)), membership=Membership.of(["n1"]))
+    store.close()
+
+    assert main(["serve", "--id", "n1", "--listen", "127.0.0.1:0", "--data", data]) == 6
+    err = capsys.readouterr().err
+    assert "stored term 9223372036854775807 is at or past the highest term" in err and "aegis repair-term" in err
+    assert "Traceback" not in err
+
+    assert main(["repair-term", "--data", data]) == 0
+    out = capsys.readouterr().out
+    assert "stored term     9223372036854775807   PAST THE LIMIT" in out
+    assert "last log entry  index 2, term 3" in out and "EVERY node" in out
+
+    assert main(["repair-term", "--data", data, "--term", "2"]) == 2
+    assert "at least this node's last log term 3" in capsys.readouterr().err
+    assert main(["repair-term", "--data", data, "--term", str(MAX_TERM)]) == 2
+    assert main(["repair-term", "--data", data, "--term", "5"]) == 0
+    assert "set the term to 5 and cleared the vote" in capsys.readouterr().out
+
+    store = LmdbStore.open(data, node_id="n1")
+    try:
+        hs, _ = store.initial_state()
+        assert (hs.term, hs.voted_for, hs.commit_index) == (5, None, 2)
+        n = RaftNode("n1", store=store)  # starts
+        assert n.term == 5 and n.log.last_index() == 2
+    finally:
+        store.close()

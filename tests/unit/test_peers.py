@@ -19,12 +19,15 @@ from aegis.peers import (
     PEER_MAGIC,
     PREAUTH_PEER_BYTES,
     accept_handshake,
+    dial_handshake,
     frame,
     read_frame,
 )
+from aegis.peerauth import PeerAuth, new_nonce
 from aegis.transport import Handshake, encode
 
-HELLO = PEER_MAGIC + frame(FRAME_MSG + encode(Handshake(node_id="n2", cluster="aegis", auth=b"t")))
+HELLO = PEER_MAGIC + frame(FRAME_MSG + encode(Handshake(node_id="n2", cluster="aegis", nonce=b"n" * 32)))
+AUTH = PeerAuth(b"test-cluster-secret")
 
 
 def accept_all(hs: Handshake) -> str | None:
@@ -42,14 +45,27 @@ async def handshake(first: bytes, more: bytes = b"", budget: ByteBudget | None =
     caller, receiver = trio.testing.memory_stream_pair()
     if more:
         await caller.send_all(more)
-    hs = await accept_handshake(receiver, bytearray(first), accept_all, budget)
+    hs = await accept_handshake(receiver, bytearray(first), accept_all, budget, auth=AUTH, me="n1")
     return hs, await answer(caller)
+
+
+async def honest(budget: ByteBudget | None = None) -> Handshake | None:
+    """A dialer that knows the secret against the acceptor, over an in-memory stream pair."""
+    caller, receiver = trio.testing.memory_stream_pair()
+    result: list[Handshake | None] = []
+    async with trio.open_nursery() as nursery:
+        async def accept() -> None:
+            result.append(await accept_handshake(receiver, bytearray(), accept_all, budget, auth=AUTH, me="n1"))
+
+        nursery.start_soon(accept)
+        await dial_handshake(caller, Handshake(node_id="n2", cluster="aegis", nonce=new_nonce()), AUTH, "n1", "test")
+    return result[0]
 
 
 async def test_an_honest_handshake_is_accepted_and_holds_nothing_after() -> None:
     budget = ByteBudget(1 << 20, "input from unaccepted peers")
-    hs, reply = await handshake(HELLO[:3], HELLO[3:], budget)
-    assert hs is not None and hs.node_id == "n2" and reply == FRAME_ACCEPT
+    hs = await honest(budget)
+    assert hs is not None and hs.node_id == "n2"
     assert budget.held == 0
 
 
@@ -78,7 +94,7 @@ async def test_strangers_together_stay_within_the_node_budget() -> None:
     first_caller, first_receiver = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         async def slow() -> None:
-            hs = await accept_handshake(first_receiver, bytearray(half), accept_all, budget)
+            hs = await accept_handshake(first_receiver, bytearray(half), accept_all, budget, auth=AUTH, me="n1")
             results.append((hs, await answer(first_caller)))
 
         nursery.start_soon(slow)
@@ -93,14 +109,14 @@ async def test_strangers_together_stay_within_the_node_budget() -> None:
         await first_caller.send_all(b"h" * (HANDSHAKE_FRAME_LIMIT - 3000))
     assert results[0][0] is None and results[0][1] == FRAME_REJECT + b"expected a handshake"
     assert budget.held == 0
-    hs, reply = await handshake(HELLO, budget=budget)  # room again
-    assert hs is not None and reply == FRAME_ACCEPT
+    hs = await honest(budget)  # room again
+    assert hs is not None
 
 
 async def test_a_stranger_that_stalls_is_dropped(autojump_clock: trio.abc.Clock) -> None:
     caller, receiver = trio.testing.memory_stream_pair()
     start = trio.current_time()
-    hs = await accept_handshake(receiver, bytearray(PEER_MAGIC[:1]), accept_all)
+    hs = await accept_handshake(receiver, bytearray(PEER_MAGIC[:1]), accept_all, auth=AUTH, me="n1")
     assert hs is None and trio.current_time() - start == HANDSHAKE_TIMEOUT
     assert await answer(caller) == FRAME_REJECT + b"no handshake within 5 s"
 

@@ -70,7 +70,7 @@ def test_stale_term_message_is_rejected_and_changes_nothing() -> None:
     # The stale leader is told the newer term so it steps down.
     assert len(msgs) == 1 and isinstance(msgs[0], AppendEntriesResponse)
     assert msgs[0].term == 3 and not msgs[0].success
-    n.step(VoteRequest(term=2, candidate_id="b", last_log_index=9, last_log_term=9, receiver="a"))
+    n.step(VoteRequest(term=2, candidate_id="b", last_log_index=9, last_log_term=2, receiver="a"))
     assert n.voted_for is None and drain(n) == []
 
 
@@ -79,8 +79,8 @@ def test_messages_for_other_nodes_and_votes_from_unknown_nodes_change_nothing() 
     n.step(AppendEntriesRequest(term=5, leader_id="c", prev_log_index=0, prev_log_term=0, receiver="zz"))
     assert n.term == 0
     for m in (
-        VoteRequest(term=7, candidate_id="zz", last_log_index=9, last_log_term=9, receiver="a"),
-        VoteRequest(term=7, candidate_id="zz", last_log_index=9, last_log_term=9, pre_vote=True, receiver="a"),
+        VoteRequest(term=7, candidate_id="zz", last_log_index=9, last_log_term=7, receiver="a"),
+        VoteRequest(term=7, candidate_id="zz", last_log_index=9, last_log_term=7, pre_vote=True, receiver="a"),
         TimeoutNow(term=9, leader_id="zz", receiver="a"),
     ):
         n.step(m)
@@ -389,7 +389,7 @@ def test_leader_ignores_disruptive_vote_request_within_lease() -> None:
     net.elect("a")
     b = net["b"]
     term = b.term
-    b.step(VoteRequest(term=term + 5, candidate_id="c", last_log_index=99, last_log_term=99, receiver="b"))
+    b.step(VoteRequest(term=term + 5, candidate_id="c", last_log_index=99, last_log_term=term + 5, receiver="b"))
     assert b.term == term and b.leader_id == "a"
 
 
