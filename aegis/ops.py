@@ -324,20 +324,28 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO | None = None,
                 *, title: str | None = None) -> None:
-    """A rich table on a terminal, plain aligned text otherwise (pipes, files, tests)."""
+    """A rich table on a terminal wide enough for it, plain aligned text otherwise (pipes,
+    files, tests, narrow terminals: rich would drop or cut columns to fit, and this never does)."""
     out = out or sys.stdout
+    plain = format_table(headers, rows)
     if out.isatty():
+        from rich import box
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(*headers, title=title, title_justify="left", header_style="bold")
-        for row in rows:
-            table.add_row(*("-" if c is None else str(c) for c in row))
-        Console(file=out).print(table)
-        return
+        console = Console(file=out)
+        needed = max(len(line) for line in plain.splitlines()) + len(headers) + 2
+        if needed <= console.width:
+            table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+            for h in headers:
+                table.add_column(h, no_wrap=True)
+            for row in rows:
+                table.add_row(*("-" if c is None else str(c) for c in row))
+            console.print(table)
+            return
     if title:
         out.write(title + "\n")
-    out.write(format_table(headers, rows))
+    out.write(plain)
 
 
 MEMBER_HEADERS: Final = ("ID", "ADDRESS", "ROLE", "LEADER")

@@ -219,3 +219,20 @@ def test_print_table_is_plain_text_when_not_a_terminal() -> None:
     out = io.StringIO()
     print_table(("A", "B"), [[1, 2]], out, title="t")
     assert out.getvalue() == "t\nA  B\n1  2\n"
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_print_table_uses_rich_on_a_terminal_only_when_every_column_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [["n1", "127.0.0.1:7001", "unreachable: connection refused"]]
+    monkeypatch.setenv("COLUMNS", "120")
+    wide = _Tty()
+    print_table(("ID", "ADDRESS", "HEALTH"), rows, wide)
+    assert "─" in wide.getvalue() and "unreachable: connection refused" in wide.getvalue()
+    monkeypatch.setenv("COLUMNS", "40")
+    narrow = _Tty()
+    print_table(("ID", "ADDRESS", "HEALTH"), rows, narrow)
+    assert narrow.getvalue() == format_table(("ID", "ADDRESS", "HEALTH"), rows)  # nothing cut
