@@ -42,17 +42,18 @@ def test_a_seeded_run_with_every_fault_kind_is_linearizable() -> None:
 def test_the_pipeline_catches_acknowledged_writes_that_were_lost(tmp_path: Path) -> None:
     """Workers record writes, every node's data is then wiped behind the checker's back:
     the final reads of nil contradict the acknowledged writes and the check says so."""
-    cluster = LocalCluster(tmp_path, proxies=True)
+    cluster = LocalCluster(tmp_path)
     history = History()
     stop = threading.Event()
     with running(cluster, leader=True):
         ports = {nid: node.port for nid, node in cluster.nodes.items()}
         t0 = time.monotonic()
-        workers = [Worker(i, ports, history, stop, seed=1, keys=2, key_seconds=60, t0=t0, values=itertools.count(1))
+        values = itertools.count(1)
+        workers = [Worker(i, ports, history, stop, seed=1, keys=2, key_seconds=60, t0=t0, values=values)
                    for i in range(2)]
         for w in workers:
             w.start()
-        time.sleep(2)
+        time.sleep(1)
         stop.set()
         for w in workers:
             w.join(timeout=30)

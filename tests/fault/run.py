@@ -90,7 +90,11 @@ class Summary:
         for kind, (ok, failed, unknown) in sorted(t.by_kind.items()):
             lines.append(f"  {kind:9} {ok:7} ok {failed:7} failed {unknown:7} unknown")
         if t.errors:
-            lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(t.errors.items(), key=lambda kv: -kv[1])))
+            for side in ("writes", "reads"):
+                errs = sorted(((k.split(" ", 1)[1], v) for k, v in t.errors.items() if k.startswith(side)),
+                              key=lambda kv: -kv[1])
+                if errs:
+                    lines.append(f"{side} failed with: " + ", ".join(f"{k} {v}" for k, v in errs))
         for sample in t.unexpected:
             lines.append(f"  unexpected -ERR: {sample}")
         lines.append("faults injected: " + (", ".join(f"{k} {v}" for k, v in self.faults.items()) or "none")

@@ -46,7 +46,7 @@ class Tally:
     failed: int = 0  # definite failures and failed reads: no effect
     unknown: int = 0
     by_kind: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # kind -> [ok, failed, unknown]
-    errors: dict[str, int] = dataclasses.field(default_factory=dict)  # error class -> count
+    errors: dict[str, int] = dataclasses.field(default_factory=dict)  # 'reads|writes <error>' -> count
     unexpected: list[str] = dataclasses.field(default_factory=list)  # samples of -ERR replies
 
     def count(self, kind: str, outcome: int) -> None:
@@ -79,7 +79,8 @@ class History:
                 self.ops.append(op)
             self.tally.count(kind, outcome)
             if error:
-                self.tally.errors[error] = self.tally.errors.get(error, 0) + 1
+                name = f"{'reads' if kind.endswith('get') else 'writes'} {error}"
+                self.tally.errors[name] = self.tally.errors.get(name, 0) + 1
 
     def unexpected(self, text: str) -> None:
         with self._lock:
