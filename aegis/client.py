@@ -567,11 +567,8 @@ class AegisClient:
             )
             if not retry:
                 raise error
-            delay = self.retry.delay(attempt, self._rng)
+            await self._back_off(attempt, deadline, error)
             attempt += 1
-            if trio.current_time() + delay >= deadline:
-                raise error
-            await trio.sleep(delay)
 
     @asynccontextmanager
     async def stream(self, *args: Arg, timeout: float | None = None) -> AsyncIterator[ReplyStream]:
@@ -749,11 +746,15 @@ class AegisClient:
                     return None
                 if not isinstance(error, UnknownOutcomeError):
                     raise error
-                delay = self.retry.delay(attempt, self._rng)
+                await self._back_off(attempt, deadline, error)
                 attempt += 1
-                if trio.current_time() + delay >= deadline:
-                    raise error
-                await trio.sleep(delay)
+
+    async def _back_off(self, attempt: int, deadline: float, error: AegisError) -> None:
+        """Sleep before retry number `attempt` + 1, or raise `error` if that would pass `deadline`."""
+        delay = self.retry.delay(attempt, self._rng)
+        if trio.current_time() + delay >= deadline:
+            raise error
+        await trio.sleep(delay)
 
     async def _session_write(self, args: Sequence[Arg], timeout: float | None) -> Reply:
         """One data write as a SESSION CALL, retried with the same sequence number until it
@@ -798,11 +799,8 @@ class AegisClient:
                             await self._drop("no leader", advance=True)
                     if not isinstance(error, UnknownOutcomeError):
                         raise error
-                    delay = self.retry.delay(attempt, self._rng)
+                    await self._back_off(attempt, deadline, error)
                     attempt += 1
-                    if trio.current_time() + delay >= deadline:
-                        raise error
-                    await trio.sleep(delay)
             finally:
                 self._waiting.discard(seq)
         raise RequestTimeoutError("the cluster refused two sessions in a row; nothing was written")
