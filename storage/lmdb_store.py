@@ -783,6 +783,11 @@ class LmdbStore:
             if not cur.delete():
                 break
 
+    def write_locked(self) -> bool:
+        """Whether another thread is writing to this environment now (compaction, a
+        snapshot install): a writer that must not wait should hand its write to a worker."""
+        return self._write_lock.locked()
+
     def sync(self) -> None:
         """Force everything written so far to disk (only needed with the unsafe sync=False)."""
         self._e.sync()
