@@ -583,7 +583,7 @@ class Node:
             self._unsynced_hs = rd.hard_state
         if failpoints.enabled() and any(isinstance(m, VoteResponse) and m.vote_granted and not m.pre_vote
                                         for m in rd.messages):
-            failpoints.hit("vote-after-persist")  # the vote is durable (it changes the hard state), unsent
+            failpoints.hit("vote-after-persist")  # the granted vote is durable (just now, or before), unsent
         if not rd.send_before_persist:
             self._send_messages(rd.messages)
         if rd.entries:

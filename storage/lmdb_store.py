@@ -57,6 +57,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import lmdb
 
+from aegis import failpoints
 from aegis.log import (
     CompactedError,
     EntryType,
@@ -73,7 +74,6 @@ from aegis.log import (
 from . import meta as m
 from .codec import Codec, decode_dictionary_entry, default_codec
 from .env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Body, Env
-from aegis import failpoints
 from aegis.state import Item, SnapshotParser
 
 from .errors import CorruptionError, SnapshotError, StorageError, WrongNodeError

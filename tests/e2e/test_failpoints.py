@@ -31,7 +31,8 @@ FAST = ["--request-timeout", "1"]  # a write cut off by a crash is answered (-TI
 
 class Writer:
     """One client thread writing fresh keys, `SET` after `SET`, through whichever node
-    answers (a follower forwards); only a `+OK` counts as acknowledged."""
+    answers (a follower forwards); only a `+OK` counts as acknowledged. redis-py does not
+    retry: a failed write moves on to the next node with the next key."""
 
     def __init__(self, cluster: LocalCluster, prefix: str, acked: dict[str, bytes]) -> None:
         self.cluster, self.prefix, self.acked = cluster, prefix, acked
