@@ -98,6 +98,16 @@ def _cluster_options(wait: bool = True) -> argparse.ArgumentParser:
     return common
 
 
+def _failpoints_epilog() -> str:
+    from . import failpoints
+
+    width = max(len(name) for name in failpoints.POINTS)
+    rows = "\n".join(f"  {name:<{width}}  {where}" for name, where in failpoints.POINTS.items())
+    return (f"failpoints (testing only): {failpoints.ENV}=\"NAME=ACTION[;NAME=ACTION...]\", ACTION one of\n"
+            "crash (exit 137 at once, like kill -9), sleep(MS), pause (block until killed) or error\n"
+            "(an injected EIO), each optionally @N (from the Nth hit on). Points:\n" + rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aegis", description="Aegis: a Raft-replicated, durable key-value server.")
     p.add_argument("--log-level", default=os.environ.get("AEGIS_LOG_LEVEL", "info").lower(),
@@ -106,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text (default) or json: one JSON object per line (also AEGIS_LOG_FORMAT)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("serve", help="run one node")
+    s = sub.add_parser("serve", help="run one node", epilog=_failpoints_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--id", required=True, help="this node's id (must appear in --peers for a cluster)")
     s.add_argument("--listen", required=True, type=_parse_listen, help="HOST:PORT for clients and peers")
     s.add_argument("--data", required=True, help="data directory (created if missing)")
@@ -293,11 +304,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from storage import DataDirInUseError, StorageError, WrongNodeError
 
     from . import commands as C
+    from . import failpoints
     from .peerauth import SecretFileError
     from .raft import StoredTermError
     from .server import MetricsListenError, Node, ServerConfig
     from .tls import TlsConfigError
 
+    try:
+        failpoints.check()
+    except failpoints.FailpointSpecError as exc:
+        print(f"aegis serve: {failpoints.ENV}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     host, port = args.listen
     peers: dict[str, str] = dict(args.peers)
     if peers and args.id not in peers:
@@ -370,6 +387,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 3
     except StorageError as exc:
         print(f"aegis serve: storage error: {exc}", file=sys.stderr)
+        return 4
+    except failpoints.FailpointError as exc:
+        print(f"aegis serve: storage error: {exc.strerror}", file=sys.stderr)
         return 4
     except MetricsListenError as exc:
         print(f"aegis serve: {exc}", file=sys.stderr)

@@ -47,10 +47,11 @@ import trio
 
 from . import __version__
 from . import commands as C
+from . import failpoints
 from .budget import Account, ByteBudget
 from .cluster import Cluster, ClusterConfig, ClusterState
 from .log import EntryType, HardState, LogIndex, Membership, SnapshotMeta
-from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
+from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage, VoteResponse
 from .node import NodeId, NodeInfo, NodeStatus
 from .protocol import OK, Reply, RespParser, encode, encode_array, encode_bulk, encode_error, encode_integer, encode_simple
 from .raft import ConfigChangeError, ImpossibleTermError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Ready, Role
@@ -590,6 +591,9 @@ class Node:
             # Only the commit index moved: it can be relearned from the leader, so it waits
             # for the next write instead of costing an fsync of its own.
             self._unsynced_hs = rd.hard_state
+        if failpoints.enabled() and any(isinstance(m, VoteResponse) and m.vote_granted and not m.pre_vote
+                                        for m in rd.messages):
+            failpoints.hit("vote-after-persist")  # the granted vote is durable (just now, or before), unsent
         if not rd.send_before_persist:
             self._send_messages(rd.messages)
         if rd.entries:
@@ -1052,7 +1056,7 @@ class Node:
                 if kind == FRAME_PING:
                     continue
                 if kind == FRAME_SNAP_CHUNK and snapshot_file is not None:
-                    await trio.to_thread.run_sync(snapshot_file.write, body)
+                    await trio.to_thread.run_sync(_write_snapshot_chunk, snapshot_file, body)
                     continue
                 if kind == FRAME_SNAP_END and snapshot_file is not None and snapshot_msg is not None:
                     f = snapshot_file
@@ -2121,6 +2125,12 @@ _WRITES: Final = (C.WriteRequest, C.MemberRequest, C.LeaderTransferRequest)
 
 class MetricsListenError(OSError):
     """`--metrics HOST:PORT` cannot be listened on (the message names the address)."""
+
+
+def _write_snapshot_chunk(f: Any, data: bytes) -> None:
+    """(In a worker thread.) One chunk of an incoming snapshot, on its way to the disk."""
+    f.write(data)
+    failpoints.hit("snapshot-mid-write")
 
 
 def _verify_snapshot_file(path: Path) -> str | None:

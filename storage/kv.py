@@ -83,6 +83,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import lmdb
 import zstandard as zstd
 
+from aegis import failpoints
 from aegis.state import Change, Item, KVView, Record, scan_hash
 
 from .codec import Codec
@@ -755,6 +756,7 @@ class LmdbKV:
             txn.put(K_APPLIED, applied_raw, db=meta)
             txn.put(K_INDEXES, _INDEX_FORMAT + applied_raw, db=meta)
             txn.put(K_HISTORY_FLOOR, encode_applied(floor[0]), db=meta)
+            failpoints.hit("state-before-flush")  # written into the transaction; its commit fsyncs
 
         sampler = self.sampler
         if sampler is not None:
@@ -769,6 +771,7 @@ class LmdbKV:
                     self._due_disk[k] = d
                 else:
                     self._due_disk.pop(k, None)
+        failpoints.hit("state-after-flush")
         return True
 
     # --- the change feed's history -------------------------------------------------------

@@ -57,6 +57,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import lmdb
 
+from aegis import failpoints
 from aegis.log import (
     CompactedError,
     EntryType,
@@ -564,6 +565,7 @@ class LmdbStore:
                     txn.put(m.K_HARD_STATE, m.encode_hard_state(hard_state), db=self._meta_db)
                 if membership is not None:
                     txn.put(m.K_MEMBERSHIP, m.encode_membership(membership), db=self._meta_db)
+                failpoints.hit("log-before-fsync")  # written into the transaction; its commit fsyncs
 
             def apply() -> None:
                 if cut is not None:
@@ -580,6 +582,7 @@ class LmdbStore:
                     self._membership = membership
 
             self._commit(body, apply, destructive=cut is not None)
+        failpoints.hit("log-after-fsync")
 
     # ------------------------------------------------------------------------------------------
     # the key-value state (storage.kv, in its own environment under state/)
@@ -696,6 +699,7 @@ class LmdbStore:
         commit_before = self._hard.commit_index
         count = kv.install(records, int(meta.index), int(meta.term), m.encode_snapshot_meta(meta),
                            lambda: parsers[0].sessions())
+        failpoints.hit("snapshot-mid-install")  # the state is the snapshot's; the log is not compacted yet
         with self._write_lock:
             self._check_writable()
             compaction = self._compaction(meta) if meta.index > self._base.index else None
@@ -739,6 +743,7 @@ class LmdbStore:
             if meta.index <= self._base.index:
                 return
             body, apply = self._compaction(meta)
+            failpoints.hit("compact-before")
             self._commit(body, apply, destructive=True)
 
     def _compaction(

@@ -53,6 +53,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Protocol, cast
 import msgpack
 import zstandard as zstd
 
+from aegis import failpoints
 from aegis.log import HardState, LogIndex, Membership, SnapshotMeta, Term
 
 from .errors import CorruptionError, SnapshotError, SnapshotSupersededError
@@ -506,6 +507,7 @@ def _write_file(
                 f.write(_U32.pack(len(raw)) + encode_chunk(raw))
                 chunks += 1
                 stored += len(raw)
+                failpoints.hit("snapshot-mid-write")
             f.write(_U32.pack(0))
             info = finish(chunks, stored)
             final_head = _file_header(info)

@@ -281,14 +281,15 @@ class LocalCluster:
                 "--tick-ms", str(self.tick_ms), "--snapshot-threshold", str(self.snapshot_threshold),
                 "--request-timeout", "3", *self.extra]
 
-    def start(self, nid: str | None = None, wait: bool = True) -> None:
+    def start(self, nid: str | None = None, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        """Start one node (every node if None); `env` adds to the environment (failpoints)."""
         ids = [nid] if nid else list(self.nodes)
         for i in ids:
             node = self.nodes[i]
             assert not node.alive(), f"{i} is already running"
             logf = open(node.log, "ab")
             node.proc = subprocess.Popen(self.command(i), stdout=logf, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, env={**os.environ, **env} if env else None)
             logf.close()
         if wait:
             for i in ids:
