@@ -58,6 +58,7 @@ from .feed import ChangeFeed, Compacted
 from .logs import event
 from .metrics import Histogram, NodeMetrics, node_health, new_registry, render, serve_http
 from .zdict import ZDict, leader_loop as zdict_leader_loop
+from .space import SpaceGuard, frees_space
 from .state import Command, CommandType, StateMachine
 from .peers import (
     FRAME_MSG,
@@ -116,6 +117,9 @@ class ServerConfig:
     max_clients: int = 10_000
     client_buffer_bytes: int = 256 << 20  # unfinished client requests, node-wide (--client-buffer-mb)
     client_preauth_bytes: int = 64 << 10  # ... and per connection before AUTH (with a token)
+    first_byte_timeout: float = 10.0  # a connection that sends nothing this long is closed
+    max_map_bytes: int | None = None  # cap of each LMDB map (--max-map-mb; None: 1 TiB)
+    disk_reserve_bytes: int = 64 << 20  # writes are refused while the file system has less free
     fsync: bool = True
     limits: C.CommandLimits = C.DEFAULT_LIMITS
     max_batch: int = 4096
@@ -264,8 +268,12 @@ class Node:
         # The entry cache answers replication reads of recent entries; 8 MiB of batched
         # entries is tens of thousands of writes, and keeps a restart's cache load short.
         # A codec of its own: the zstd dictionaries it holds and uses are this node's.
+        from storage import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE
+
+        cap = cfg.max_map_bytes if cfg.max_map_bytes is not None else DEFAULT_MAX_MAP_SIZE
         self.store = LmdbStore.open(cfg.data_dir, node_id=cfg.node_id, cluster=cfg.cluster, sync=cfg.fsync,
-                                    cache_bytes=8 << 20, codec=Codec())
+                                    cache_bytes=8 << 20, codec=Codec(), map_size=min(cap, DEFAULT_MAP_SIZE),
+                                    max_map_size=cap)
         hs, membership = self.store.initial_state()
         if not membership.members and self.store.snapshot().index == 0 and self.store.last_index() == 0:
             addrs = dict(cfg.peers)
@@ -281,6 +289,8 @@ class Node:
         # stored applied index are applied again as the log's commit index is relearned.
         self.kv = self.store.state()
         self.sm = StateMachine(backend=self.kv)
+        # Writes are refused while less than an eighth of the map (at least 1 MiB) is free.
+        self.space = SpaceGuard(self._free_bytes, max(1 << 20, cap // 8), on_change=self._space_changed)
         self.zdict = ZDict(zcfg, self.store, self.kv.applied())
         for stale in self._backup_dir().glob("*") if self._backup_dir().is_dir() else []:
             stale.unlink(missing_ok=True)  # backups of a previous run were never released
@@ -363,6 +373,24 @@ class Node:
             return await serve_http(nursery, host, port, lambda: render(registry), lambda: node_health(self))
         except OSError as exc:
             raise MetricsListenError(f"cannot listen for metrics on {host}:{port}: {exc.strerror or exc}") from None
+
+    def _free_bytes(self) -> int:
+        """Bytes that can still be written: the LMDB maps' headroom, and the file system's
+        free space beyond its reserve (a full file system under LMDB's write map would
+        SIGBUS the process instead of failing a write)."""
+        room: int = self.store.headroom()
+        try:
+            st = os.statvfs(self.cfg.data_dir)
+        except OSError:
+            return room
+        return min(room, st.f_bavail * st.f_frsize - self.cfg.disk_reserve_bytes + self.space.reserve)
+
+    def _space_changed(self, full: bool, why: str) -> None:
+        if full:
+            event(events, "disk_full", f"refusing writes: {why}", node=self.id, term=self.raft.term,
+                  level=logging.ERROR)
+        else:
+            event(events, "disk_space_back", f"storage space is back: {why}", node=self.id, term=self.raft.term)
 
     def _disk_error(self, what: str, exc: BaseException) -> None:
         event(events, "disk_error", f"{what} failed: {exc}; the node stops", node=self.id, term=self.raft.term,
@@ -530,6 +558,15 @@ class Node:
         the size limit allows: Raft, LMDB and the wire pay once per batch."""
         raft = self.raft
         limit = self.cfg.max_entry_bytes
+        why = self.space.refusal([p for p, _ in proposals])
+        if why is not None:  # nothing of a refused write reaches the log: a definite failure
+            keep = []
+            for p, w in proposals:
+                if frees_space(p):
+                    keep.append((p, w))
+                else:
+                    w.fail(why)
+            proposals = keep
         start = 0
         n = len(proposals)
         self.metrics.proposals += n
@@ -627,6 +664,8 @@ class Node:
             return
         flush = kv.take_flush()
         history = self.feed.take_flush(flush[1]) if flush is not None else []
+        if flush is not None:
+            self.space.flush_taken()
         waiters, self._flush_waiters = self._flush_waiters, []
         self._last_flush = time.monotonic()
         if flush is None:
@@ -648,6 +687,7 @@ class Node:
             finally:
                 kv.flush_done(ok)
                 self.feed.flush_done(ok)
+                self.space.flush_done(ok)
                 self._flush_done_event.set()
                 for w in waiters:
                     if ok:
