@@ -135,15 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--snapshot-threshold", type=int, default=10_000,
                    help="take a snapshot after this many applied entries (default 10000)")
     s.add_argument("--request-timeout", type=float, default=5.0, help="seconds before -TIMEOUT (default 5)")
-    s.add_argument("--max-clients", type=int, default=10_000)
+    s.add_argument("--max-clients", type=_positive_int, default=10_000,
+                   help="connections open at once, silent ones included; one more gets "
+                        "-ERR max number of clients reached and is closed (default 10000; peers always pass)")
     s.add_argument("--client-buffer-mb", type=_positive_int, default=256,
                    help="MiB all clients together may hold in unfinished requests; a connection that "
                         "would pass it gets -ERR and is closed (default 256; 64 KiB each before AUTH)")
     s.add_argument("--max-map-mb", type=_positive_int, default=None, metavar="N",
                    help="cap each LMDB map (the log's, the state's) at N MiB; writes get -DISKFULL "
                         "while less than an eighth is free (default: no cap but the disk)")
-    s.add_argument("--first-byte-timeout", type=float, default=10.0, metavar="S",
-                   help="close a connection that sends nothing for S seconds (default 10)")
+    s.add_argument("--first-byte-timeout", type=float, default=60.0, metavar="S",
+                   help="close a connection that sends nothing for S seconds after connecting (default 60); "
+                        "such connections count towards --max-clients meanwhile")
     s.add_argument("--keys-limit", type=_positive_int, default=10_000,
                    help="KEYS refuses to examine more keys than this; SCAN has no limit (default 10000)")
     s.add_argument("--range-limit", type=_positive_int, default=10_000,
@@ -314,6 +317,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.metrics is not None and args.metrics[1] != 0 and args.metrics == (host, port):
         print(f"aegis serve: --metrics {host}:{port} is the --listen address; give it a port of its own",
               file=sys.stderr)
+        return EXIT_USAGE
+    if not args.first_byte_timeout > 0:
+        print("aegis serve: --first-byte-timeout must be a positive number of seconds", file=sys.stderr)
         return EXIT_USAGE
     if args.fsync == "never":
         logging.getLogger("aegis").warning("--fsync never: UNSAFE, acknowledged writes can be lost on a crash")

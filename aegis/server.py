@@ -117,7 +117,7 @@ class ServerConfig:
     max_clients: int = 10_000
     client_buffer_bytes: int = 256 << 20  # unfinished client requests, node-wide (--client-buffer-mb)
     client_preauth_bytes: int = 64 << 10  # ... and per connection before AUTH (with a token)
-    first_byte_timeout: float = 10.0  # a connection that sends nothing this long is closed
+    first_byte_timeout: float = 60.0  # a connection that sends nothing this long is closed
     max_map_bytes: int | None = None  # cap of each LMDB map (--max-map-mb; None: 1 TiB)
     disk_reserve_bytes: int = 64 << 20  # writes are refused while the file system has less free
     fsync: bool = True
@@ -238,12 +238,13 @@ class Node:
             packer_for=lambda pid: self.zdict.packer_for(self.raft, pid),
         )
         self._clients = 0
+        self._unidentified = 0  # connections that have sent nothing yet (count for --max-clients)
         self._client_input = ByteBudget(cfg.client_buffer_bytes, "unfinished client requests")
         self._handshakes = handshake_budget()  # what peers not yet accepted may make us hold
         self._peer_streams: dict[str, trio.abc.Stream] = {}  # the newest inbound connection per peer
         self.stats = {"total_writes": 0, "total_reads": 0, "total_commands": 0, "forwarded": 0,
                       "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0, "expired_keys": 0,
-                      "feed_subscribers": 0, "pubsub_clients": 0}
+                      "feed_subscribers": 0, "pubsub_clients": 0, "idle_closed": 0}
         self._incoming_snapshot: Path | None = None
         self._snapshotting = False
         self._nursery: trio.Nursery | None = None
@@ -1004,16 +1005,35 @@ class Node:
             if tls is None:
                 return
             stream = tls
+        # A connection that has said nothing yet holds a slot of --max-clients (it may be a
+        # client), for --first-byte-timeout at most. Past the limit it gets a second to show
+        # it is a peer (peers must always get through a flood of clients), else it is refused.
+        over = self._unidentified + self._clients >= self.cfg.max_clients
+        wait = min(1.0, self.cfg.first_byte_timeout) if over else self.cfg.first_byte_timeout
+        first: bytes | bytearray | None = None
+        self._unidentified += 1
         try:
-            first = await stream.receive_some(65536)
+            with trio.move_on_after(wait):
+                first = await stream.receive_some(65536)
         except (trio.BrokenResourceError, OSError):
+            return
+        finally:
+            self._unidentified -= 1
+        if first is None:  # silent until the deadline
+            self.stats["idle_closed"] += 1
+            await safe_send(stream, encode_error("ERR max number of clients reached" if over
+                                                 else "ERR nothing was sent in time; closing the connection"))
             return
         if not first:
             return
         if first.startswith(PEER_MAGIC[:1]):
             await self._handle_peer(stream, bytearray(first))
         else:
-            await self._handle_client(stream, first)
+            # Handed over in a list the client task empties: a reference kept here would
+            # keep the first chunk (up to 64 KiB) alive for the whole connection.
+            handover: list[bytes | bytearray] = [first]
+            del first
+            await self._handle_client(stream, handover)
 
     async def _tls_handshake(self, tcp: trio.SocketStream) -> trio.SSLStream[trio.SocketStream] | None:
         """TLS first, within the handshake timeout; a failure is logged and the connection closed."""
@@ -1256,14 +1276,14 @@ class Node:
                         w.fail(f"TRYAGAIN cannot reach the leader {leader}; nothing was sent")
 
     # ------------------------------------------------------------------ clients
-    async def _handle_client(self, stream: trio.abc.Stream, first: bytes | bytearray) -> None:
-        if self._clients >= self.cfg.max_clients:
+    async def _handle_client(self, stream: trio.abc.Stream, handover: list[bytes | bytearray]) -> None:
+        if self._clients + self._unidentified >= self.cfg.max_clients:
             await safe_send(stream, encode_error("ERR max number of clients reached"))
             return
         self._clients += 1
         parser = RespParser(max_bulk_len=self.cfg.limits.max_value_len + 1024)
         state = _Session(authed=not self.cfg.token, input=self._client_input.account())
-        data: bytes | bytearray = first
+        data: bytes | bytearray = handover.pop()
         metrics = self.metrics
         clock = time.perf_counter
         try:
@@ -1357,6 +1377,9 @@ class Node:
                     await stream.send_all(bytes(out))
                 if close:
                     return
+                # The parser has its own copy: holding this chunk while the client is silent
+                # would double what an unfinished request costs (issue 11's flood).
+                data = b""
                 data = await stream.receive_some(65536)
                 if not data:
                     return
@@ -2039,6 +2062,8 @@ class Node:
             "feed_history_floor": self.kv.history_floor(),  # CHANGES ... FROM resumes from here on
             "connected_clients": self._clients,
             "client_input_bytes": self._client_input.held,  # in unfinished requests (--client-buffer-mb)
+            "disk_full": int(self.space.full),  # the leader refuses writes (aegis.space)
+            "disk_full_refused": self.space.refused,
             "client_input_refused": self._client_input.refused,
             "tcp_port": self.port,
             "data_dir": os.path.abspath(self.cfg.data_dir),

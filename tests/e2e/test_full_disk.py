@@ -57,6 +57,8 @@ def test_full_disk_refuses_writes_keeps_reads_and_recovers(cluster: LocalCluster
             with pytest.raises(redis.ResponseError, match="^DISKFULL"):
                 c.set(f"more{i}", rng.randbytes(VALUE))
     assert cluster.nodes[leader].log.read_text().count("refusing writes") == 1
+    info = cluster.info(leader)
+    assert info["disk_full"] == "1" and int(info["disk_full_refused"]) >= 41
 
     # Reads keep working on every node, and every acknowledged write is there.
     for nid, node in cluster.nodes.items():
@@ -84,6 +86,7 @@ def test_full_disk_refuses_writes_keeps_reads_and_recovers(cluster: LocalCluster
 
     wait_until(writes_again, 20, interval=0.2, what="writes to be accepted after the deletes")
     assert "storage space is back" in cluster.nodes[leader].log.read_text()
+    assert cluster.info(leader)["disk_full"] == "0"
     acked["after"] = b"x" * VALUE
 
     # Nothing was corrupted: every node restarts (kill -9) and holds every acknowledged write.
