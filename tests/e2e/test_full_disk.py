@@ -31,17 +31,14 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         c.stop_all()
 
 
-def test_full_disk_refuses_writes_keeps_reads_and_recovers(cluster: LocalCluster) -> None:
-    rng = random.Random(11)
-    leader = cluster.leader()
-    follower = next(n for n in cluster.nodes if n != leader)
-    lc = cluster.nodes[leader].client()
+def fill(c: redis.Redis, rng: random.Random) -> dict[str, bytes]:
+    """SET incompressible values until the leader says DISKFULL; returns what was acknowledged."""
     acked: dict[str, bytes] = {}
     refusal = ""
     for i in range(CAP_MB * 2 * (1 << 20) // VALUE):  # twice what the map could hold
-        value = rng.randbytes(VALUE)  # incompressible
+        value = rng.randbytes(VALUE)
         try:
-            assert lc.set(f"k{i}", value)
+            assert c.set(f"k{i}", value)
         except redis.ResponseError as exc:
             refusal = str(exc)
             break
@@ -49,6 +46,15 @@ def test_full_disk_refuses_writes_keeps_reads_and_recovers(cluster: LocalCluster
     assert refusal.startswith("DISKFULL"), refusal
     assert "nothing was written" in refusal and "\n" not in refusal
     assert len(acked) > 50  # the cap, not something else, stopped the writes
+    return acked
+
+
+def test_full_disk_refuses_writes_keeps_reads_and_recovers(cluster: LocalCluster) -> None:
+    rng = random.Random(11)
+    leader = cluster.leader()
+    follower = next(n for n in cluster.nodes if n != leader)
+    lc = cluster.nodes[leader].client()
+    acked = fill(lc, rng)
 
     # More writes, on the leader and through a follower: all refused, with one log line.
     fc = cluster.nodes[follower].client()
@@ -102,3 +108,21 @@ def test_full_disk_refuses_writes_keeps_reads_and_recovers(cluster: LocalCluster
         c.close()
     lc.close()
     fc.close()
+
+
+def test_a_restart_with_a_larger_cap_takes_writes_again(cluster: LocalCluster) -> None:
+    rng = random.Random(12)
+    lc = cluster.nodes[cluster.leader()].client()
+    acked = fill(lc, rng)
+    lc.close()
+    cluster.stop_all()  # SIGTERM: a clean stop of a full node
+    cluster.extra = ["--max-map-mb", str(2 * CAP_MB), "--feed-history", "0"]
+    cluster.start()
+    c = cluster.nodes[cluster.leader()].client()
+    assert c.set("after", b"x" * VALUE)
+    for nid, node in cluster.nodes.items():
+        nc = node.client()
+        wait_until(lambda: nc.get("after") == b"x" * VALUE, 15, what=f"{nid} to catch up")
+        assert all(nc.get(k) == v for k, v in acked.items()), nid
+        nc.close()
+    c.close()
