@@ -84,3 +84,36 @@ def test_a_flood_of_unfinished_sets_costs_what_it_sent_and_silent_connections_ar
     wait_until(lambda: int(node.info("n1")["client_input_bytes"]) == 0, 10, what="the budget to be returned")
     assert client.get("during") == b"1"
     client.close()
+
+
+def test_peers_get_through_when_clients_hold_every_slot(tmp_path: Path) -> None:
+    """With --max-clients used up by silent connections, a restarted peer still connects:
+    the node hears it and (with the third node down) a write commits through it."""
+    c = LocalCluster(tmp_path, n=3, extra=["--max-clients", "5", "--first-byte-timeout", "60"])
+    held: list[socket.socket] = []
+    try:
+        c.start()
+        leader = c.leader()
+        a, b = [n for n in c.nodes if n != leader]
+        lc = c.nodes[leader].client()
+        assert lc.set("before", b"1")
+        c.kill(b)  # quorum now needs `a`
+        c.kill(a)
+        held = [socket.create_connection(("127.0.0.1", c.nodes[leader].port), timeout=10) for _ in range(5)]
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", c.nodes[leader].port), timeout=10) as extra:
+            extra.sendall(b"PING\r\n")
+            assert extra.recv(200) == b"-ERR max number of clients reached\r\n"
+        c.start(a, wait=False)  # it must dial the old leader through the full slots
+        # lc was connected before the flood. Whichever of the two leads now, a commit needs
+        # a message that `a` sent on a connection it opened to the full node.
+        wait_until(lambda: lc.set("after", b"2"), 20, interval=0.2, what="a write to commit with `a` back")
+        assert lc.get("before") == b"1"
+        lc.close()
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        for s in held:
+            s.close()
+        c.stop_all()
