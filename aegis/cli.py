@@ -146,10 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--snapshot-threshold", type=int, default=10_000,
                    help="take a snapshot after this many applied entries (default 10000)")
     s.add_argument("--request-timeout", type=float, default=5.0, help="seconds before -TIMEOUT (default 5)")
-    s.add_argument("--max-clients", type=int, default=10_000)
+    s.add_argument("--max-clients", type=_positive_int, default=10_000,
+                   help="connections open at once, silent ones included; one more gets "
+                        "-ERR max number of clients reached and is closed (default 10000; peers always pass)")
     s.add_argument("--client-buffer-mb", type=_positive_int, default=256,
                    help="MiB all clients together may hold in unfinished requests; a connection that "
                         "would pass it gets -ERR and is closed (default 256; 64 KiB each before AUTH)")
+    s.add_argument("--max-map-mb", type=_positive_int, default=None, metavar="N",
+                   help="cap each LMDB map (the log's, the state's) at N MiB; writes get -DISKFULL "
+                        "while less than an eighth is free (default: no cap but the disk)")
+    s.add_argument("--first-byte-timeout", type=float, default=60.0, metavar="S",
+                   help="close a connection that sends nothing for S seconds after connecting (default 60); "
+                        "such connections count towards --max-clients meanwhile")
     s.add_argument("--keys-limit", type=_positive_int, default=10_000,
                    help="KEYS refuses to examine more keys than this; SCAN has no limit (default 10000)")
     s.add_argument("--range-limit", type=_positive_int, default=10_000,
@@ -327,6 +335,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"aegis serve: --metrics {host}:{port} is the --listen address; give it a port of its own",
               file=sys.stderr)
         return EXIT_USAGE
+    if not args.first_byte_timeout > 0:
+        print("aegis serve: --first-byte-timeout must be a positive number of seconds", file=sys.stderr)
+        return EXIT_USAGE
     if args.fsync == "never":
         logging.getLogger("aegis").warning("--fsync never: UNSAFE, acknowledged writes can be lost on a crash")
     try:
@@ -339,7 +350,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token, secret=secret, tls=tls, tick_ms=args.tick_ms,
         election_ticks=(args.election_ticks, 2 * args.election_ticks), heartbeat_ticks=args.heartbeat_ticks,
         snapshot_threshold=args.snapshot_threshold, request_timeout=args.request_timeout,
-        max_clients=args.max_clients, client_buffer_bytes=args.client_buffer_mb << 20, fsync=args.fsync == "always", join=args.join,
+        max_clients=args.max_clients, client_buffer_bytes=args.client_buffer_mb << 20,
+        max_map_bytes=args.max_map_mb << 20 if args.max_map_mb is not None else None,
+        first_byte_timeout=args.first_byte_timeout, fsync=args.fsync == "always", join=args.join,
         keys_limit=args.keys_limit, range_limit=args.range_limit, feed_history=max(0, args.feed_history),
         limits=C.CommandLimits(session_timeout_ms=max(1, int(args.session_timeout * 1000)),
                                max_sessions=args.max_sessions, session_results=args.session_results),

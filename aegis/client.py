@@ -76,6 +76,7 @@ from .commands import lookup
 from .errors import (
     AegisError,
     CommandError,
+    DiskFullError,
     NoLeaderError,
     ProtocolError,
     RequestTimeoutError,
@@ -195,6 +196,8 @@ def error_from_reply(reply: RespError) -> AegisError:
         return RequestTimeoutError(message)
     if kind == "TRYAGAIN":
         return TryAgainError(message)
+    if kind == "DISKFULL":
+        return DiskFullError(message)
     if kind in ("NOAUTH", "WRONGPASS"):
         return AuthenticationError(reply.text)
     return CommandError(reply.text)

@@ -8,7 +8,8 @@ client is whether anything was written:
 * `CommandError` — a *definite* failure: the command was rejected before it reached the log,
   so nothing was written and retrying it is safe. RESP prefix ``-ERR``.
   `ProtocolError` (malformed client input) and `CodecError` (a malformed frame from a peer)
-  are definite failures too.
+  are definite failures too, and so is `DiskFullError` (``-DISKFULL``: the storage is full,
+  the write was refused before it was proposed).
 * `UnknownOutcomeError` — the command may or may not have been committed: the leader was
   lost, the request timed out, or the cluster cannot serve right now. A client that retries
   a non-idempotent command after one of these may apply it twice. Subclasses carry the RESP
@@ -30,6 +31,7 @@ __all__ = [
     "CommandError",
     "ProtocolError",
     "CodecError",
+    "DiskFullError",
     "UnknownOutcomeError",
     "NoLeaderError",
     "RequestTimeoutError",
@@ -69,6 +71,13 @@ class ProtocolError(CommandError):
 
 class CodecError(ProtocolError):
     """A frame that does not decode to a well-formed message (from a peer or a client)."""
+
+
+class DiskFullError(CommandError):
+    """Definite failure: the leader's storage is (nearly) full, the write was not proposed
+    (``-DISKFULL``; see aegis.space)."""
+
+    resp_prefix = "DISKFULL"
 
 
 class UnknownOutcomeError(AegisError):

@@ -49,6 +49,8 @@ EVENTS: Final = frozenset({
     "peer_down",         # the failure detector has not heard from a peer: fields peer, error
     "peer_up",           # a peer is heard from again (or for the first time): fields peer
     "disk_error",        # a write to the data directory failed; the node stops: fields error, what
+    "disk_full",         # the leader refuses writes: too little space is left (aegis.space)
+    "disk_space_back",   # ... and accepts them again
 })
 
 

@@ -59,6 +59,7 @@ from .feed import ChangeFeed, Compacted
 from .logs import event
 from .metrics import Histogram, NodeMetrics, node_health, new_registry, render, serve_http
 from .zdict import ZDict, leader_loop as zdict_leader_loop
+from .space import SpaceGuard, frees_space
 from .state import Command, CommandType, StateMachine
 from .peers import (
     FRAME_MSG,
@@ -117,6 +118,9 @@ class ServerConfig:
     max_clients: int = 10_000
     client_buffer_bytes: int = 256 << 20  # unfinished client requests, node-wide (--client-buffer-mb)
     client_preauth_bytes: int = 64 << 10  # ... and per connection before AUTH (with a token)
+    first_byte_timeout: float = 60.0  # a connection that sends nothing this long is closed
+    max_map_bytes: int | None = None  # cap of each LMDB map (--max-map-mb; None: 1 TiB)
+    disk_reserve_bytes: int = 64 << 20  # writes are refused while the file system has less free
     fsync: bool = True
     limits: C.CommandLimits = C.DEFAULT_LIMITS
     max_batch: int = 4096
@@ -242,12 +246,13 @@ class Node:
             packer_for=lambda pid: self.zdict.packer_for(self.raft, pid),
         )
         self._clients = 0
+        self._unidentified = 0  # connections that have sent nothing yet (count for --max-clients)
         self._client_input = ByteBudget(cfg.client_buffer_bytes, "unfinished client requests")
         self._handshakes = handshake_budget()  # what peers not yet accepted may make us hold
         self._peer_streams: dict[str, trio.abc.Stream] = {}  # the newest inbound connection per peer
         self.stats = {"total_writes": 0, "total_reads": 0, "total_commands": 0, "forwarded": 0,
                       "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0, "expired_keys": 0,
-                      "feed_subscribers": 0, "pubsub_clients": 0}
+                      "feed_subscribers": 0, "pubsub_clients": 0, "idle_closed": 0}
         self._incoming_snapshot: Path | None = None
         self._snapshotting = False
         self._nursery: trio.Nursery | None = None
@@ -272,8 +277,12 @@ class Node:
         # The entry cache answers replication reads of recent entries; 8 MiB of batched
         # entries is tens of thousands of writes, and keeps a restart's cache load short.
         # A codec of its own: the zstd dictionaries it holds and uses are this node's.
+        from storage import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE
+
+        cap = cfg.max_map_bytes if cfg.max_map_bytes is not None else DEFAULT_MAX_MAP_SIZE
         self.store = LmdbStore.open(cfg.data_dir, node_id=cfg.node_id, cluster=cfg.cluster, sync=cfg.fsync,
-                                    cache_bytes=8 << 20, codec=Codec())
+                                    cache_bytes=8 << 20, codec=Codec(), map_size=min(cap, DEFAULT_MAP_SIZE),
+                                    max_map_size=cap)
         hs, membership = self.store.initial_state()
         if not membership.members and self.store.snapshot().index == 0 and self.store.last_index() == 0:
             addrs = dict(cfg.peers)
@@ -289,6 +298,8 @@ class Node:
         # stored applied index are applied again as the log's commit index is relearned.
         self.kv = self.store.state()
         self.sm = StateMachine(backend=self.kv)
+        # Writes are refused while less than an eighth of the map (at least 1 MiB) is free.
+        self.space = SpaceGuard(self._free_bytes, max(1 << 20, cap // 8), on_change=self._space_changed)
         self.zdict = ZDict(zcfg, self.store, self.kv.applied())
         for stale in self._backup_dir().glob("*") if self._backup_dir().is_dir() else []:
             stale.unlink(missing_ok=True)  # backups of a previous run were never released
@@ -371,6 +382,24 @@ class Node:
             return await serve_http(nursery, host, port, lambda: render(registry), lambda: node_health(self))
         except OSError as exc:
             raise MetricsListenError(f"cannot listen for metrics on {host}:{port}: {exc.strerror or exc}") from None
+
+    def _free_bytes(self) -> int:
+        """Bytes that can still be written: the LMDB maps' headroom, and the file system's
+        free space beyond its reserve (a full file system under LMDB's write map would
+        SIGBUS the process instead of failing a write)."""
+        room: int = self.store.headroom()
+        try:
+            st = os.statvfs(self.cfg.data_dir)
+        except OSError:
+            return room
+        return min(room, st.f_bavail * st.f_frsize - self.cfg.disk_reserve_bytes + self.space.reserve)
+
+    def _space_changed(self, full: bool, why: str) -> None:
+        if full:
+            event(events, "disk_full", f"refusing writes: {why}", node=self.id, term=self.raft.term,
+                  level=logging.ERROR)
+        else:
+            event(events, "disk_space_back", f"storage space is back: {why}", node=self.id, term=self.raft.term)
 
     def _disk_error(self, what: str, exc: BaseException) -> None:
         event(events, "disk_error", f"{what} failed: {exc}; the node stops", node=self.id, term=self.raft.term,
@@ -538,6 +567,15 @@ class Node:
         the size limit allows: Raft, LMDB and the wire pay once per batch."""
         raft = self.raft
         limit = self.cfg.max_entry_bytes
+        why = self.space.refusal([p for p, _ in proposals])
+        if why is not None:  # nothing of a refused write reaches the log: a definite failure
+            keep = []
+            for p, w in proposals:
+                if frees_space(p):
+                    keep.append((p, w))
+                else:
+                    w.fail(why)
+            proposals = keep
         start = 0
         n = len(proposals)
         self.metrics.proposals += n
@@ -655,6 +693,8 @@ class Node:
             return
         flush = kv.take_flush()
         history = self.feed.take_flush(flush[1]) if flush is not None else []
+        if flush is not None:
+            self.space.flush_taken()
         waiters, self._flush_waiters = self._flush_waiters, []
         self._last_flush = time.monotonic()
         if flush is None:
@@ -676,6 +716,7 @@ class Node:
             finally:
                 kv.flush_done(ok)
                 self.feed.flush_done(ok)
+                self.space.flush_done(ok)
                 self._flush_done_event.set()
                 for w in waiters:
                     if ok:
@@ -992,16 +1033,35 @@ class Node:
             if tls is None:
                 return
             stream = tls
+        # A connection that has said nothing yet holds a slot of --max-clients (it may be a
+        # client), for --first-byte-timeout at most. Past the limit it gets a second to show
+        # it is a peer (peers must always get through a flood of clients), else it is refused.
+        over = self._unidentified + self._clients >= self.cfg.max_clients
+        wait = min(1.0, self.cfg.first_byte_timeout) if over else self.cfg.first_byte_timeout
+        first: bytes | bytearray | None = None
+        self._unidentified += 1
         try:
-            first = await stream.receive_some(65536)
+            with trio.move_on_after(wait):
+                first = await stream.receive_some(65536)
         except (trio.BrokenResourceError, OSError):
+            return
+        finally:
+            self._unidentified -= 1
+        if first is None:  # silent until the deadline
+            self.stats["idle_closed"] += 1
+            await safe_send(stream, encode_error("ERR max number of clients reached" if over
+                                                 else "ERR nothing was sent in time; closing the connection"))
             return
         if not first:
             return
         if first.startswith(PEER_MAGIC[:1]):
             await self._handle_peer(stream, bytearray(first))
         else:
-            await self._handle_client(stream, first)
+            # Handed over in a list the client task empties: a reference kept here would
+            # keep the first chunk (up to 64 KiB) alive for the whole connection.
+            handover: list[bytes | bytearray] = [first]
+            del first
+            await self._handle_client(stream, handover)
 
     async def _tls_handshake(self, tcp: trio.SocketStream) -> trio.SSLStream[trio.SocketStream] | None:
         """TLS first, within the handshake timeout; a failure is logged and the connection closed."""
@@ -1244,14 +1304,14 @@ class Node:
                         w.fail(f"TRYAGAIN cannot reach the leader {leader}; nothing was sent")
 
     # ------------------------------------------------------------------ clients
-    async def _handle_client(self, stream: trio.abc.Stream, first: bytes | bytearray) -> None:
-        if self._clients >= self.cfg.max_clients:
+    async def _handle_client(self, stream: trio.abc.Stream, handover: list[bytes | bytearray]) -> None:
+        if self._clients + self._unidentified >= self.cfg.max_clients:
             await safe_send(stream, encode_error("ERR max number of clients reached"))
             return
         self._clients += 1
         parser = RespParser(max_bulk_len=self.cfg.limits.max_value_len + 1024)
         state = _Session(authed=not self.cfg.token, input=self._client_input.account())
-        data: bytes | bytearray = first
+        data: bytes | bytearray = handover.pop()
         metrics = self.metrics
         clock = time.perf_counter
         try:
@@ -1345,6 +1405,9 @@ class Node:
                     await stream.send_all(bytes(out))
                 if close:
                     return
+                # The parser has its own copy: holding this chunk while the client is silent
+                # would double what an unfinished request costs (issue 11's flood).
+                data = b""
                 data = await stream.receive_some(65536)
                 if not data:
                     return
@@ -2027,6 +2090,8 @@ class Node:
             "feed_history_floor": self.kv.history_floor(),  # CHANGES ... FROM resumes from here on
             "connected_clients": self._clients,
             "client_input_bytes": self._client_input.held,  # in unfinished requests (--client-buffer-mb)
+            "disk_full": int(self.space.full),  # the leader refuses writes (aegis.space)
+            "disk_full_refused": self.space.refused,
             "client_input_refused": self._client_input.refused,
             "tcp_port": self.port,
             "data_dir": os.path.abspath(self.cfg.data_dir),

@@ -77,6 +77,8 @@ class Env:
         self.meta_db = env.open_db(b"meta")
         self.snap_db = env.open_db(b"snap")
         self.kv_db = env.open_db(b"kv")  # used in the state environment (storage.kv)
+        #: Every named database, for `live_bytes` (storage.kv adds its indexes).
+        self.dbs: list[lmdb._Database] = [self.log_db, self.meta_db, self.snap_db, self.kv_db]
         self.before_remap: list[Callable[[], None]] = []  # called under `lock` before a map resize
         self._pins = 0  # long read transactions (snapshot exports) that a map resize must wait for
         self.lock = threading.Lock()
@@ -241,6 +243,21 @@ class Env:
             )
         return type(self.failed)(str(self.failed))
 
+    def live_bytes(self) -> int:
+        """Bytes in the pages the databases use now (caller holds `lock`). Unlike the file's
+        high-water mark (``used_bytes``), this falls when entries are deleted: LMDB reuses
+        freed pages, so ``max_map_size - live_bytes`` is about what can still be written."""
+        with self.env.begin() as txn:
+            pages = 4  # two meta pages, the main database's root, the free list's
+            for db in self.dbs:
+                st = txn.stat(db)
+                pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return pages * self.env.stat()["psize"]
+
+    def headroom(self) -> int:
+        """Bytes that can still be written before the map limit (caller holds `lock`)."""
+        return self.max_map_size - self.live_bytes()
+
     def stats(self) -> dict[str, object]:
         """Caller holds `lock`."""
         info = self.env.info()
@@ -251,5 +268,6 @@ class Env:
             "map_size": info["map_size"],
             "max_map_size": self.max_map_size,
             "used_bytes": (info["last_pgno"] + 1) * stat["psize"],
+            "live_bytes": self.live_bytes(),
             "write_error": str(self.failed) if self.failed is not None else None,
         }

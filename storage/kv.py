@@ -297,6 +297,11 @@ class _Order:
 class LmdbKV:
     """The `KVBackend` of a node: LMDB records under an in-memory overlay of recent applies."""
 
+    def headroom(self) -> int:
+        """Bytes the state environment can still take before its map limit."""
+        with self._lock:
+            return self._e.headroom()
+
     def __init__(self, env: Env, *, codec: Codec | None = None) -> None:
         e = env
         #: Compresses values with its active zstd dictionary and decodes those that were
@@ -316,6 +321,7 @@ class LmdbKV:
             self._due_db = self._env.open_db(b"due")
             self._hist_db = self._env.open_db(b"history")
             self._sess_db = self._env.open_db(b"sessions")
+            e.dbs += [self._scan_db, self._due_db, self._hist_db, self._sess_db]
         # Client sessions (aegis.sessions) changed since the last flush (None: deleted), and
         # those of the flush in flight: written in the flush's transaction, like the keys.
         self._sess_live: dict[int, bytes | None] = {}

@@ -1064,6 +1064,17 @@ class LmdbStore:
             self._commit(self._putter(self._meta_db, m.K_DICT, m.seal(dict_bytes)), _no_change, destructive=False)
         return self.codec.add_dictionary(dict_bytes, activate=True)
 
+    def headroom(self) -> int:
+        """Bytes that can still be written before an LMDB map limit: the smaller of the log
+        environment's and (once opened) the state environment's."""
+        with self._lock:
+            self._check_open()
+            room = self._e.headroom()
+        kv = self._kv
+        if kv is not None:
+            room = min(room, kv.headroom())
+        return room
+
     def stats(self) -> dict[str, object]:
         """Figures for INFO: sizes, bounds, cache, snapshot."""
         with self._lock:

@@ -393,6 +393,19 @@ def test_map_grows_as_needed(open_store: Opener) -> None:
     assert s.entries(LogIndex(1), LogIndex(1501)) == big
 
 
+def test_headroom_falls_with_writes_and_comes_back_after_compaction(open_store: Opener) -> None:
+    s = open_store(map_size=1 << 20, max_map_size=8 << 20)
+    empty = s.headroom()
+    assert 0 < empty <= 8 << 20
+    s.append([E(i, data=os.urandom(4000)) for i in range(1, 501)])  # ~2 MB, incompressible
+    full = s.headroom()
+    assert empty - full > 1 << 20
+    s.compact(SnapshotMeta(LogIndex(500), Term(1)))
+    # The file's high-water mark stays; the pages in use (what the headroom counts) do not.
+    assert s.headroom() > full + (1 << 20)
+    assert int(s.stats()["used_bytes"]) > int(s.stats()["live_bytes"])  # type: ignore[call-overload]
+
+
 def test_disk_full_stops_writes_and_corrupts_nothing(open_store: Opener) -> None:
     s = open_store(map_size=1 << 20, max_map_size=2 << 20)
     acked: list[LogEntry] = []
