@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -15,7 +16,7 @@ from typing import Iterator
 import pytest
 import redis
 
-from .harness import LocalCluster, free_port, free_port_run, wait_until
+from .harness import LocalCluster, free_port, free_port_run, raw_command, wait_until
 
 
 @pytest.fixture
@@ -722,3 +723,52 @@ def test_membership_changes_that_change_nothing_are_refused_and_write_nothing(cl
     assert cluster.info(leader)["commit_index"] == before  # nothing was proposed
     lines = [x.decode() if isinstance(x, bytes) else x for x in c.execute_command("MEMBER", "LIST")]
     assert any(cluster.addr(voter) in line for line in lines)  # the address did not change
+
+
+def test_writes_pending_at_a_deposed_leader_are_answered_when_a_snapshot_covers_them(tmp_path: Path) -> None:
+    """Issue 11: a leader that proposed writes, was cut off and deposed, then caught up by a
+    snapshot covering those indexes must answer its waiting clients (outcome unknown) and
+    keep running. The waiters used to be failed from the store's worker thread, off the
+    trio thread, which crashed the node's Raft task."""
+    c = LocalCluster(tmp_path, proxies=True, snapshot_threshold=40, extra=["--request-timeout", "30"])
+    try:
+        c.start()
+        old = c.leader()
+        c.nodes[old].client().set("before", "1")
+        c.isolate(old)
+        replies: list[bytes] = []
+
+        def pending_write(i: int) -> None:
+            try:
+                replies.append(raw_command(c.nodes[old].port, b"SET", f"cut{i}".encode(), b"v", timeout=25))
+            except RuntimeError as exc:  # an error reply, without its "-"
+                replies.append(b"-" + str(exc).encode())
+            except OSError as exc:
+                replies.append(f"socket error {exc}".encode())
+
+        writers = [threading.Thread(target=pending_write, args=(i,)) for i in range(3)]
+        for t in writers:
+            t.start()
+        rest = [n for n in c.nodes if n != old]
+        new = c.leader(rest)
+        client = c.nodes[new].client()
+        for i in range(300):
+            client.set(f"k{i}", str(i))
+        old_last = int(c.info(old)["last_log_index"])
+        wait_until(lambda: int(c.info(new)["first_log_index"]) > old_last + 1, 15,
+                   what="the new leader to compact past the old leader's log")
+        c.heal()
+        for t in writers:
+            t.join(timeout=20)
+        assert len(replies) == 3, replies
+        for r in replies:
+            assert r.startswith((b"-TIMEOUT", b"-TRYAGAIN")), r
+        assert any(b"snapshot" in r for r in replies), replies
+        assert c.nodes[old].alive()
+        wait_until(lambda: c.nodes[old].client().get("k299") == b"299", 10, what="the old leader to catch up")
+        assert c.nodes[old].alive() and c.info(old)["role"] == "follower"
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
