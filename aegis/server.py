@@ -254,6 +254,7 @@ class Node:
                       "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0, "expired_keys": 0,
                       "feed_subscribers": 0, "pubsub_clients": 0, "idle_closed": 0}
         self._incoming_snapshot: Path | None = None
+        self._transfer_ids = itertools.count(1)
         self._snapshotting = False
         self._nursery: trio.Nursery | None = None
         self.metrics = NodeMetrics(cfg.node_id)  # see aegis.metrics: cheap counters, read at scrape time
@@ -274,6 +275,8 @@ class Node:
         cfg = self.cfg
         zcfg = ZDictConfig(mode=cfg.zstd_dict, train_after=cfg.zstd_dict_train_after)
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        for stale in Path(cfg.data_dir).glob("incoming-*.snap"):  # transfers a crash cut short
+            stale.unlink(missing_ok=True)
         # The entry cache answers replication reads of recent entries; 8 MiB of batched
         # entries is tens of thousands of writes, and keeps a restart's cache load short.
         # A codec of its own: the zstd dictionaries it holds and uses are this node's.
@@ -537,7 +540,9 @@ class Node:
         elif kind == "flush":
             self._flush_waiters.append(ev[1])
         elif kind == "snapshot_in":
-            self._incoming_snapshot = ev[2]
+            previous, self._incoming_snapshot = self._incoming_snapshot, ev[2]
+            if previous is not None and previous != ev[2]:
+                previous.unlink(missing_ok=True)  # received, never installed: superseded
             try:
                 raft.step(ev[1])
             except ImpossibleTermError as exc:
@@ -1126,6 +1131,7 @@ class Node:
                     if problem:
                         # Never install what does not verify; the leader sends it again.
                         log.warning("discarding a snapshot from %s: %s", pid, problem)
+                        Path(f.name).unlink(missing_ok=True)
                     else:
                         self._submit(("snapshot_in", snapshot_msg, Path(f.name)))
                     snapshot_msg = None
@@ -1153,7 +1159,12 @@ class Node:
                     if msg.sender != pid:
                         raise ValueError(f"peer {pid} sent a message claiming to be from {msg.sender}")
                     if isinstance(msg, InstallSnapshotRequest):
-                        path = Path(self.cfg.data_dir) / f"incoming-{pid}.snap"
+                        # One file per transfer: a resent snapshot must never truncate one
+                        # that is verified and waiting to be installed.
+                        path = Path(self.cfg.data_dir) / f"incoming-{pid}-{next(self._transfer_ids)}.snap"
+                        if snapshot_file is not None:  # a transfer started again before it ended
+                            snapshot_file.close()
+                            Path(snapshot_file.name).unlink(missing_ok=True)
                         snapshot_file = open(path, "wb")
                         snapshot_msg = msg
                         continue
@@ -1167,8 +1178,9 @@ class Node:
         finally:
             if self._peer_streams.get(pid) is stream:
                 del self._peer_streams[pid]
-            if snapshot_file is not None:
+            if snapshot_file is not None:  # a transfer the link lost half-way
                 snapshot_file.close()
+                Path(snapshot_file.name).unlink(missing_ok=True)
             # What the peer sent us on this link may be lost with it (it drops what it had
             # queued when its connection fails): reads and forwards waiting on it ask again.
             self._submit(("link_down", pid))
