@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from .harness import LocalCluster, wait_until
+from .harness import LocalCluster, running, wait_until
 
 CONNS = 200
 SEND = 64 << 10
@@ -32,14 +32,8 @@ def rss_anon_mib(pid: int) -> float:
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path, n=1, extra=["--max-clients", str(MAX_CLIENTS), "--first-byte-timeout", "2"])
-    try:
-        c.start()
+    with running(c):
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
 
 
 def test_a_flood_of_unfinished_sets_costs_what_it_sent_and_silent_connections_are_bounded(

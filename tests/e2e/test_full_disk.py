@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 import redis
 
-from .harness import LocalCluster, wait_until
+from .harness import LocalCluster, running, wait_until
 
 CAP_MB = 8
 VALUE = 32 << 10
@@ -21,14 +21,8 @@ VALUE = 32 << 10
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path, n=3, snapshot_threshold=50, extra=["--max-map-mb", str(CAP_MB), "--feed-history", "0"])
-    try:
-        c.start()
+    with running(c):
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
 
 
 def fill(c: redis.Redis, rng: random.Random) -> dict[str, bytes]:

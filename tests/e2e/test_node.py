@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 import redis
 
-from .harness import LocalCluster, free_port, free_port_run, raw_command, wait_until
+from .harness import LocalCluster, free_port, free_port_run, raw_command, running, wait_until
 
 
 @pytest.fixture
@@ -730,9 +730,8 @@ def test_writes_pending_at_a_deposed_leader_are_answered_when_a_snapshot_covers_
     snapshot covering those indexes must answer its waiting clients (outcome unknown) and
     keep running. The waiters used to be failed from the store's worker thread, off the
     trio thread, which crashed the node's Raft task."""
-    c = LocalCluster(tmp_path, proxies=True, snapshot_threshold=40, extra=["--request-timeout", "30"])
-    try:
-        c.start()
+    with running(LocalCluster(tmp_path, proxies=True, snapshot_threshold=40,
+                              extra=["--request-timeout", "30"])) as c:
         old = c.leader()
         c.nodes[old].client().set("before", "1")
         c.isolate(old)
@@ -767,8 +766,3 @@ def test_writes_pending_at_a_deposed_leader_are_answered_when_a_snapshot_covers_
         assert c.nodes[old].alive()
         wait_until(lambda: c.nodes[old].client().get("k299") == b"299", 10, what="the old leader to catch up")
         assert c.nodes[old].alive() and c.info(old)["role"] == "follower"
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
