@@ -461,7 +461,17 @@ def encode(msg: WireMessage, pack_payload: PayloadPacker | None = None) -> bytes
         return _pack([int(MessageType.CLIENT_BATCH_RESPONSE), msg.request_id, list(msg.replies)])
     if isinstance(msg, Handshake):
         return _pack([int(MessageType.HANDSHAKE), msg.node_id, msg.cluster, msg.protocol_version, msg.nonce])
-    schema = _SCHEMAS.get(type(msg))
+    cls = type(msg)
+    if cls is AppendEntriesResponse:  # the hot two, without the schema walk
+        r: AppendEntriesResponse = msg  # type: ignore[assignment]
+        return _pack([_AER_CODE, int(r.term), r.follower_id, r.receiver, r.success, int(r.match_index),
+                      int(r.reject_index), int(r.reject_hint), int(r.hint_term), int(r.read_ctx), r.heartbeat])
+    if cls is AppendEntriesRequest:
+        a: AppendEntriesRequest = msg  # type: ignore[assignment]
+        return _pack([_AE_CODE, int(a.term), a.leader_id, a.receiver, int(a.prev_log_index), int(a.prev_log_term),
+                      int(a.leader_commit), int(a.read_ctx), a.heartbeat,
+                      [_entry_to_wire(e, pack_payload) for e in a.entries]])
+    schema = _SCHEMAS.get(cls)
     if schema is None:
         raise CodecError(f"not a wire message: {type(msg).__name__}")
     code, fields = schema
@@ -530,6 +540,21 @@ def decode(data: bytes, unpack_payload: PayloadUnpacker | None = None) -> WireMe
         return _decode_client_batch(obj)
     if code == MessageType.CLIENT_BATCH_RESPONSE:
         return _decode_client_batch_response(obj)
+    if code == _AE_CODE:
+        fast = _fast_append(obj, unpack_payload)
+        if fast is not None:
+            return fast
+    elif code == _AER_CODE:
+        fast_r = _fast_append_response(obj)
+        if fast_r is not None:
+            return fast_r
+    return _decode_schema(code, obj, unpack_payload)
+
+
+def _decode_schema(code: int, obj: list[object], unpack_payload: PayloadUnpacker | None) -> WireMessage:
+    """The general decoder: every field checked against the schema table, with an error that
+    names the field. The hot messages try `_fast_append*` first and come here only when
+    that does not accept the frame, so a bad frame gets the same error either way."""
     cls, fields = _BY_CODE[code]
     name = cls.__name__
     if len(obj) != len(fields) + 1:
@@ -546,6 +571,79 @@ def decode(data: bytes, unpack_payload: PayloadUnpacker | None = None) -> WireMe
     return msg
 
 
+_AE_CODE: Final = int(MessageType.APPEND_ENTRIES_REQUEST)
+_AER_CODE: Final = int(MessageType.APPEND_ENTRIES_RESPONSE)
+_ENTRY_TYPE_OF: Final[dict[int, EntryType]] = {int(t): t for t in EntryType}
+
+
+def _u(x: object) -> bool:
+    return type(x) is int and 0 <= x <= _UINT_MAX  # type() is exact: a bool is not an int here
+
+
+def _fast_append(obj: list[object], unpack_payload: PayloadUnpacker | None) -> AppendEntriesRequest | None:
+    """AppendEntries, the frame a follower decodes most, in a few checks per field and none
+    of the schema table's per-field calls; None when anything is not exactly as the
+    encoder writes it (the general decoder then accepts it or says what is wrong)."""
+    if len(obj) != 10:
+        return None
+    _, term, leader, receiver, prev_index, prev_term, commit, ctx, heartbeat, wire_entries = obj
+    if not (_u(term) and _u(prev_index) and _u(prev_term) and _u(commit)
+            and type(leader) is str and len(leader) <= MAX_ID_LEN
+            and type(receiver) is str and len(receiver) <= MAX_ID_LEN
+            and type(ctx) is int and _INT_MIN <= ctx <= _UINT_MAX
+            and type(heartbeat) is bool and type(wire_entries) is list):
+        return None
+    entries = []
+    expect = prev_index + 1  # type: ignore[operator]
+    types = _ENTRY_TYPE_OF
+    for e in wire_entries:
+        if type(e) is not list or len(e) != 5:
+            return None
+        index, eterm, etype, ts, data = e
+        if not (type(index) is int and index == expect and _u(eterm) and type(etype) is int and etype in types
+                and type(ts) is float and math.isfinite(ts) and type(data) is bytes):
+            return None
+        if unpack_payload is not None:
+            try:
+                data = unpack_payload(data)
+            except Exception:
+                return None
+            if type(data) is not bytes:
+                return None
+        try:
+            entries.append(LogEntry(index, eterm, types[etype], data, ts))  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):
+            return None
+        expect += 1
+    try:
+        return AppendEntriesRequest(term=term, leader_id=leader, receiver=receiver,  # type: ignore[arg-type]
+                                    prev_log_index=prev_index, prev_log_term=prev_term,  # type: ignore[arg-type]
+                                    leader_commit=commit, read_ctx=ctx, heartbeat=heartbeat,  # type: ignore[arg-type]
+                                    entries=tuple(entries))
+    except (TypeError, ValueError):
+        return None
+
+
+def _fast_append_response(obj: list[object]) -> AppendEntriesResponse | None:
+    """AppendEntriesResponse, the frame a leader decodes most (see `_fast_append`)."""
+    if len(obj) != 11:
+        return None
+    _, term, follower, receiver, success, match, reject, hint, hint_term, ctx, heartbeat = obj
+    if not (_u(term) and _u(match) and _u(reject) and _u(hint) and _u(hint_term)
+            and type(follower) is str and len(follower) <= MAX_ID_LEN
+            and type(receiver) is str and len(receiver) <= MAX_ID_LEN
+            and type(ctx) is int and _INT_MIN <= ctx <= _UINT_MAX
+            and type(success) is bool and type(heartbeat) is bool):
+        return None
+    try:
+        return AppendEntriesResponse(term=term, follower_id=follower, receiver=receiver,  # type: ignore[arg-type]
+                                     success=success, match_index=match, reject_index=reject,  # type: ignore[arg-type]
+                                     reject_hint=hint, hint_term=hint_term,  # type: ignore[arg-type]
+                                     read_ctx=ctx, heartbeat=heartbeat)
+    except (TypeError, ValueError):
+        return None
+
+
 def decode_message(data: bytes, unpack_payload: PayloadUnpacker | None = None) -> RaftMessage:
     """Decode a Raft message. `unpack_payload(wire_bytes)` turns a shipped entry payload back
     into `LogEntry.data` (default: as is). Raises CodecError, and only CodecError."""
@@ -556,17 +654,23 @@ def decode_message(data: bytes, unpack_payload: PayloadUnpacker | None = None) -
 
 
 def _field(msg: str, attr: str, kind: _K, value: object, unpack_payload: PayloadUnpacker | None) -> object:
+    # The error text is only built for a bad field: formatting it for every good one cost
+    # more than the checks.
     if kind is _K.UINT:
-        _need(_is_uint(value), f"{msg}.{attr} (want a non-negative integer, got {value!r:.40})")
+        if not _is_uint(value):
+            raise CodecError(f"malformed {msg}.{attr} (want a non-negative integer, got {value!r:.40})")
         return value
     if kind is _K.INT:
-        _need(_is_int(value), f"{msg}.{attr} (want a 64-bit integer, got {value!r:.40})")
+        if not _is_int(value):
+            raise CodecError(f"malformed {msg}.{attr} (want a 64-bit integer, got {value!r:.40})")
         return value
     if kind is _K.BOOL:
-        _need(isinstance(value, bool), f"{msg}.{attr} (want a boolean, got {value!r:.40})")
+        if not isinstance(value, bool):
+            raise CodecError(f"malformed {msg}.{attr} (want a boolean, got {value!r:.40})")
         return value
     if kind is _K.ID:
-        _need(_is_id(value), f"{msg}.{attr} (want a node id, got {value!r:.40})")
+        if not _is_id(value):
+            raise CodecError(f"malformed {msg}.{attr} (want a node id, got {value!r:.40})")
         return value
     if kind is _K.BYTES:
         _need(isinstance(value, bytes), f"{msg}.{attr} (want binary)")
