@@ -5,6 +5,8 @@ small handshake frame, within a node-wide budget, for a few seconds (issue 11)."
 
 from __future__ import annotations
 
+import functools
+
 import trio
 import trio.testing
 
@@ -126,3 +128,60 @@ async def test_an_accepted_peer_may_send_frames_up_to_the_limit() -> None:
     await caller.send_all(frame(b"M" + b"e" * (HANDSHAKE_FRAME_LIMIT * 4)))
     body = await read_frame(receiver, bytearray())
     assert body is not None and len(body) == HANDSHAKE_FRAME_LIMIT * 4 + 1
+
+
+async def test_frames_written_directly_and_queued_arrive_whole_and_in_order() -> None:
+    """ConnectionPool.send writes a frame straight to the socket while the sender is idle; a
+    receiver that stops reading fills the socket, and from the first frame the socket takes
+    only in part, the rest goes through the queue: over real TCP every frame arrives whole
+    and in the order it was sent."""
+    from aegis.log import LogEntry
+    from aegis.messages import AppendEntriesRequest
+    from aegis.peers import ConnectionPool
+    from aegis.transport import decode
+
+    n, size = 400, 32 << 10
+    received: list[int] = []
+    reading = trio.Event()
+    done = trio.Event()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        first = await stream.receive_some(65536)
+        buf = bytearray(first)
+        assert await accept_handshake(stream, buf, accept_all, auth=AUTH, me="n1") is not None
+        await reading.wait()  # meanwhile the sender's socket and ours fill up
+        while len(received) < n:
+            body = await read_frame(stream, buf, MAX_PEER_FRAME)
+            assert body is not None
+            if body[:1] == FRAME_MSG:
+                msg = decode(body[1:])
+                assert isinstance(msg, AppendEntriesRequest)
+                received.append(msg.prev_log_index)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+
+        async def no_snapshot(pid: str, stream: trio.abc.Stream, msg: object) -> None:
+            raise AssertionError("no snapshot here")
+
+        pool = ConnectionPool(Handshake(node_id="n2", cluster="aegis"), lambda: {"n1": f"127.0.0.1:{port}"},
+                              ping_interval=0.05, pack_payload=None, on_unreachable=lambda pid, why: None,
+                              stream_snapshot=no_snapshot, auth=AUTH)
+        pool.start(nursery)
+        pool.retain(["n1"])
+        with trio.fail_after(10):
+            while not pool._direct:  # connected, its sender parked: direct writes are on
+                await trio.sleep(0.01)
+        for i in range(n):  # all at once, as the Raft loop sends: no await in between
+            e = LogEntry(i + 1, 1, data=bytes([i % 251]) * size)
+            assert pool.send("n1", FRAME_MSG, AppendEntriesRequest(term=1, leader_id="n2", receiver="n1",
+                                                                   prev_log_index=i, prev_log_term=1 if i else 0,
+                                                                   entries=(e,)))
+        assert 1 <= pool.direct_frames < n  # both paths were taken
+        reading.set()
+        with trio.fail_after(20):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert received == list(range(n))
