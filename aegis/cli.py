@@ -50,6 +50,16 @@ def _positive_int(raw: str) -> int:
     return n
 
 
+def _non_negative(raw: str) -> float:
+    try:
+        x = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {raw}")
+    return x
+
+
 def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host:
@@ -146,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--snapshot-threshold", type=int, default=10_000,
                    help="take a snapshot after this many applied entries (default 10000)")
     s.add_argument("--request-timeout", type=float, default=5.0, help="seconds before -TIMEOUT (default 5)")
+    s.add_argument("--commit-notice-ms", type=_non_negative, default=2.0, metavar="MS",
+                   help="a leader tells followers a new commit index with its next entries, or after "
+                        "this long without any (default 2; 0: at once)")
     s.add_argument("--max-clients", type=_positive_int, default=10_000,
                    help="connections open at once, silent ones included; one more gets "
                         "-ERR max number of clients reached and is closed (default 10000; peers always pass)")
@@ -350,6 +363,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token, secret=secret, tls=tls, tick_ms=args.tick_ms,
         election_ticks=(args.election_ticks, 2 * args.election_ticks), heartbeat_ticks=args.heartbeat_ticks,
         snapshot_threshold=args.snapshot_threshold, request_timeout=args.request_timeout,
+        commit_notice_ms=args.commit_notice_ms,
         max_clients=args.max_clients, client_buffer_bytes=args.client_buffer_mb << 20,
         max_map_bytes=args.max_map_mb << 20 if args.max_map_mb is not None else None,
         first_byte_timeout=args.first_byte_timeout, fsync=args.fsync == "always", join=args.join,

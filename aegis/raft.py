@@ -220,6 +220,7 @@ class RaftConfig:
     check_quorum: bool
     seed: int | None
     tick: timedelta
+    defer_commit_notices: bool
 
     def __init__(
         self,
@@ -237,6 +238,7 @@ class RaftConfig:
         tick: timedelta = DEFAULT_TICK,
         *,
         election_timeout: int | timedelta | None = None,
+        defer_commit_notices: bool = False,
     ) -> None:
         if not isinstance(tick, timedelta) or tick <= timedelta(0):
             raise ValueError(f"tick must be a positive timedelta, got {tick!r}")
@@ -259,7 +261,8 @@ class RaftConfig:
         ):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, got {value!r}")
-        for name, flag in (("pre_vote", pre_vote), ("check_quorum", check_quorum)):
+        for name, flag in (("pre_vote", pre_vote), ("check_quorum", check_quorum),
+                           ("defer_commit_notices", defer_commit_notices)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {flag!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
@@ -287,6 +290,7 @@ class RaftConfig:
             "check_quorum": check_quorum,
             "seed": seed,
             "tick": tick,
+            "defer_commit_notices": defer_commit_notices,
         }
         for name, setting in values.items():
             object.__setattr__(self, name, setting)
@@ -557,6 +561,7 @@ class RaftNode:
         self._read_round_wanted = False
         self._follower_reads: list[int] = []
         self._follower_reads_inflight: dict[int, list[int]] = {}
+        self._commit_notices_due = False  # see `commit_notices_due`
         self._follower_reads_sent: dict[int, int] = {}  # request seq -> self._ticks when sent
         self._ticks = 0
         # Random start: a response meant for a previous incarnation of this node (same term,
@@ -805,6 +810,8 @@ class RaftNode:
                 self.lead_transferee = None  # transfer timed out [3.10]
         if self.role != Role.LEADER:
             return
+        if self._commit_notices_due:
+            self.send_commit_notices()  # the driver did not ask sooner: one tick at most
         if self.heartbeat_elapsed >= self.config.heartbeat_interval:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -1214,7 +1221,26 @@ class RaftNode:
     def _committed_in_term(self) -> bool:
         return self.log.term_or_none(self.log.commit_index) == self.term
 
-    def _send_append(self, to: str, *, allow_empty: bool = False) -> bool:
+    @property
+    def commit_notices_due(self) -> bool:
+        """Whether some follower has all the entries but not yet the current commit index
+        (`RaftConfig.defer_commit_notices`): the driver calls `send_commit_notices` when no
+        new entries come along soon to carry it, and the next tick does it anyway."""
+        return self._commit_notices_due
+
+    def send_commit_notices(self) -> None:
+        """Send the current commit index to every follower that has all the entries but not
+        that index (an empty AppendEntries each)."""
+        self._commit_notices_due = False
+        if self.role != Role.LEADER:
+            return
+        commit = self.log.commit_index
+        for peer in sorted(self.progress):
+            pr = self.progress[peer]
+            if peer != self.id and pr.sent_commit < commit:
+                self._send_append(peer, allow_empty=True, notice=True)
+
+    def _send_append(self, to: str, *, allow_empty: bool = False, notice: bool = False) -> bool:
         pr = self.progress.get(to)
         if pr is None or to == self.id:
             return False
@@ -1232,6 +1258,13 @@ class RaftNode:
         if prev_term is None:
             return self._send_snapshot(to, pr)
         if not entries and not allow_empty and pr.state == ProgressState.REPLICATE:
+            return False
+        if (not entries and pr.state == ProgressState.REPLICATE and self.config.defer_commit_notices
+                and not notice):
+            # Only the commit index to tell: the next entries carry it, or `send_commit_notices`.
+            # A follower's acknowledgement of the entries is what commits them; learning the
+            # commit index only lets it apply them, so one message per write is enough.
+            self._commit_notices_due = True
             return False
         self._send(
             AppendEntriesRequest(
@@ -1295,15 +1328,18 @@ class RaftNode:
             pr = self.progress[peer]
             prev = pr.match_index
             prev_term = self.log.term_or_none(prev)
+            commit = LogIndex(min(self.log.commit_index, pr.match_index))
             if prev_term is None:
                 prev, prev_term = LogIndex(0), Term(0)
+            elif commit > pr.sent_commit:
+                pr.sent_commit = commit  # the follower learns it from this heartbeat
             self._send(
                 AppendEntriesRequest(
                     term=self.term,
                     leader_id=self.id,
                     prev_log_index=prev,
                     prev_log_term=prev_term,
-                    leader_commit=LogIndex(min(self.log.commit_index, pr.match_index)),
+                    leader_commit=commit,
                     receiver=peer,
                     read_ctx=read_ctx,
                     heartbeat=True,
@@ -1437,6 +1473,11 @@ class RaftNode:
         if origin == self.id:
             self._read_states.append(ReadState(ctx, index))
         else:
+            pr = self.progress.get(origin)
+            if pr is not None and pr.sent_commit < index:
+                # The follower serves the read once it applied `index`: tell it the commit
+                # index first (a deferred commit notice would make the read wait for it).
+                self._send_append(origin, allow_empty=True, notice=True)
             self._send(ReadIndexResponse(term=self.term, sender_id=self.id, ctx=ctx, index=index, receiver=origin))
 
     def _ack_read(self, peer: str, round_no: int) -> None:

@@ -254,6 +254,25 @@ def test_redis_py_resp3_and_pipeline(cluster: LocalCluster) -> None:
     assert c2.get("rp49") == b"50" and c2.get("nothing") is None
 
 
+def test_a_pipelined_get_sees_the_sets_before_it_on_every_node(cluster: LocalCluster) -> None:
+    """SETs then a GET in one pipeline: the GET's read point is asked for only after the
+    SETs were answered, on the leader and on followers (which forward the SETs). The fast
+    path for plain SET/GET once submitted the GET first, and a follower answered nil."""
+    cluster.leader()
+    stale = []
+    for nid, node in sorted(cluster.nodes.items()):
+        c = node.client(protocol=2)
+        for round_ in range(20):
+            pipe = c.pipeline(transaction=False)
+            for i in range(50):
+                pipe.set(f"po:{nid}:{round_}:{i}", i)
+            pipe.get(f"po:{nid}:{round_}:49")
+            got = pipe.execute()[50]
+            if got != b"49":
+                stale.append((nid, round_, got))
+    assert not stale
+
+
 def test_bad_input_is_refused_and_changes_nothing(cluster: LocalCluster) -> None:
     leader = cluster.leader()
     port = cluster.nodes[leader].port

@@ -175,6 +175,7 @@ class Simulation:
         self.read_start: dict[tuple[str, int], int] = {}  # (node, ctx) -> its clock (ms) then
         self.read_ctx = 0
         self.read_rng = random.Random(f"{seed}/reads")  # reads do not perturb the fault schedule
+        self.notice_rng = random.Random(f"{seed}/notices")  # neither do deferred commit notices
         self.reads_served = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -187,6 +188,9 @@ class Simulation:
             max_entries_per_message=16,
             max_inflight=8,
             seed=self.rng.randrange(1 << 30),
+            # Odd seeds run as the node does: commit-only appends wait for the next entries,
+            # the driver's flush (below, at random) or the next tick.
+            defer_commit_notices=self.seed % 2 == 1,
         )
 
     def clock_ms(self, node: SimNode) -> int:
@@ -621,6 +625,11 @@ class Simulation:
                 continue
             node.raft.step(m)
             self._drain(node)
+        for nid in sorted(self.nodes):  # the node's driver flushes deferred commit notices when idle
+            node = self.nodes[nid]
+            if node.alive and node.raft is not None and node.raft.commit_notices_due and self.notice_rng.random() < 0.5:
+                node.raft.send_commit_notices()
+                self._drain(node)
         if workload and self.faults.read_rate and self.read_rng.random() < self.faults.read_rate:
             # A linearizable read on any live node: its read point must cover every write
             # acknowledged before it began.

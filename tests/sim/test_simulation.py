@@ -186,7 +186,9 @@ def test_checker_catches_counting_replicas_of_an_old_term(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(RaftNode, "_maybe_commit", naive_commit)
     with pytest.raises(SafetyViolation, match="lacks committed entry"):
-        for seed in range(40):
+        # Even seeds send commit notices at once (odd ones defer them, which changes the
+        # schedule: none of the first 100 odd seeds happens to reach Figure 8's sequence).
+        for seed in range(0, 80, 2):
             run("churn", seed)
 
 
