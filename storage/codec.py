@@ -348,6 +348,23 @@ class Codec:
             return None
         return dict_id, packed
 
+    def value_packer(self) -> Callable[[bytes], tuple[int, bytes] | None] | None:
+        """`compress_value` for many values in a row on this thread (a state flush): the
+        dictionary and its compressor looked up once; None when no dictionary is active."""
+        dict_id = self._active_dict
+        if dict_id is None:
+            return None
+        compress = self._compressor(dict_id).compress
+
+        def pack(value: bytes) -> tuple[int, bytes] | None:
+            n = len(value)
+            if n < VALUE_THRESHOLD:
+                return None
+            packed = cast(bytes, compress(value))
+            return None if len(packed) + 8 >= n else (dict_id, packed)
+
+        return pack
+
     def decompress_value(self, dict_id: int, stored: bytes, length: int) -> bytes:
         """Inverse of `compress_value`; raises StorageError/ValueError/zstd.ZstdError."""
         return self.decompress_payload(FLAG_COMPRESSED | FLAG_DICT, dict_id, stored, length)

@@ -78,7 +78,7 @@ import operator
 import struct
 import threading
 import zlib
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar, cast
 
 import lmdb
 import zstandard as zstd
@@ -121,6 +121,7 @@ _INDEX_FORMAT = b"\x01"  # the first byte of ``indexes``; another value rebuilds
 _LOAD_CHUNK = 65536  # scan entries sorted and written together when (re)building the index
 _T = TypeVar("_T")
 _MISSING = object()
+_AUTO = object()  # encode_record/_encode_change: compress with the codec given
 _first = operator.itemgetter(0)
 _blake2b = hashlib.blake2b
 _POSITION_MAX = (1 << 63) - 1  # SCAN positions are 63 bits
@@ -141,12 +142,14 @@ def db_key(key: bytes) -> bytes:
 
 
 def encode_record(key: bytes, value: bytes, version: int, revision: int, expires: int = 0,
-                  codec: Codec | None = None) -> bytes:
+                  codec: Codec | None = None, *, packed: object = _AUTO) -> bytes:
     """A state record; with a `codec` whose dictionary is active, the value compressed
-    with it when that makes it smaller."""
+    with it when that makes it smaller (`packed`: that compression, done already)."""
     if version > _VERSION_MAX:
         raise ValueError(f"version {version} does not fit a state record")
-    packed = codec.compress_value(value) if codec is not None else None
+    if packed is _AUTO:
+        packed = codec.compress_value(value) if codec is not None else None
+    packed = cast("tuple[int, bytes] | None", packed)
     if packed is not None:
         version |= _ZSTD_VALUE
     body = _VRD.pack(version | _HAS_DEADLINE, revision, expires) if expires else _VR.pack(version, revision)
@@ -710,6 +713,19 @@ class LmdbKV:
         db, meta, scan, due = self._db, self._meta, self._scan_db, self._due_db
         codec = self.codec
         floor = [self._hist_floor]
+        packer = codec.value_packer() if codec is not None else None
+        memo: dict[int, tuple[bytes, tuple[int, bytes] | None]] = {}
+
+        def packed_of(value: bytes) -> tuple[int, bytes] | None:
+            """A value compressed once for its record and its history entry (the same
+            object: the last change of a key is the value of its record)."""
+            if packer is None or not value:
+                return None
+            hit = memo.get(id(value))
+            if hit is None or hit[0] is not value:
+                hit = memo[id(value)] = (value, packer(value))
+            return hit[1]
+
         blake = _blake2b
         changed: dict[bytes, int] = {}  # the deadlines this write gives `due` (0: removed)
 
@@ -728,7 +744,7 @@ class LmdbKV:
                             txn.delete(dk, db=due)
                             changed[k] = 0
                     continue
-                puts.append((dk, encode_record(k, *rec, codec=codec)))
+                puts.append((dk, encode_record(k, *rec, packed=packed_of(rec[0]))))
                 if created is None:
                     positions.append((blake(k, digest_size=8).digest(), dk))
                 expires = rec[3]
@@ -751,7 +767,7 @@ class LmdbKV:
             if dues:
                 dues.sort(key=_first)
                 txn.cursor(due).putmulti(dues)
-            floor[0] = self._write_history(txn, history)
+            floor[0] = self._write_history(txn, history, packed_of)
             for sid, data in sorted((sessions or {}).items()):
                 sk = _U64.pack(sid)
                 if data is None:
@@ -790,7 +806,8 @@ class LmdbKV:
         """How many changes the history keeps at least (whole revisions; 0: none)."""
         self._hist_keep = max(0, int(n))
 
-    def _write_history(self, txn: lmdb.Transaction[bytes], history: Sequence[Change]) -> int:
+    def _write_history(self, txn: lmdb.Transaction[bytes], history: Sequence[Change],
+                       packed_of: Callable[[bytes], tuple[int, bytes] | None]) -> int:
         """Append `history`, prune the oldest revisions beyond `history_keep`; returns the
         new floor. Caller holds the write lock, inside the flush's transaction."""
         hist = self._hist_db
@@ -802,7 +819,8 @@ class LmdbKV:
             for rev, key, value in history:
                 seq = seq + 1 if rev == prev else 0
                 prev = rev
-                puts.append((_HIST_KEY.pack(rev, seq), _encode_change(key, value, self.codec)))
+                puts.append((_HIST_KEY.pack(rev, seq),
+                             _encode_change(key, value, packed=packed_of(value) if value else None)))
             cur = txn.cursor(db=hist)
             last = cur.key() if cur.last() else b""
             cur.putmulti(puts, append=bool(last) and puts[0][0] > last or not last)
@@ -1026,12 +1044,13 @@ _HIST_KEY = struct.Struct(">QI")  # revision, sequence within it
 _CLEN = struct.Struct(">I")
 
 
-def _encode_change(key: bytes, value: bytes | None, codec: Codec | None = None) -> bytes:
+def _encode_change(key: bytes, value: bytes | None, codec: Codec | None = None, *, packed: object = _AUTO) -> bytes:
     """``crc | tag | key length | key | value``: tag 0 deleted, 1 a value, 2 a value
     compressed with a zstd dictionary (``dictionary id | length | frame``)."""
-    packed = codec.compress_value(value) if codec is not None and value else None
-    if packed is not None:
-        tail = _VR_ZSTD.pack(packed[0], len(value or b"")) + packed[1]
+    pk = (codec.compress_value(value) if codec is not None and value else None) if packed is _AUTO else \
+        cast("tuple[int, bytes] | None", packed)
+    if pk is not None:
+        tail = _VR_ZSTD.pack(pk[0], len(value or b"")) + pk[1]
         body = b"\x02" + _CLEN.pack(len(key)) + key + tail
     else:
         body = (b"\x00" if value is None else b"\x01") + _CLEN.pack(len(key)) + key + (value or b"")

@@ -278,6 +278,54 @@ def test_the_state_database_stores_compressed_values_and_reads_them_after_a_rest
         assert {k: v for k, v, *_ in export.records()} == values
 
 
+def test_a_flush_compresses_each_value_once_for_its_record_and_its_history(
+        stores: Any, dictionary: bytes, monkeypatch: Any) -> None:
+    """A key set twice before a flush: two history entries, one record, every one of them
+    reading back its own value; the record and the history entry of the last value share
+    one compression."""
+    import msgpack
+
+    s = stores("n1")
+    s.write_batch(entries=[dict_entry(1, dictionary)], hard_state=HardState(Term(1), None, LogIndex(1)))
+    s.activate_committed()
+    kv = s.state()
+    kv.history_keep = 1000
+    sm = StateMachine(backend=kv)
+    rng = random.Random(8)
+    first, second = doc(rng, 1), doc(rng, 2)
+    sm.changes = []
+    for index, value in ((2, first), (3, second)):
+        entry = LogEntry(LogIndex(index), Term(1), EntryType.COMMAND,
+                         msgpack.packb([1, b"twice", value], use_bin_type=True), 1.0)
+        s.write_batch(entries=[entry], hard_state=HardState(Term(1), None, LogIndex(index)))
+        sm.apply_entries([entry])
+    history = sm.changes
+    assert [(rev, v) for rev, _, v in history] == [(2, first), (3, second)]
+    calls = []
+    real = kv.codec.value_packer
+
+    def counting() -> Any:
+        pack = real()
+        assert pack is not None
+
+        def counted(value: bytes) -> Any:
+            calls.append(value)
+            return pack(value)
+        return counted
+
+    monkeypatch.setattr(kv.codec, "value_packer", counting)
+    flush = kv.take_flush()
+    assert flush is not None
+    assert kv.write_flush(*flush, history=history)
+    kv.flush_done()
+    assert sorted(calls) == sorted([first, second])  # not three: the last value once for both
+    s.close()
+    again = stores("n1", Codec())
+    kv2 = again.state()
+    assert kv2.get(b"twice")[0] == second  # type: ignore[index]
+    assert [(rev, v) for rev, _, v in kv2.read_history(0, 1000)] == [(2, first), (3, second)]
+
+
 # --- snapshots ---------------------------------------------------------------------------------------
 
 def test_a_snapshot_file_carries_the_dictionaries_and_an_install_registers_them(
