@@ -50,6 +50,7 @@ from . import commands as C
 from . import failpoints
 from .budget import Account, ByteBudget
 from .cluster import Cluster, ClusterConfig, ClusterState
+from .fastio import FdStream
 from .log import EntryType, HardState, LogIndex, Membership, SnapshotMeta
 from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage, VoteResponse
 from .node import NodeId, NodeInfo, NodeStatus
@@ -144,6 +145,9 @@ class ServerConfig:
     # loop then costs each follower one AppendEntries per write instead of two. Followers
     # apply that much later, never more; a follower read is told at once. 0: at once.
     commit_notice_ms: float = 2.0
+    # Incoming peer connections over plain TCP read their socket directly (aegis.fastio)
+    # instead of through trio's SocketStream. False: SocketStream.
+    fd_streams: bool = True
     inbox_depth: int = 100_000  # events queued for the Raft task before clients get -TRYAGAIN
     join: bool = False  # start as a new member of a running cluster (see `aegis serve --join`)
     keys_limit: int = 10_000  # KEYS refuses to examine more keys than this (SCAN has no limit)
@@ -1077,6 +1081,8 @@ class Node:
         if not first:
             return
         if first.startswith(PEER_MAGIC[:1]):
+            if stream is tcp and self.cfg.fd_streams:
+                stream = FdStream(tcp)  # the hot path from here on: no scheduler trip per call
             await self._handle_peer(stream, bytearray(first))
         else:
             # Handed over in a list the client task empties: a reference kept here would
