@@ -363,6 +363,10 @@ def test_wrong_flags_are_clear_errors(tmp_path: Path) -> None:
     out = run("serve", "--id", "n1", "--listen", "127.0.0.1:1", "--data", str(tmp_path / "d"),
               "--peers", "n1=127.0.0.1:2,n1=127.0.0.1:3")
     assert out.returncode == 2 and "named twice" in out.stderr
+    for bad in ("-1", "nan", "soon"):
+        out = run("serve", "--id", "n1", "--listen", "127.0.0.1:1", "--data", str(tmp_path / "d"),
+                  "--commit-notice-ms", bad)
+        assert out.returncode == 2 and "--commit-notice-ms" in out.stderr
     assert not (tmp_path / "d").exists()
 
 
