@@ -308,6 +308,7 @@ class ConnectionPool:
         #: half-sent: `send` then writes the frame straight to the socket (see `send`).
         self._direct: dict[str, tuple[int, PayloadPacker | None]] = {}
         self.direct_frames = 0  # frames `send` wrote itself (the rest went through the queue)
+        self._direct_at: dict[str, float] = {}  # peer -> when `send` last wrote a whole frame
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -353,6 +354,7 @@ class ConnectionPool:
             self.bytes_sent += sent
             if sent == len(data):
                 self.direct_frames += 1
+                self._direct_at[pid] = time.monotonic()
                 return True
             del self._direct[pid]  # from here the queue holds the order
             kind, payload = _RAW, data[sent:]
@@ -417,14 +419,22 @@ class ConnectionPool:
                            queue: trio.MemoryReceiveChannel[Outgoing]) -> None:
         pack = self.packer_for(pid) if self.packer_for is not None else self.pack_payload
         fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        wait = self.ping_interval
         while True:
             item = None
             if fd is not None and not queue.statistics().current_buffer_used:
                 self._direct[pid] = (fd, pack)  # parked with nothing pending: `send` may write
-            with trio.move_on_after(self.ping_interval):
+            with trio.move_on_after(wait):
                 item = await queue.receive()
             self._direct.pop(pid, None)
+            wait = self.ping_interval
             if item is None:
+                # A ping only on a link that was quiet that long: frames `send` wrote itself
+                # count (a leader's heartbeats, a follower's answers to them).
+                quiet = time.monotonic() - self._direct_at.get(pid, 0.0)
+                if quiet < self.ping_interval:
+                    wait = self.ping_interval - quiet
+                    continue
                 await stream.send_all(frame(FRAME_PING))
                 self.bytes_sent += 5
                 continue

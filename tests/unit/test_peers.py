@@ -185,3 +185,49 @@ async def test_frames_written_directly_and_queued_arrive_whole_and_in_order() ->
             await done.wait()
         nursery.cancel_scope.cancel()
     assert received == list(range(n))
+
+
+async def test_a_link_busy_with_direct_frames_sends_no_pings_and_a_quiet_one_does() -> None:
+    """Pings keep a quiet link alive; frames `send` wrote itself count as traffic, so a
+    leader's heartbeats (written directly) are not doubled by pings."""
+    from aegis.messages import AppendEntriesRequest
+    from aegis.peers import FRAME_PING, ConnectionPool
+
+    kinds: list[bytes] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        buf = bytearray(await stream.receive_some(65536))
+        assert await accept_handshake(stream, buf, accept_all, auth=AUTH, me="n1") is not None
+        while True:
+            body = await read_frame(stream, buf, MAX_PEER_FRAME)
+            if body is None:
+                return
+            kinds.append(body[:1])
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+
+        async def no_snapshot(pid: str, stream: trio.abc.Stream, msg: object) -> None:
+            raise AssertionError("no snapshot here")
+
+        pool = ConnectionPool(Handshake(node_id="n2", cluster="aegis"), lambda: {"n1": f"127.0.0.1:{port}"},
+                              ping_interval=0.1, pack_payload=None, on_unreachable=lambda pid, why: None,
+                              stream_snapshot=no_snapshot, auth=AUTH)
+        pool.start(nursery)
+        pool.retain(["n1"])
+        with trio.fail_after(10):
+            while not pool._direct:
+                await trio.sleep(0.01)
+        heartbeat = AppendEntriesRequest(term=1, leader_id="n2", receiver="n1", prev_log_index=0,
+                                         prev_log_term=0, heartbeat=True)
+        kinds.clear()
+        for _ in range(20):  # a frame every 40 ms for 0.8 s
+            assert pool.send("n1", FRAME_MSG, heartbeat)
+            await trio.sleep(0.04)
+        await trio.sleep(0.02)
+        busy = list(kinds)
+        assert busy.count(FRAME_MSG) == 20 and FRAME_PING not in busy
+        await trio.sleep(0.55)  # quiet: pings every 0.1 s
+        assert kinds[len(busy):].count(FRAME_PING) >= 3
+        nursery.cancel_scope.cancel()
