@@ -28,7 +28,9 @@ a node-wide `ByteBudget` shared by every connection still shaking hands, and for
 
 Connections are one-way: each node keeps one *outgoing* connection per peer
 (`ConnectionPool`), fed by a bounded queue, reconnecting with exponential back-off; what it
-receives arrives on the peers' outgoing connections. A full queue drops the message — Raft
+receives arrives on the peers' outgoing connections. While a connection's sender task is
+idle, `send` writes a frame to the socket itself (one non-blocking write, from the Raft
+loop) and only what the socket does not take goes through the queue. A full queue drops the message — Raft
 retransmits — rather than letting a slow peer stall the node. A connection failure empties
 the queue (stale appends only slow recovery) and tells the node (`on_unreachable`), which
 tells the Raft core to fall back from pipelining to probing.
