@@ -130,9 +130,11 @@ class ServerConfig:
     # Each flush rewrites every B-tree page its keys land on: with random keys over 1M a
     # 0.5 s flush (about 12k keys) rewrote about 0.8 pages (3.2 KB) per write, a 2 s one
     # about 1 KB (bench/compare.py's SET -P16: 63 -> 54 µs of node CPU per write). The log
-    # is the durable record meanwhile; the cost is a longer replay after a crash.
+    # is the durable record meanwhile; the cost is a longer replay after a crash. The keys
+    # waiting are Python objects: a bulk load at 30k writes/s reaches the key limit first,
+    # and 100k keys held 155 MB RssAnon per node after bench/load_bench.py, 50k 122-136 MB.
     state_flush_s: float = 2.0
-    state_flush_keys: int = 100_000
+    state_flush_keys: int = 50_000
     # A Ready whose entries add up to at most this many bytes is written and fsynced on the
     # trio thread itself: a hop to a worker thread and back costs two wake-ups (about as much
     # as the fsync on a fast disk). Only where nothing must go out during the sync: a
