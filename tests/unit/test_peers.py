@@ -6,6 +6,7 @@ small handshake frame, within a node-wide budget, for a few seconds (issue 11)."
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import trio
 import trio.testing
@@ -130,6 +131,28 @@ async def test_an_accepted_peer_may_send_frames_up_to_the_limit() -> None:
     assert body is not None and len(body) == HANDSHAKE_FRAME_LIMIT * 4 + 1
 
 
+async def pool_to(nursery: trio.Nursery, serve: Any, *, ping_interval: float) -> Any:
+    """A ConnectionPool of "n2" connected over real TCP to `serve` as "n1", its sender
+    parked (so `send` writes directly)."""
+    from aegis.peers import ConnectionPool
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+
+    async def no_snapshot(pid: str, stream: trio.abc.Stream, msg: object) -> None:
+        raise AssertionError("no snapshot here")
+
+    pool = ConnectionPool(Handshake(node_id="n2", cluster="aegis"), lambda: {"n1": f"127.0.0.1:{port}"},
+                          ping_interval=ping_interval, pack_payload=None, on_unreachable=lambda pid, why: None,
+                          stream_snapshot=no_snapshot, auth=AUTH)
+    pool.start(nursery)
+    pool.retain(["n1"])
+    with trio.fail_after(10):
+        while not pool._direct:  # connected, its sender parked: direct writes are on
+            await trio.sleep(0.01)
+    return pool
+
+
 async def test_frames_written_directly_and_queued_arrive_whole_and_in_order() -> None:
     """ConnectionPool.send writes a frame straight to the socket while the sender is idle; a
     receiver that stops reading fills the socket, and from the first frame the socket takes
@@ -137,7 +160,6 @@ async def test_frames_written_directly_and_queued_arrive_whole_and_in_order() ->
     and in the order it was sent."""
     from aegis.log import LogEntry
     from aegis.messages import AppendEntriesRequest
-    from aegis.peers import ConnectionPool
     from aegis.transport import decode
 
     n, size = 400, 32 << 10
@@ -160,20 +182,7 @@ async def test_frames_written_directly_and_queued_arrive_whole_and_in_order() ->
         done.set()
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
-        port = listeners[0].socket.getsockname()[1]
-
-        async def no_snapshot(pid: str, stream: trio.abc.Stream, msg: object) -> None:
-            raise AssertionError("no snapshot here")
-
-        pool = ConnectionPool(Handshake(node_id="n2", cluster="aegis"), lambda: {"n1": f"127.0.0.1:{port}"},
-                              ping_interval=0.05, pack_payload=None, on_unreachable=lambda pid, why: None,
-                              stream_snapshot=no_snapshot, auth=AUTH)
-        pool.start(nursery)
-        pool.retain(["n1"])
-        with trio.fail_after(10):
-            while not pool._direct:  # connected, its sender parked: direct writes are on
-                await trio.sleep(0.01)
+        pool = await pool_to(nursery, serve, ping_interval=0.05)
         for i in range(n):  # all at once, as the Raft loop sends: no await in between
             e = LogEntry(i + 1, 1, data=bytes([i % 251]) * size)
             assert pool.send("n1", FRAME_MSG, AppendEntriesRequest(term=1, leader_id="n2", receiver="n1",
@@ -191,7 +200,7 @@ async def test_a_link_busy_with_direct_frames_sends_no_pings_and_a_quiet_one_doe
     """Pings keep a quiet link alive; frames `send` wrote itself count as traffic, so a
     leader's heartbeats (written directly) are not doubled by pings."""
     from aegis.messages import AppendEntriesRequest
-    from aegis.peers import FRAME_PING, ConnectionPool
+    from aegis.peers import FRAME_PING
 
     kinds: list[bytes] = []
 
@@ -205,20 +214,7 @@ async def test_a_link_busy_with_direct_frames_sends_no_pings_and_a_quiet_one_doe
             kinds.append(body[:1])
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
-        port = listeners[0].socket.getsockname()[1]
-
-        async def no_snapshot(pid: str, stream: trio.abc.Stream, msg: object) -> None:
-            raise AssertionError("no snapshot here")
-
-        pool = ConnectionPool(Handshake(node_id="n2", cluster="aegis"), lambda: {"n1": f"127.0.0.1:{port}"},
-                              ping_interval=0.1, pack_payload=None, on_unreachable=lambda pid, why: None,
-                              stream_snapshot=no_snapshot, auth=AUTH)
-        pool.start(nursery)
-        pool.retain(["n1"])
-        with trio.fail_after(10):
-            while not pool._direct:
-                await trio.sleep(0.01)
+        pool = await pool_to(nursery, serve, ping_interval=0.1)
         heartbeat = AppendEntriesRequest(term=1, leader_id="n2", receiver="n1", prev_log_index=0,
                                          prev_log_term=0, heartbeat=True)
         kinds.clear()

@@ -246,16 +246,22 @@ def test_state_values_are_compressed_with_the_dictionary_and_raw_records_still_r
     assert encode_record(b"k", b"short", 1, 1, codec=c)[-5:] == b"short"  # short values stay raw
 
 
-def test_the_state_database_stores_compressed_values_and_reads_them_after_a_restart(
-        stores: Any, dictionary: bytes) -> None:
-    import msgpack
-
+def state_with_dictionary(stores: Any, dictionary: bytes) -> tuple[Any, Any, StateMachine]:
+    """Node n1's store with `dictionary` committed and active, its state (history kept) and
+    a state machine over it."""
     s = stores("n1")
     s.write_batch(entries=[dict_entry(1, dictionary)], hard_state=HardState(Term(1), None, LogIndex(1)))
     s.activate_committed()
     kv = s.state()
     kv.history_keep = 1000
-    sm = StateMachine(backend=kv)
+    return s, kv, StateMachine(backend=kv)
+
+
+def test_the_state_database_stores_compressed_values_and_reads_them_after_a_restart(
+        stores: Any, dictionary: bytes) -> None:
+    import msgpack
+
+    s, kv, sm = state_with_dictionary(stores, dictionary)
     rng = random.Random(7)
     values = {b"key%d" % i: doc(rng, i) for i in range(300)}
     payloads = [msgpack.packb([1, k, v], use_bin_type=True) for k, v in values.items()]
@@ -285,12 +291,7 @@ def test_a_flush_compresses_each_value_once_for_its_record_and_its_history(
     one compression."""
     import msgpack
 
-    s = stores("n1")
-    s.write_batch(entries=[dict_entry(1, dictionary)], hard_state=HardState(Term(1), None, LogIndex(1)))
-    s.activate_committed()
-    kv = s.state()
-    kv.history_keep = 1000
-    sm = StateMachine(backend=kv)
+    s, kv, sm = state_with_dictionary(stores, dictionary)
     rng = random.Random(8)
     first, second = doc(rng, 1), doc(rng, 2)
     sm.changes = []
