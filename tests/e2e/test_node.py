@@ -154,6 +154,25 @@ def test_follower_down_catches_up_by_snapshot(tmp_path: Path) -> None:
         c.stop_all()
 
 
+def test_a_write_to_a_cut_off_leader_times_out_after_the_request_timeout(proxied: LocalCluster) -> None:
+    """A leader cut off from both followers cannot commit: the client gets -TIMEOUT (the
+    outcome is unknown) once --request-timeout (3 s here) has passed, not before, and not
+    much after; the connection stays usable."""
+    c = proxied
+    leader = c.leader()
+    client = c.nodes[leader].client(socket_timeout=15)
+    client.set("t", "before")
+    c.isolate(leader)
+    t0 = time.monotonic()
+    with pytest.raises(redis.ResponseError) as exc:
+        client.set("t", "cut-off")
+    took = time.monotonic() - t0
+    assert exc.value.args[0].startswith("TIMEOUT"), exc.value.args[0]
+    assert 2.9 <= took < 4.0, took
+    assert client.ping()
+    c.heal()
+
+
 def test_partitioned_minority_cannot_write_or_read(proxied: LocalCluster) -> None:
     c = proxied
     leader = c.leader()
