@@ -231,7 +231,7 @@ class Node:
         self._flush_waiters: list[_Waiter] = []
         self._since_compaction = 0  # commands applied since the last compaction began
         self._flush_done_event = trio.Event()
-        self._reads: dict[int, _Waiter] = {}
+        self._reads: dict[int, list[_Waiter]] = {}  # read ctx -> the reads waiting for that read point
         self._deadlines: collections.deque[tuple[float, weakref.ref[_Waiter]]] = collections.deque()  # see `_wait`
         self._read_ctx = itertools.count(1)
         self._apply_waiters: list[tuple[int, _Waiter]] = []
@@ -502,11 +502,14 @@ class Node:
                 self._handle_event(ev, proposals)
             if self._client_ops:
                 ops, self._client_ops = self._client_ops, []
+                reads = []
                 for payload, w in ops:
                     if payload is None:
-                        self._start_read(w)
+                        reads.append(w)
                     else:
                         proposals.append((payload, w))
+                if reads:
+                    self._start_reads(reads)
             if proposals:
                 self._propose(proposals)
             while raft.has_ready():
@@ -577,12 +580,28 @@ class Node:
                 log.warning("%s (a forged or broken peer; nothing changed)", exc)
 
     def _start_read(self, w: _Waiter) -> None:
+        self._start_reads([w])
+
+    def _start_reads(self, ws: list[_Waiter]) -> None:
+        """One read point for all the reads that reached the Raft task in one turn: each of
+        them arrived before it was asked for, so the commit index it confirms covers every
+        write acknowledged before any of them began (the core's ReadIndex, paid once)."""
         ctx = next(self._read_ctx)
-        w.ctx = ctx
+        for w in ws:
+            w.ctx = ctx
         if self.raft.read_index(ctx):
-            self._reads[ctx] = w
+            self._reads[ctx] = ws
         else:
-            w.fail("NOLEADER no leader is known; try again shortly")
+            for w in ws:
+                w.fail("NOLEADER no leader is known; try again shortly")
+
+    def _forget_read(self, w: _Waiter) -> None:
+        """A read that gave up waiting for its read point (the others of its batch wait on)."""
+        ws = self._reads.get(w.ctx)
+        if ws is not None and w in ws:
+            ws.remove(w)
+            if not ws:
+                del self._reads[w.ctx]
 
     def _client_op(self, payload: bytes | None, w: _Waiter) -> bool:
         """Queue a client's write (its encoded command) or read (None) for the Raft task:
@@ -673,8 +692,7 @@ class Node:
             self.metrics.batch_entries.observe(len(rd.entries))
         self._apply(rd)
         for rs in rd.read_states:
-            w = self._reads.pop(rs.ctx, None)
-            if w is not None:
+            for w in self._reads.pop(rs.ctx, ()):
                 w.set(rs.index)
         raft.advance(rd)
         if rd.soft_state is not None or rd.membership is not None:
@@ -2022,7 +2040,7 @@ class Node:
             async def create() -> bytes:
                 # A linearizable point: everything acknowledged before now is included.
                 if not await self._wait(w) or w.error is not None:
-                    self._reads.pop(w.ctx, None)
+                    self._forget_read(w)
                     return encode_error(w.error or "TIMEOUT no quorum confirmed the snapshot point in time")
                 if not await self._wait_applied(int(w.value)):
                     return encode_error("TIMEOUT this node did not catch up in time")
@@ -2077,7 +2095,7 @@ class Node:
         """Wait until a linearizable read may be served (its ReadIndex confirmed and applied
         here); the error reply if it may not, None when it may."""
         if not await self._wait(w):
-            self._reads.pop(w.ctx, None)
+            self._forget_read(w)
             return encode_error("TIMEOUT no quorum confirmed the read in time")
         if w.error is not None:
             return encode_error(w.error)
