@@ -292,6 +292,40 @@ def test_a_pipelined_get_sees_the_sets_before_it_on_every_node(cluster: LocalClu
     assert not stale
 
 
+def test_concurrent_reads_sharing_a_read_point_see_every_acknowledged_write(cluster: LocalCluster) -> None:
+    """Reads that reach the Raft task together share one read point: 16 clients pipelining
+    GETs on every node, each right after its own acknowledged SET, all see their write."""
+    import threading
+
+    cluster.leader()
+    errors: list[str] = []
+
+    def reader(nid: str, i: int) -> None:
+        try:
+            c = cluster.nodes[nid].client(protocol=2, socket_timeout=10)
+            for round_ in range(10):
+                key = f"rp:{nid}:{i}:{round_}"
+                c.set(key, round_)
+                pipe = c.pipeline(transaction=False)
+                for _ in range(20):
+                    pipe.get(key)
+                got = pipe.execute()
+                if got != [str(round_).encode()] * 20:
+                    errors.append(f"{key}: {got[:3]}")
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(f"{nid}/{i}: {exc!r}")
+
+    threads = [threading.Thread(target=reader, args=(nid, i), daemon=True)
+               for nid in sorted(cluster.nodes) for i in range(16)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not [t for t in threads if t.is_alive()], "readers still waiting after 60 s"
+    assert not errors, errors[:5]
+
+
 def test_bad_input_is_refused_and_changes_nothing(cluster: LocalCluster) -> None:
     leader = cluster.leader()
     port = cluster.nodes[leader].port
