@@ -55,6 +55,15 @@ def free_port_run(n: int) -> int:
     raise RuntimeError("no run of free ports found")
 
 
+def rss_anon_mib(pid: int) -> float:
+    """A process's anonymous resident memory (/proc/PID/status RssAnon), in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no RssAnon in /proc status")
+
+
 def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "",
                detail: Callable[[], str] | None = None) -> Any:
     """Poll `pred` until it returns something truthy; on timeout fail, adding `detail()` if given."""

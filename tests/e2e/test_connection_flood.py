@@ -12,21 +12,13 @@ from typing import Iterator
 
 import pytest
 
-from .harness import LocalCluster, running, wait_until
+from .harness import LocalCluster, rss_anon_mib, running, wait_until
 
 CONNS = 200
 SEND = 64 << 10
 IDLE = 40
 MAX_CLIENTS = CONNS + IDLE + 1  # the flood, the silent ones, the test's own client
 HEADER = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n" % (8 << 20)
-
-
-def rss_anon_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no RssAnon in /proc status")
 
 
 @pytest.fixture

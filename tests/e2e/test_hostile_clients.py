@@ -11,19 +11,11 @@ from typing import Iterator
 
 import pytest
 
-from .harness import LocalCluster, wait_until
+from .harness import LocalCluster, rss_anon_mib, wait_until
 
 TOKEN = "s3cret"
 BUDGET_MB = 32
 VALUE = 8 << 20  # declared; the flood never sends all of it
-
-
-def rss_anon_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no RssAnon in /proc status")
 
 
 @pytest.fixture
@@ -73,13 +65,13 @@ def test_unfinished_requests_are_bounded_before_and_after_auth(node: LocalCluste
     n1 = node.nodes["n1"]
     assert n1.proc is not None
     pid = n1.proc.pid
-    baseline = rss_anon_mb(pid)
+    baseline = rss_anon_mib(pid)
     client = n1.client(password=TOKEN)
 
     # Before AUTH a connection may hold 64 KiB: 150 x 1 MiB partial values get nowhere.
     socks, replies = flood(n1.port, 150, 1 << 20, auth=False)
     try:
-        assert rss_anon_mb(pid) - baseline < 20
+        assert rss_anon_mib(pid) - baseline < 20
         told = [r for r in replies if r.startswith(b"-ERR client input limit: a connection that has not authenticated")]
         assert len(told) >= 140, replies[:3]
         assert b"64 KiB" in told[0] and b"closing the connection" in told[0]
@@ -91,7 +83,7 @@ def test_unfinished_requests_are_bounded_before_and_after_auth(node: LocalCluste
     # After AUTH: 150 x 6 MiB (900 MiB unbounded) stay within the node-wide budget.
     socks, replies = flood(n1.port, 150, 6 << 20, auth=True)
     try:
-        grown = rss_anon_mb(pid) - baseline
+        grown = rss_anon_mib(pid) - baseline
         assert int(client.info()["client_input_bytes"]) <= BUDGET_MB << 20
         assert grown < BUDGET_MB + 40, f"RssAnon grew by {grown:.0f} MiB"
         told = [r for r in replies if b"-ERR client input limit: the node's budget for unfinished client" in r]

@@ -28,8 +28,7 @@ from aegis.peers import (
 )
 from aegis.transport import Handshake, encode
 
-from .harness import LocalCluster, running, wait_until
-from .test_hostile_clients import rss_anon_mb
+from .harness import LocalCluster, rss_anon_mib, running, wait_until
 
 FORGERS = 16
 SEND = 48 << 20  # of a declared 64 MiB frame: 768 MiB in all if it were held
@@ -82,14 +81,14 @@ def test_a_stranger_may_send_only_a_small_handshake_frame(tmp_path: Path) -> Non
         n1 = c.nodes["n1"]
         wait_until(lambda: n1.client(password="s3cret").ping(), 15, what="n1 to serve")
         assert n1.proc is not None
-        baseline = rss_anon_mb(n1.proc.pid)
+        baseline = rss_anon_mib(n1.proc.pid)
         socks = []
         for _ in range(FORGERS):
             s = socket.create_connection(("127.0.0.1", n1.port), timeout=10)
             socks.append(s)
             s.sendall(PEER_MAGIC)
             send_big_frame(s)  # as its "handshake"
-        grown = rss_anon_mb(n1.proc.pid) - baseline
+        grown = rss_anon_mib(n1.proc.pid) - baseline
         replies = [read_reply(s) for s in socks]
         for s in socks:
             s.close()
@@ -116,7 +115,7 @@ def test_forged_members_hold_at_most_one_frame_each(cluster: LocalCluster) -> No
     node = cluster.nodes[leader]
     assert node.proc is not None
     members = [n for n in cluster.nodes if n != leader]
-    baseline = rss_anon_mb(node.proc.pid)
+    baseline = rss_anon_mib(node.proc.pid)
     peak = 0.0
     socks = []
     for i in range(FORGERS):
@@ -126,9 +125,9 @@ def test_forged_members_hold_at_most_one_frame_each(cluster: LocalCluster) -> No
         # forger computes the proofs with the empty key, as the nodes do.
         assert forge_handshake(s, members[i % len(members)], leader, b"") == FRAME_ACCEPT
         send_big_frame(s)
-        peak = max(peak, rss_anon_mb(node.proc.pid) - baseline)
+        peak = max(peak, rss_anon_mib(node.proc.pid) - baseline)
     time.sleep(0.5)
-    peak = max(peak, rss_anon_mb(node.proc.pid) - baseline)
+    peak = max(peak, rss_anon_mib(node.proc.pid) - baseline)
     for s in socks:
         s.close()
     print(f"{FORGERS} forged members with 64 MiB frames: RssAnon peak +{peak:.0f} MiB")
