@@ -1393,10 +1393,8 @@ class Node:
                     timer = metrics.command(cmd[0] if len(cmd) < 6 or cmd[0].lower() != b"session"
                                             else cmd[5])
                     fast = None
-                    if len(cmd) in (2, 3) and state.multi is None:
-                        name = cmd[0]
-                        kind = ("w" if len(cmd) == 3 and (name == b"SET" or name == b"set") else
-                                "r" if len(cmd) == 2 and (name == b"GET" or name == b"get") else "")
+                    if state.multi is None:
+                        kind = _fast_kind(cmd)
                         if kind:
                             if last_kind and kind != last_kind and ops:
                                 # Before the fast path submits anything: a GET after SETs in
@@ -1404,7 +1402,7 @@ class Node:
                                 # were answered (it would read without them).
                                 await self._replies(ops, out, t0)
                                 ops = []
-                            fast = self._fast_path(cmd, state)
+                            fast = self._fast_path(cmd, state, kind)
                     if fast is not None:
                         kind, op = fast
                         last_kind = kind
@@ -1509,16 +1507,16 @@ class Node:
         log.info("closing a client connection: %s", why)
         return encode_error(f"ERR client input limit: {why}; closing the connection")
 
-    def _fast_path(self, cmd: list[bytes], state: _Session) -> tuple[str, Callable[[], Awaitable[bytes]]] | None:
-        """Plain SET k v and GET k, the bulk of any load, without building a Request and a
-        Command: the same checks, the same log payload (`Command.set(k, v).encode()`), the
-        same replies. Anything else (options, limits exceeded, no leader, no AUTH yet) takes
-        the general path."""
-        name = cmd[0]
+    def _fast_path(self, cmd: list[bytes], state: _Session, kind: str
+                   ) -> tuple[str, Callable[[], Awaitable[bytes]]] | None:
+        """Plain SET k v (`kind` "w") and GET k ("r"), the bulk of any load, without building
+        a Request and a Command: the same checks, the same log payload
+        (`Command.set(k, v).encode()`), the same replies. Anything else (limits exceeded, no
+        leader, no AUTH yet) takes the general path."""
         limits = self.cfg.limits
         if not state.authed or self.raft.leader_id is None or len(cmd[1]) > limits.max_key_len:
             return None
-        if len(cmd) == 3 and (name == b"SET" or name == b"set") and len(cmd[2]) <= limits.max_value_len:
+        if kind == "w" and len(cmd[2]) <= limits.max_value_len:
             self.stats["total_writes"] += 1
             if not self.raft.is_leader():
                 return "w", self._to_leader(cmd, False, state.resp3)
@@ -1535,7 +1533,7 @@ class Node:
                 return OK if r.success else encode_error(f"ERR {r.error}")
 
             return "w", set_result
-        if len(cmd) == 2 and (name == b"GET" or name == b"get"):
+        if kind == "r":
             self.stats["total_reads"] += 1
             key = cmd[1]
             resp3 = state.resp3
@@ -2306,6 +2304,17 @@ def _pack_payload(e: Any) -> bytes:
 
 
 _pack = msgpack.Packer(use_bin_type=True).pack  # the fast path's SET payload: [1, key, value]
+
+
+def _fast_kind(cmd: list[bytes]) -> str:
+    """"w" for a plain ``SET k v``, "r" for ``GET k`` (the fast path's two), else ""."""
+    if len(cmd) == 3:
+        name = cmd[0]
+        return "w" if name == b"SET" or name == b"set" else ""
+    if len(cmd) == 2:
+        name = cmd[0]
+        return "r" if name == b"GET" or name == b"get" else ""
+    return ""
 
 
 def _const(data: bytes) -> Callable[[], Awaitable[bytes]]:

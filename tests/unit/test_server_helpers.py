@@ -67,7 +67,7 @@ async def test_a_full_raft_inbox_answers_tryagain_and_changes_nothing(tmp_path: 
 
 
 async def test_the_set_get_fast_path_matches_the_general_path(tmp_path: Path) -> None:
-    from aegis.server import Node, ServerConfig, _Session
+    from aegis.server import Node, ServerConfig, _fast_kind, _Session
     from aegis.state import Command
 
     node = Node(ServerConfig(node_id="solo", port=0, data_dir=str(tmp_path / "solo")))
@@ -75,16 +75,20 @@ async def test_the_set_get_fast_path_matches_the_general_path(tmp_path: Path) ->
     try:
         node.raft.campaign(pre_vote=False)
         state = _Session(authed=True)
+        def fast(argv: list[bytes], session: _Session = state) -> object:
+            kind = _fast_kind(argv)
+            return node._fast_path(argv, session, kind) if kind else None
+
         # SET k v and GET k take it; anything else does not.
-        assert node._fast_path([b"SET", b"k", b"\xffv"], state) is not None
+        assert fast([b"SET", b"k", b"\xffv"]) is not None
         assert node._client_ops[-1][0] == Command.set("k", b"\xffv").encode()  # the general path's payload
-        assert node._fast_path([b"set", b"k", b"v"], state) is not None
-        assert node._fast_path([b"GET", b"k"], state) is not None and node._client_ops[-1][0] is None
+        assert fast([b"set", b"k", b"v"]) is not None
+        assert fast([b"GET", b"k"]) is not None and node._client_ops[-1][0] is None
         for argv in ([b"SET", b"k", b"v", b"NX"], [b"SeT", b"k", b"v"], [b"GET", b"k" * 70_000],
                      [b"SET", b"k", b"v" * (node.cfg.limits.max_value_len + 1)], [b"DEL", b"k"]):
-            assert node._fast_path(argv, state) is None, argv
-        assert node._fast_path([b"GET", b"k"], _Session(authed=False)) is None
+            assert fast(argv) is None, argv
+        assert fast([b"GET", b"k"], _Session(authed=False)) is None
         node.raft.leader_id = None
-        assert node._fast_path([b"SET", b"k", b"v"], state) is None  # mid-election: the general path waits
+        assert fast([b"SET", b"k", b"v"]) is None  # mid-election: the general path waits
     finally:
         node.store.close()
