@@ -328,7 +328,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from . import failpoints
     from .peerauth import SecretFileError
     from .raft import StoredTermError
-    from .server import MetricsListenError, Node, ServerConfig
+    from .config import ServerConfig
+    from .server import MetricsListenError, Node
     from .tls import TlsConfigError
 
     try:

@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from . import commands as C
+from . import status
 from .log import Membership
 from .logs import event
 from .messages import AppendEntriesRequest, AppendEntriesResponse
@@ -307,7 +308,7 @@ class NodeCollector(Collector):
         node = self.node
         m = node.metrics
         raft = node.raft
-        f = node.info_fields()
+        f = status.info_fields(node)
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(f"aegis_{name}", doc, value=value)
@@ -322,7 +323,7 @@ class NodeCollector(Collector):
         yield gauge("term", "The current Raft term.", raft.term)
         role = GaugeMetricFamily("aegis_role", "1 for this node's current role, 0 for the others.",
                                  labels=["role"])
-        current = node.role_name()
+        current = status.role_name(node)
         for r in ROLES:
             role.add_metric([r], 1 if r == current else 0)
         yield role

@@ -31,15 +31,12 @@ leader a client gets `-NOLEADER` at once; when the outcome is unknown, `-TIMEOUT
 
 from __future__ import annotations
 
-import collections
-import functools
 import hmac
 import itertools
 import logging
 import os
 import ssl
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Final
@@ -47,23 +44,37 @@ from typing import Any, Awaitable, Callable, Final
 import msgpack
 import trio
 
-from . import __version__
 from . import commands as C
-from . import failpoints
+from . import failpoints, status
 from .budget import Account, ByteBudget
-from .cluster import Cluster, ClusterConfig, ClusterState
+from .cluster import Cluster, ClusterConfig
 from .fastio import FdStream
-from .log import EntryType, HardState, LogIndex, Membership, SnapshotMeta
-from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage, VoteResponse
+from .forwarding import TXN_FORWARD, Forwarder, parse_forwarded, unwrap_forwarded
+from .log import Membership
+from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
 from .node import NodeId, NodeInfo, NodeStatus
 from .protocol import OK, Reply, RespParser, encode, encode_array, encode_bulk, encode_error, encode_integer, encode_simple
-from .raft import ConfigChangeError, ImpossibleTermError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Ready, Role
+from .driver import (
+    TICK,
+    DictionaryEntry,
+    FlushState,
+    PeerLost,
+    PeerMessage,
+    RaftDriver,
+    ReadPoint,
+    Reconfigure,
+    SnapshotReceived,
+    SnapshotSent,
+    Transfer,
+    Waiter,
+)
+from .raft import RaftConfig, RaftNode, Ready
 from .feed import ChangeFeed, Compacted
 from .logs import event
 from .metrics import Histogram, NodeMetrics, node_health, new_registry, render, serve_http
 from .zdict import ZDict, leader_loop as zdict_leader_loop
-from .space import SpaceGuard, frees_space
-from .state import Command, CommandType, StateMachine
+from .space import SpaceGuard
+from .state import Command, StateMachine
 from .peers import (
     FRAME_MSG,
     FRAME_PING,
@@ -82,10 +93,9 @@ from .peers import (
     send_snapshot_file,
 )
 from .peerauth import PeerAuth
-from .tls import TlsConfig, peer_cert_presented
+from .config import ServerConfig
+from .tls import peer_cert_presented
 from .transport import (
-    MAX_BATCH_COMMANDS,
-    MAX_FRAME_SIZE,
     ClientBatchRequest,
     ClientBatchResponse,
     ClientRequest,
@@ -102,84 +112,6 @@ LINGER_S: Final = 10.0  # how long a departed member stays reachable
 OVERLOADED = encode_error("TRYAGAIN the node is overloaded; nothing was done")
 
 
-@dataclass
-class ServerConfig:
-    node_id: str
-    host: str = "127.0.0.1"
-    port: int = 7001
-    data_dir: str = "data/n1"
-    peers: dict[str, str] = field(default_factory=dict)  # id -> "host:port", may include self
-    cluster: str = "aegis"
-    token: str | None = None  # clients must AUTH with it; the peer secret too if `secret` is None
-    secret: bytes | None = None  # the cluster secret peers prove by HMAC (aegis.peerauth)
-    tls: TlsConfig | None = None  # TLS on the port, mutual TLS to and from peers (aegis.tls)
-    tick_ms: float = 50.0
-    election_ticks: tuple[int, int] = (10, 20)
-    heartbeat_ticks: int = 2
-    snapshot_threshold: int = 10_000
-    request_timeout: float = 5.0
-    max_clients: int = 10_000
-    client_buffer_bytes: int = 256 << 20  # unfinished client requests, node-wide (--client-buffer-mb)
-    client_preauth_bytes: int = 64 << 10  # ... and per connection before AUTH (with a token)
-    first_byte_timeout: float = 60.0  # a connection that sends nothing this long is closed
-    max_map_bytes: int | None = None  # cap of each LMDB map (--max-map-mb; None: 1 TiB)
-    disk_reserve_bytes: int = 64 << 20  # writes are refused while the file system has less free
-    fsync: bool = True
-    limits: C.CommandLimits = C.DEFAULT_LIMITS
-    max_batch: int = 4096
-    max_entry_bytes: int = 1 << 20  # a batch of writes becomes entries of at most this size (one if bigger)
-    # Applied state is written to disk at least this often, or once this many keys changed.
-    # Each flush rewrites every B-tree page its keys land on: with random keys over 1M a
-    # 0.5 s flush (about 12k keys) rewrote about 0.8 pages (3.2 KB) per write, a 2 s one
-    # about 1 KB (bench/compare.py's SET -P16: 63 -> 54 µs of node CPU per write). The log
-    # is the durable record meanwhile; the cost is a longer replay after a crash. The keys
-    # waiting are Python objects: a bulk load at 30k writes/s reaches the key limit first,
-    # and 100k keys held 155 MB RssAnon per node after bench/load_bench.py, 50k 122-136 MB.
-    state_flush_s: float = 2.0
-    state_flush_keys: int = 50_000
-    # A Ready whose entries add up to at most this many bytes is written and fsynced on the
-    # trio thread itself: a hop to a worker thread and back costs two wake-ups (about as much
-    # as the fsync on a fast disk). Only where nothing must go out during the sync: a
-    # follower's reply waits for it anyway, while a leader's AppendEntries leave during its
-    # own sync. Bigger writes, snapshot installs and a log write lock another thread holds go
-    # to a worker, so the loop keeps reading the network meanwhile. 0: always a worker.
-    inline_persist_bytes: int = 16 << 10
-    # A leader tells followers a new commit index with the next entries it sends them, or
-    # after this long without any (an empty AppendEntries each). One client writing in a
-    # loop then costs each follower one AppendEntries per write instead of two. Followers
-    # apply that much later, never more; a follower read is told at once. 0: at once.
-    commit_notice_ms: float = 2.0
-    # Incoming peer connections over plain TCP read their socket directly (aegis.fastio)
-    # instead of through trio's SocketStream. False: SocketStream.
-    fd_streams: bool = True
-    inbox_depth: int = 100_000  # events queued for the Raft task before clients get -TRYAGAIN
-    join: bool = False  # start as a new member of a running cluster (see `aegis serve --join`)
-    keys_limit: int = 10_000  # KEYS refuses to examine more keys than this (SCAN has no limit)
-    range_limit: int = 10_000  # RANGE/PREFIX return at most this many keys in one reply
-    expiry_sweep_ms: float = 100.0  # how often the leader looks for keys past their deadline
-    expiry_batch: int = 1_000  # keys removed by one PURGE entry at most
-    feed_history: int = 100_000  # changes kept on disk for CHANGES ... FROM (0: none; memory only)
-    metrics: tuple[str, int] | None = None  # serve /metrics and /health here (aegis serve --metrics)
-    health_max_lag: int = 100  # /health: entries the applied index may trail the commit index
-    zstd_dict: str = "auto"  # zstd dictionaries shipped through the log (aegis.zdict): auto | off
-    zstd_dict_train_after: int = 5_000  # values written before the leader trains the first one
-
-
-#: The first argument of a transaction a follower forwards (its encoded Command follows);
-#: no client can send it: the command table does not know it.
-TXN_FORWARD = b"\x00aegis-txn"
-
-
-#: Marks a forwarded command whose client speaks RESP3 (the leader encodes its reply so).
-RESP3_FORWARD = b"\x00aegis-resp3"
-
-
-def _unwrap_forwarded(argv: tuple[bytes, ...] | list[bytes]) -> tuple[tuple[bytes, ...] | list[bytes], bool]:
-    if len(argv) > 1 and argv[0] == RESP3_FORWARD:
-        return argv[1:], True
-    return argv, False
-
-
 @dataclass(slots=True)
 class _Session:
     """One client connection's state."""
@@ -192,30 +124,6 @@ class _Session:
     input: Account | None = None  # its share of the node's budget for unfinished requests
 
 
-class _Waiter:
-    """A one-shot result slot resolved by the Raft loop, awaited by a connection task."""
-
-    __slots__ = ("event", "value", "error", "ctx", "resend", "timed_out", "__weakref__")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.value: Any = None
-        self.error: str | None = None
-        self.timed_out = False  # woken by `Node._expire_waits`, not by a result
-        self.ctx = 0  # a read's ReadIndex context, so a timed-out read can be forgotten
-        self.resend: list[bytes] | None = None  # a forwarded SESSION CALL: safe to forward again
-
-    def set(self, value: Any) -> None:
-        if not self.event.is_set():
-            self.value = value
-            self.event.set()
-
-    def fail(self, error: str) -> None:
-        if not self.event.is_set():
-            self.error = error
-            self.event.set()
-
-
 class Node:
     """A running Aegis node. `await node.serve(task_status=...)` runs it until cancelled."""
 
@@ -224,34 +132,15 @@ class Node:
         self.id = cfg.node_id
         self.port = cfg.port
         self.started_at = time.time()
-        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Any, ...]](cfg.inbox_depth)
-        self._pending: dict[int, tuple[int, list[_Waiter]]] = {}  # log index -> (term, its commands' waiters)
-        self._unsynced_hs: HardState | None = None  # a commit-only hard state not yet written
-        self._last_flush = time.monotonic()
-        self._flush_waiters: list[_Waiter] = []
-        self._since_compaction = 0  # commands applied since the last compaction began
-        self._flush_done_event = trio.Event()
-        self._reads: dict[int, list[_Waiter]] = {}  # read ctx -> the reads waiting for that read point
-        self._deadlines: collections.deque[tuple[float, weakref.ref[_Waiter]]] = collections.deque()  # see `_wait`
-        self._read_ctx = itertools.count(1)
-        self._apply_waiters: list[tuple[int, _Waiter]] = []
-        self._fwd_batches: dict[int, list[_Waiter]] = {}  # forwarded batch id -> its commands' waiters
-        self._fwd_leader: dict[int, str] = {}  # forwarded batch id -> the leader it went to
-        self._log_time = 0.0  # on a leader: the latest timestamp in its log when it took over
         self._peer_addrs: dict[str, str] = {}  # the members' addresses when last looked at
         self._lingering: dict[str, tuple[float, str]] = {}  # departed member -> (until, address)
-        self._fwd_buf: list[tuple[list[bytes], _Waiter]] = []
-        self._fwd_parked: list[tuple[list[bytes], _Waiter]] = []  # session writes awaiting a leader
-        self._fwd_scheduled = False
-        self._client_ops: list[tuple[bytes | None, _Waiter]] = []  # see _client_op
-        self._forward_ids = itertools.count(1)
         self._backups: dict[int, Path] = {}
         self._backup_ids = itertools.count(1)
         self.peer_auth = PeerAuth(cfg.secret if cfg.secret is not None else (cfg.token or "").encode())
         self._tls_server = cfg.tls.server_context() if cfg.tls is not None else None
         self.pool = ConnectionPool(
             Handshake(node_id=cfg.node_id, cluster=cfg.cluster),
-            self._addresses,
+            self.addresses,
             ping_interval=cfg.tick_ms * cfg.heartbeat_ticks / 1000,
             pack_payload=_pack_payload,
             on_unreachable=self._peer_unreachable,
@@ -260,17 +149,15 @@ class Node:
             ssl_context=cfg.tls.peer_context() if cfg.tls is not None else None,
             packer_for=lambda pid: self.zdict.packer_for(self.raft, pid),
         )
-        self._clients = 0
+        self.clients_connected = 0
         self._unidentified = 0  # connections that have sent nothing yet (count for --max-clients)
-        self._client_input = ByteBudget(cfg.client_buffer_bytes, "unfinished client requests")
+        self.client_input = ByteBudget(cfg.client_buffer_bytes, "unfinished client requests")
         self._handshakes = handshake_budget()  # what peers not yet accepted may make us hold
         self._peer_streams: dict[str, trio.abc.Stream] = {}  # the newest inbound connection per peer
         self.stats = {"total_writes": 0, "total_reads": 0, "total_commands": 0, "forwarded": 0,
                       "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0, "expired_keys": 0,
                       "feed_subscribers": 0, "pubsub_clients": 0, "idle_closed": 0}
-        self._incoming_snapshot: Path | None = None
         self._transfer_ids = itertools.count(1)
-        self._snapshotting = False
         self._nursery: trio.Nursery | None = None
         self.metrics = NodeMetrics(cfg.node_id)  # see aegis.metrics: cheap counters, read at scrape time
         self.metrics_port: int | None = None
@@ -280,6 +167,8 @@ class Node:
         self.cluster: Cluster
         self.feed: ChangeFeed
         self.zdict: ZDict
+        self.driver: RaftDriver  # the Raft task (aegis.driver), made by _open
+        self.forwarder: Forwarder  # request routing to and from the leader (aegis.forwarding)
 
     # ------------------------------------------------------------------ startup
     def _open(self) -> None:
@@ -338,16 +227,27 @@ class Node:
                 .with_failure_timeout(max(hb * 10, cfg.tick_ms * cfg.election_ticks[1] / 1000)))
         self.cluster = Cluster(local, ccfg, clock=time.monotonic)
         self._sync_cluster_view()
+        self.kv.history_keep = cfg.feed_history
+        self.feed = ChangeFeed(self.sm.last_applied, self.kv.durable_applied, self.kv if cfg.feed_history else None,
+                               memory_limit=min(100_000, max(cfg.feed_history, 1_000)))
+        self.sm.changes = []
+        self.driver = RaftDriver(cfg, self.raft, self.sm, self.store, self.kv, self.feed, self.zdict, self.space,
+                                 self.metrics, self.stats, send_messages=self._send_messages,
+                                 changed=self._on_membership_or_leader_change, link_lost=self._link_lost)
+        self.forwarder = Forwarder(cfg.node_id, leader=lambda: self.raft.leader_id,
+                                   send=lambda pid, msg: self._send_peer(pid, FRAME_MSG, msg),
+                                   start=self._start_forwarded, wait=self.driver.wait, spawn=self._spawn,
+                                   stats=self.stats)
 
     def _sync_cluster_view(self) -> None:
         m = self.raft.membership
         try:
-            self.cluster.sync_membership(m, self._addresses())
+            self.cluster.sync_membership(m, self.addresses())
         except ValueError as exc:
             log.warning("membership view: %s", exc)
         self.cluster.set_leader(self.raft.leader_id if self.raft.leader_id in m.members else None)
 
-    def _addresses(self) -> dict[str, str]:
+    def addresses(self) -> dict[str, str]:
         addrs = {pid: addr for pid, (_, addr) in self._lingering.items()}
         addrs.update(self.raft.membership.address_map())
         addrs.update(self.cfg.peers)
@@ -357,11 +257,6 @@ class Node:
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await trio.to_thread.run_sync(self._open)  # inside: a refused data directory is closed too
-            self.kv.history_keep = self.cfg.feed_history
-            self.feed = ChangeFeed(self.sm.last_applied, self.kv.durable_applied,
-                                   self.kv if self.cfg.feed_history else None,
-                                   memory_limit=min(100_000, max(self.cfg.feed_history, 1_000)))
-            self.sm.changes = []
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.pool.start(nursery)
@@ -369,17 +264,15 @@ class Node:
                 self.metrics.membership(self.raft.term, self.raft.membership)
                 if self.cfg.metrics is not None:
                     self.metrics_port = await self._serve_metrics(nursery, *self.cfg.metrics)
-                nursery.start_soon(self._ticker)
-                nursery.start_soon(self._raft_loop)
+                self.driver.start(nursery)
                 nursery.start_soon(self._health_loop)
-                nursery.start_soon(self._expire_waits)
                 nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(zdict_leader_loop, self.zdict, self.raft, self._propose_dictionary)
                 self._ensure_peer_tasks()
                 if self.raft.membership.voters == {self.id} and not self.raft.is_leader():
                     # A cluster of one elects itself at once: nobody else could object.
                     self.raft.campaign(pre_vote=False)
-                    self._submit(("tick",))
+                    self.driver.submit(TICK)
                 metrics = f"{self.cfg.metrics[0]}:{self.metrics_port}" if self.cfg.metrics else None
                 event(events, "node_started", f"node {self.id} serving on {self.cfg.host}:{self.port} (cluster "
                       f"{self.cfg.cluster}, data {self.cfg.data_dir}, metrics {metrics or 'off'}"
@@ -421,10 +314,6 @@ class Node:
         else:
             event(events, "disk_space_back", f"storage space is back: {why}", node=self.id, term=self.raft.term)
 
-    def _disk_error(self, what: str, exc: BaseException) -> None:
-        event(events, "disk_error", f"{what} failed: {exc}; the node stops", node=self.id, term=self.raft.term,
-              level=logging.ERROR, what=what, error=str(exc))
-
     async def _listen(self, nursery: trio.Nursery) -> int:
         listeners = await trio.open_tcp_listeners(self.cfg.port, host=self.cfg.host)
         nursery.start_soon(trio.serve_listeners, self._handle_connection, listeners)
@@ -433,17 +322,6 @@ class Node:
         return port
 
     # ------------------------------------------------------------------ timers
-    async def _ticker(self) -> None:
-        interval = self.cfg.tick_ms / 1000
-        while True:
-            await trio.sleep(interval)
-            self._submit(("tick",))
-
-    def _entry_time(self) -> float:
-        """The timestamp a new entry carries: the leader's clock, never behind the latest
-        applied entry (so the log's time only moves forward, across leader changes too)."""
-        return max(time.time(), self.sm.clock / 1000, self._log_time)
-
     async def _expiry_loop(self) -> None:
         """On the leader: remove keys past their deadline through the log (PURGE entries),
         one entry in flight at a time. Reads hide such keys already; this frees them."""
@@ -455,15 +333,15 @@ class Node:
             keys = self.sm.backend.expiring(self._read_now(), self.cfg.expiry_batch)
             if not keys:
                 continue
-            w = _Waiter()
-            if self._client_op(Command.op("PURGE", *keys).encode(), w):
-                await self._wait(w)
+            w = Waiter()
+            if self.driver.client_op(Command.op("PURGE", *keys).encode(), w):
+                await self.driver.wait(w)
                 self.stats["expired_keys"] += int(w.value.value) if w.error is None and w.value else 0
 
     async def _propose_dictionary(self, payload: bytes) -> None:
-        w = _Waiter()
-        if self._submit(("entry", payload, w)):
-            await self._wait(w)
+        w = Waiter()
+        if self.driver.submit(DictionaryEntry(payload, w)):
+            await self.driver.wait(w)
 
     async def _health_loop(self) -> None:
         while True:
@@ -476,545 +354,29 @@ class Node:
             if self._lingering:
                 self._ensure_peer_tasks()  # let departed members go once their time is up
 
-    # ------------------------------------------------------------------ the Raft loop
-    async def _raft_loop(self) -> None:
-        raft = self.raft
-        notice_after = self.cfg.commit_notice_ms / 1000
-        while True:
-            if raft.commit_notices_due:
-                first = None
-                with trio.move_on_after(notice_after):
-                    first = await self._inbox.receive()
-                if first is None:  # no new entries came along to carry the commit index
-                    raft.send_commit_notices()
-                    while raft.has_ready():
-                        await self._process_ready(raft.ready())
-                    continue
-            else:
-                first = await self._inbox.receive()
-            proposals: list[tuple[bytes, _Waiter]] = []
-            self._handle_event(first, proposals)
-            for _ in range(self.cfg.max_batch):
-                try:
-                    ev = self._inbox.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                self._handle_event(ev, proposals)
-            if self._client_ops:
-                ops, self._client_ops = self._client_ops, []
-                reads = []
-                for payload, w in ops:
-                    if payload is None:
-                        reads.append(w)
-                    else:
-                        proposals.append((payload, w))
-                if reads:
-                    self._start_reads(reads)
-            if proposals:
-                self._propose(proposals)
-            while raft.has_ready():
-                await self._process_ready(raft.ready())
-            self._maybe_flush_state()
-            if self._should_compact() and not self._snapshotting:
-                self._start_snapshot()
-
-    def _handle_event(self, ev: tuple[Any, ...], proposals: list[tuple[bytes, _Waiter]]) -> None:
-        kind = ev[0]
-        raft = self.raft
-        if kind == "tick":
-            raft.tick()
-        elif kind == "msg":
-            try:
-                raft.step(ev[1])
-            except ImpossibleTermError as exc:
-                log.warning("%s (a forged or broken peer; nothing changed)", exc)
-            except Exception:
-                log.exception("step failed on %r", ev[1])
-                raise
-        elif kind == "wake":
-            pass  # client operations are waiting in _client_ops
-        elif kind == "read":
-            self._start_read(ev[1])
-        elif kind == "conf":
-            waiter: _Waiter = ev[2]
-            try:
-                idx = raft.propose_config_change(ev[1], timestamp=time.time())
-            except NotLeaderError as exc:
-                waiter.fail(f"NOLEADER {exc}")
-            except (ConfigChangeError, ProposalDroppedError) as exc:
-                waiter.fail(f"ERR {exc}")
-            else:
-                self._pending[idx] = (raft.term, [waiter])
-        elif kind == "entry":  # a DICTIONARY entry (aegis.zdict)
-            try:
-                ev[2].set(raft.propose_entry(EntryType.DICTIONARY, ev[1], timestamp=self._entry_time()))
-            except (NotLeaderError, ProposalDroppedError) as exc:
-                ev[2].fail(f"NOLEADER {exc}")
-        elif kind == "transfer":
-            try:
-                raft.transfer_leadership(ev[1])
-                ev[2].set(None)
-            except NotLeaderError as exc:
-                ev[2].fail(f"NOLEADER {exc}")
-            except ConfigChangeError as exc:
-                ev[2].fail(f"ERR {exc}")
-        elif kind == "unreachable" or kind == "link_down":
-            if kind == "unreachable":
-                raft.report_unreachable(ev[1])
-            if ev[1] == raft.leader_id:
-                raft.retry_reads()  # a read point asked for (or its answer) may be lost with the link
-            self._forwards_lost(ev[1], "the connection to the leader dropped before it answered")
-        elif kind == "snapshot_sent":
-            raft.report_snapshot(ev[1], ev[2])
-        elif kind == "snapshot_done":
-            self._snapshot_done(ev[1], ev[2])
-        elif kind == "flush":
-            self._flush_waiters.append(ev[1])
-        elif kind == "snapshot_in":
-            previous, self._incoming_snapshot = self._incoming_snapshot, ev[2]
-            if previous is not None and previous != ev[2]:
-                previous.unlink(missing_ok=True)  # received, never installed: superseded
-            try:
-                raft.step(ev[1])
-            except ImpossibleTermError as exc:
-                log.warning("%s (a forged or broken peer; nothing changed)", exc)
-
-    def _start_read(self, w: _Waiter) -> None:
-        self._start_reads([w])
-
-    def _start_reads(self, ws: list[_Waiter]) -> None:
-        """One read point for all the reads that reached the Raft task in one turn: each of
-        them arrived before it was asked for, so the commit index it confirms covers every
-        write acknowledged before any of them began (the core's ReadIndex, paid once)."""
-        ctx = next(self._read_ctx)
-        for w in ws:
-            w.ctx = ctx
-        if self.raft.read_index(ctx):
-            self._reads[ctx] = ws
-        else:
-            for w in ws:
-                w.fail("NOLEADER no leader is known; try again shortly")
-
-    def _forget_read(self, w: _Waiter) -> None:
-        """A read that gave up waiting for its read point (the others of its batch wait on)."""
-        ws = self._reads.get(w.ctx)
-        if ws is not None and w in ws:
-            ws.remove(w)
-            if not ws:
-                del self._reads[w.ctx]
-
-    def _client_op(self, payload: bytes | None, w: _Waiter) -> bool:
-        """Queue a client's write (its encoded command) or read (None) for the Raft task:
-        one list shared by every connection, one wake-up per turn, not an event per command.
-        False when the node is overloaded."""
-        if len(self._client_ops) >= self.cfg.inbox_depth:
-            return False
-        if not self._client_ops:  # the first since the loop drained the list: wake it
-            self._submit(("wake",))  # if the inbox is full the loop is busy and drains anyway
-        self._client_ops.append((payload, w))
-        return True
-
-    def _propose(self, proposals: list[tuple[bytes, _Waiter]]) -> None:
-        """The writes that reached the Raft task in one turn become as few log entries as
-        the size limit allows: Raft, LMDB and the wire pay once per batch."""
-        raft = self.raft
-        limit = self.cfg.max_entry_bytes
-        why = self.space.refusal([p for p, _ in proposals])
-        if why is not None:  # nothing of a refused write reaches the log: a definite failure
-            keep = []
-            for p, w in proposals:
-                if frees_space(p):
-                    keep.append((p, w))
-                else:
-                    w.fail(why)
-            proposals = keep
-        start = 0
-        n = len(proposals)
-        self.metrics.proposals += n
-        self.metrics.batch_commands.observe(n)
-        while start < n:
-            end, size = start, 0
-            while end < n and (end == start or size + len(proposals[end][0]) <= limit):
-                size += len(proposals[end][0])
-                end += 1
-            chunk = proposals[start:end]
-            try:
-                idx = raft.propose_commands([p for p, _ in chunk], timestamp=self._entry_time())
-            except NotLeaderError as exc:
-                for _, w in proposals[start:]:
-                    w.fail(f"TRYAGAIN leadership changed before the write was proposed ({exc}); nothing was written")
-                return
-            except ProposalDroppedError as exc:
-                for _, w in proposals[start:]:
-                    w.fail(f"TRYAGAIN {exc}; nothing was written")
-                return
-            self._pending[idx] = (raft.term, [w for _, w in chunk])
-            start = end
-
-    async def _process_ready(self, rd: Ready) -> None:
-        raft = self.raft
-        if rd.send_before_persist:
-            self._send_messages(rd.messages)
-        if rd.must_sync() or rd.membership is not None:
-            hs = rd.hard_state if rd.hard_state is not None else self._unsynced_hs
-            self._unsynced_hs = None
-            if rd.snapshot is not None:
-                await self._state_flush_idle()  # an install replaces the state: no flush may race it
-            try:
-                if self._persist_inline(rd):
-                    took, installed = self._persist(rd, hs)
-                else:
-                    took, installed = await trio.to_thread.run_sync(self._persist, rd, hs)
-            except Exception as exc:
-                self._disk_error("writing the log", exc)
-                raise
-            if took is not None:
-                self.metrics.fsync["log"].observe(took)
-            if installed is not None:
-                self._snapshot_installed(rd, *installed)
-            if rd.snapshot is not None:
-                self.sm.reset(int(rd.snapshot.meta.index))
-                self.zdict.installed(int(rd.snapshot.meta.index))
-                self.feed.reset(int(rd.snapshot.meta.index))
-                self._fail_covered_by_snapshot(int(rd.snapshot.meta.index))
-        elif rd.hard_state is not None:
-            # Only the commit index moved: it can be relearned from the leader, so it waits
-            # for the next write instead of costing an fsync of its own.
-            self._unsynced_hs = rd.hard_state
-        if failpoints.enabled() and any(isinstance(m, VoteResponse) and m.vote_granted and not m.pre_vote
-                                        for m in rd.messages):
-            failpoints.hit("vote-after-persist")  # the granted vote is durable (just now, or before), unsent
-        if not rd.send_before_persist:
-            self._send_messages(rd.messages)
-        if rd.entries:
-            self.stats["entries_persisted"] += len(rd.entries)
-            self.stats["batches"] += 1
-            self.metrics.batch_entries.observe(len(rd.entries))
-        self._apply(rd)
-        for rs in rd.read_states:
-            for w in self._reads.pop(rs.ctx, ()):
-                w.set(rs.index)
-        raft.advance(rd)
-        if rd.soft_state is not None or rd.membership is not None:
-            self._on_membership_or_leader_change(rd)
-        if self._should_compact() and not self._snapshotting:
-            self._start_snapshot()
-
-    def _persist_inline(self, rd: Ready) -> bool:
-        """Whether this Ready's log write is small enough to do on the trio thread."""
-        limit = self.cfg.inline_persist_bytes
-        if limit <= 0 or rd.snapshot is not None or self.store.write_locked():
-            return False
-        if rd.send_before_persist and rd.messages:
-            return False  # a leader's AppendEntries go out while it syncs: its senders must run
-        size = 0
-        for e in rd.entries:
-            size += len(e.data)
-            if size > limit:
-                return False
-        return True
-
-    def _persist(self, rd: Ready, hard_state: HardState | None
-                 ) -> tuple[float | None, tuple[int, int, float] | None]:
-        """Runs in a worker thread: everything of one Ready in one durable transaction
-        (store I/O only: nothing here touches trio objects or the state machine). Returns
-        the seconds the durable write took (None: nothing written) and, after a snapshot
-        install, its keys, bytes and seconds."""
-        installed = self._install_snapshot(rd) if rd.snapshot is not None else None
-        if rd.truncate_from is not None or rd.entries or hard_state is not None or rd.membership is not None:
-            t0 = time.perf_counter()
-            self.store.write_batch(
-                truncate_from=rd.truncate_from,
-                entries=rd.entries,
-                hard_state=hard_state,
-                membership=rd.membership,
-            )
-            return time.perf_counter() - t0, installed
-        return None, installed
-
-    def _maybe_flush_state(self) -> None:
-        """Write the applied state in the background (its own LMDB environment, its own
-        fsync) when enough has piled up, after a while, or when a backup needs it."""
-        kv = self.kv
-        if kv.flushing or self._nursery is None:
-            return
-        due = kv.overlay_keys() >= self.cfg.state_flush_keys or self._flush_waiters or (
-            kv.pending() and time.monotonic() - self._last_flush >= self.cfg.state_flush_s)
-        if not due:
-            return
-        flush = kv.take_flush()
-        history = self.feed.take_flush(flush[1]) if flush is not None else []
-        if flush is not None:
-            self.space.flush_taken()
-        waiters, self._flush_waiters = self._flush_waiters, []
-        self._last_flush = time.monotonic()
-        if flush is None:
-            for w in waiters:
-                w.set(None)
-            return
-        self._flush_done_event = trio.Event()
-
-        async def run() -> None:
-            ok = False
-            try:
-                t0 = time.perf_counter()
-                await trio.to_thread.run_sync(functools.partial(kv.write_flush, *flush, history=history))
-                self.metrics.fsync["state"].observe(time.perf_counter() - t0)
-                ok = True
-            except Exception as exc:
-                self._disk_error("writing the state", exc)
-                raise
-            finally:
-                kv.flush_done(ok)
-                self.feed.flush_done(ok)
-                self.space.flush_done(ok)
-                self._flush_done_event.set()
-                for w in waiters:
-                    if ok:
-                        w.set(None)
-                    else:
-                        w.fail("ERR writing the state failed")
-                if ok and self._should_compact() and not self._snapshotting:
-                    self._submit(("tick",))  # let the loop consider compacting now
-
-        self._nursery.start_soon(run)
-
-    async def _state_flush_idle(self) -> None:
-        if self.kv.flushing:
-            await self._flush_done_event.wait()
-
-    def _install_snapshot(self, rd: Ready) -> tuple[int, int, float]:
-        """(In the worker thread.) Returns the keys, the file's bytes and the seconds taken."""
-        assert rd.snapshot is not None
-        path = self._incoming_snapshot
-        if path is None:
-            raise RuntimeError("a snapshot was accepted but no snapshot file was received")
-        meta = rd.snapshot.meta
-        t0 = time.perf_counter()
-        size = path.stat().st_size
-        keys: int = self.store.install_state_file(path, meta, membership=meta.membership)
-        self._incoming_snapshot = None
-        try:
-            path.unlink()
-        except OSError:
-            pass
-        return keys, size, time.perf_counter() - t0
-
-    def _snapshot_installed(self, rd: Ready, keys: int, size: int, seconds: float) -> None:
-        assert rd.snapshot is not None
-        index = int(rd.snapshot.meta.index)
-        self.stats["snapshots_installed"] += 1
-        self.metrics.snapshots["installed"].observe(seconds)
-        self.metrics.snapshot_bytes["installed"] = size
-        event(events, "snapshot_installed", f"{self.id} installed a snapshot at index {index} ({keys} keys, "
-              f"{size} bytes, {seconds:.2f} s)", node=self.id, term=self.raft.term, index=index, keys=keys,
-              bytes=size, seconds=round(seconds, 3))
-
-    def _fail_covered_by_snapshot(self, index: int) -> None:
-        """Proposals a snapshot install covered: their outcome is unknown to this node. (On
-        the trio thread: a waiter is a trio.Event.)"""
-        for idx in [i for i in self._pending if i <= index]:
-            for w in self._pending.pop(idx)[1]:
-                w.fail("TIMEOUT the outcome is unknown (this node installed a snapshot); check before retrying")
-
-    def _apply(self, rd: Ready) -> None:
-        entries = rd.committed_entries
-        if not entries:
-            return
-        pending = self._pending
-        t0 = time.perf_counter()
-        all_results = self.sm.apply_entries(entries)
-        self.metrics.apply.observe(time.perf_counter() - t0)
-        self.metrics.applied_entries += len(entries)
-        self.zdict.applied(entries)
-        changes = self.sm.changes
-        if changes is not None:
-            self.sm.changes = []
-            self.feed.publish(changes, self.sm.last_applied)
-        self._since_compaction += sum(len(r) for r in all_results)
-        if pending:
-            for e, results in zip(entries, all_results):
-                p = pending.pop(e.index, None)
-                if p is None:
-                    continue
-                term, waiters = p
-                if term != e.term:
-                    for w in waiters:
-                        w.fail("TRYAGAIN the write was lost to a leader change; nothing was written")
-                elif e.type == EntryType.CONFIG_CHANGE:
-                    for w in waiters:
-                        w.set(None)
-                else:
-                    for w, r in zip(waiters, results):
-                        w.set(r)
-                    for w in waiters[len(results):]:
-                        w.fail("ERR the command's log entry could not be applied")
-        if rd.committed_entries and self._apply_waiters:
-            applied = self.sm.last_applied
-            keep = []
-            for idx, w in self._apply_waiters:
-                if idx <= applied:
-                    w.set(None)
-                else:
-                    keep.append((idx, w))
-            self._apply_waiters = keep
-
+    # ------------------------------------------------------------------ the driver's hooks
     def _on_membership_or_leader_change(self, rd: Ready) -> None:
         self._sync_cluster_view()
         self._ensure_peer_tasks()
         if rd.membership is not None:
             self.metrics.membership(self.raft.term, self.raft.membership)
         if rd.soft_state is not None:
-            self.metrics.soft_state(self.raft.term, self.role_name(), rd.soft_state.leader_id)
-            self._forget_forwards_to_others(rd.soft_state.leader_id)
-            if rd.soft_state.role == Role.LEADER:
-                self._log_time = self._latest_log_time()
+            self.metrics.soft_state(self.raft.term, status.role_name(self), rd.soft_state.leader_id)
+            self.forwarder.leader_changed(rd.soft_state.leader_id)
             # (Reads waiting for a read point are not failed: the core asks the new leader.)
 
-    def _latest_log_time(self) -> float:
-        """The latest entry time in the log, applied or not: a new leader stamps nothing
-        earlier, so the log's time never goes backwards across leaders (a predecessor's
-        entries it has not applied yet may carry a later clock than its own)."""
-        log_ = self.raft.log
-        lo = max(int(log_.first_index()), self.sm.last_applied + 1)
-        hi = int(log_.last_index())
-        if lo > hi:
-            return 0.0
-        try:
-            return max((e.timestamp for e in log_.slice(LogIndex(lo), LogIndex(hi + 1))), default=0.0)
-        except Exception:  # noqa: BLE001 - a compacted range: the applied clock covers it
-            log.exception("reading the log's latest entry times")
-            return 0.0
+    def _link_lost(self, pid: str) -> None:
+        self.forwarder.lost(pid, "the connection to the leader dropped before it answered")
 
-    def _forget_forwards_to_others(self, leader: str | None) -> None:
-        """Commands forwarded to a node that is no longer the leader will get no answer (it
-        died, or was deposed): say so now rather than after the request timeout, or forward
-        them again (session writes). Session writes parked while no leader was known go to
-        the one now known."""
-        for to in set(self._fwd_leader.values()) - {leader}:
-            self._forwards_lost(to, f"the leader {to} went away before answering")
-        if leader is not None and self._fwd_parked:
-            parked, self._fwd_parked = self._fwd_parked, []
-            self._reforward(parked)
+    def _start_forwarded(self, wrapped: tuple[bytes, ...] | list[bytes]) -> Callable[[], Awaitable[bytes]]:
+        """Start a command another node forwarded here (it is the leader): the same checks
+        as a client's, and never forwarded on."""
+        argv, resp3 = unwrap_forwarded(wrapped)
+        return self._prepare(parse_forwarded(argv, self.cfg.limits), forwarded=True, resp3=resp3)
 
-    def _forwards_lost(self, to: str, why: str) -> None:
-        """The commands forwarded to `to` may never be answered (it is no longer the leader,
-        or a connection between us dropped: the request or its reply may be lost).
-
-        A SESSION CALL is forwarded again, to whoever leads now: the session makes a second
-        copy harmless (the state machine applies it once and answers both with the first
-        result), so the client gets its answer as soon as a leader does. Any other write
-        fails now with -TIMEOUT (the outcome is unknown: it may have applied), because a
-        second copy of it could apply twice; that is what the client would get after the
-        request timeout, without the wait."""
-        again: list[tuple[list[bytes], _Waiter]] = []
-        for rid in [r for r, t in self._fwd_leader.items() if t == to]:
-            del self._fwd_leader[rid]
-            for w in self._fwd_batches.pop(rid, []):
-                if w.event.is_set():
-                    continue
-                if w.resend is not None:
-                    again.append((w.resend, w))
-                else:
-                    w.fail(f"TIMEOUT {why}; the outcome is unknown (check before retrying)")
-        if again:
-            log.info("forwarding %d session write(s) again: %s", len(again), why)
-            self._reforward(again)
-
-    def _reforward(self, items: list[tuple[list[bytes], _Waiter]]) -> None:
-        items = [(a, w) for a, w in items if not w.event.is_set()]
-        leader = self.raft.leader_id
-        if not items:
-            return
-        if leader is None:  # mid-election: they go when a leader is known (or time out)
-            self._fwd_parked += items
-            return
-        if leader == self.id:  # this node leads now: propose them here
-            assert self._nursery is not None
-            for wrapped, w in items:
-                argv, resp3 = _unwrap_forwarded(wrapped)
-                op = self._prepare(self._parse_forwarded(argv), forwarded=True, resp3=resp3)
-
-                async def finish(op: Callable[[], Awaitable[bytes]] = op, w: _Waiter = w) -> None:
-                    w.set(await op())
-
-                self._nursery.start_soon(finish)
-            return
-        self._fwd_buf += items
-        if not self._fwd_scheduled:
-            self._fwd_scheduled = True
-            assert self._nursery is not None
-            self._nursery.start_soon(self._send_forwards)
-
-    def _should_compact(self) -> bool:
-        """`--snapshot-threshold` counts applied writes: an entry may carry hundreds (a
-        batch), so entries alone would let the log hold millions of writes."""
-        return self.raft.should_snapshot() or self._since_compaction >= self.cfg.snapshot_threshold
-
-    def _start_snapshot(self) -> None:
-        """Compact the log: the state database is the snapshot, so this only deletes log
-        entries the stored state has durably applied, keeping a margin for slow followers.
-        The delete runs in a worker thread; the core hears of it once it is durable."""
+    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         assert self._nursery is not None
-        raft = self.raft
-        base = raft.log.snapshot_meta().index
-        durable = self.kv.durable_applied
-        # Entries kept for slow followers: up to 1000, never more than half of what could go
-        # (an entry may hold hundreds of writes).
-        margin = max(0, min(self.cfg.snapshot_threshold // 4, 1000, (durable - base) // 2))
-        target = durable - margin
-        if target <= raft.log.snapshot_meta().index:
-            return
-        meta = raft.snapshot_meta_for(LogIndex(target))
-        self._snapshotting = True
-        self._since_compaction = 0
-        self.metrics.snapshot_started = time.perf_counter()
-
-        async def run() -> None:
-            done = False
-            try:
-                await trio.to_thread.run_sync(self.store.compact, meta)
-                done = True
-            except Exception as exc:
-                self._disk_error("compacting the log", exc)
-                raise
-            finally:
-                if not self._submit(("snapshot_done", meta, done)):
-                    await self._inbox_send.send(("snapshot_done", meta, done))  # must not be lost
-
-        self._nursery.start_soon(run)
-
-    async def _export_state(self, path: Path) -> tuple[Any, int]:
-        """Write the stored state, one consistent read, as a snapshot file; returns its
-        `SnapshotInfo` and the number of keys. The read begins here, on the Raft thread, so its index can be named
-        with its term and membership."""
-        from storage import write_snapshot_file
-
-        from .state import stream_snapshot
-
-        export = self.kv.open_export()
-        try:
-            meta = self.raft.snapshot_meta_for(LogIndex(export.index))
-            chunks = stream_snapshot(export.records(), export.index, export.count, sessions=export.sessions())
-            dicts = self.store.dictionaries(export.index)  # a node installed from it needs them
-            info = await trio.to_thread.run_sync(
-                functools.partial(write_snapshot_file, path, meta, chunks, dictionaries=dicts))
-            return info, export.count
-        finally:
-            export.close()
-
-    def _snapshot_done(self, meta: SnapshotMeta, ok: bool) -> None:
-        self._snapshotting = False
-        if ok:
-            self.raft.compacted(meta)
-            self.stats["snapshots_taken"] += 1
-            seconds = time.perf_counter() - self.metrics.snapshot_started
-            self.metrics.snapshots["taken"].observe(seconds)
-            size = self.metrics.state_disk_bytes(self.cfg.data_dir)
-            self.metrics.snapshot_bytes["taken"] = size
-            event(events, "snapshot_taken", f"{self.id} compacted its log up to a snapshot at index {meta.index} "
-                  f"(state {size} bytes on disk)", node=self.id, term=self.raft.term, index=int(meta.index),
-                  bytes=size, seconds=round(seconds, 3))
+        self._nursery.start_soon(fn)
 
     # ------------------------------------------------------------------ peers: sending
     def _ensure_peer_tasks(self) -> None:
@@ -1047,7 +409,7 @@ class Node:
             self.cluster.report_error(pid, reason)
         except KeyError:
             pass
-        self._submit(("unreachable", pid))
+        self.driver.submit(PeerLost(pid, unreachable=True))
 
     async def _stream_snapshot(self, pid: str, stream: trio.abc.Stream, msg: InstallSnapshotRequest) -> None:
         """InstallSnapshot in chunks: the current snapshot exported as a backup-format file."""
@@ -1055,7 +417,7 @@ class Node:
         ok = False
         try:
             t0 = time.perf_counter()
-            info, _ = await self._export_state(tmp)
+            info, _ = await self.driver.export_state(tmp)
             if info.index != msg.snapshot.index:
                 msg = InstallSnapshotRequest(term=msg.term, leader_id=msg.leader_id, snapshot=info.meta,
                                              receiver=msg.receiver)
@@ -1070,7 +432,7 @@ class Node:
                   f"({size} bytes, {seconds:.2f} s)", node=self.id, term=self.raft.term, peer=pid,
                   index=int(msg.snapshot.index), bytes=size, seconds=round(seconds, 3))
         finally:
-            self._submit(("snapshot_sent", pid, ok))
+            self.driver.submit(SnapshotSent(pid, ok))
             try:
                 tmp.unlink()
             except OSError:
@@ -1087,7 +449,7 @@ class Node:
         # A connection that has said nothing yet holds a slot of --max-clients (it may be a
         # client), for --first-byte-timeout at most. Past the limit it gets a second to show
         # it is a peer (peers must always get through a flood of clients), else it is refused.
-        over = self._unidentified + self._clients >= self.cfg.max_clients
+        over = self._unidentified + self.clients_connected >= self.cfg.max_clients
         wait = min(1.0, self.cfg.first_byte_timeout) if over else self.cfg.first_byte_timeout
         first: bytes | bytearray | None = None
         self._unidentified += 1
@@ -1181,24 +543,18 @@ class Node:
                         log.warning("discarding a snapshot from %s: %s", pid, problem)
                         Path(f.name).unlink(missing_ok=True)
                     else:
-                        self._submit(("snapshot_in", snapshot_msg, Path(f.name)))
+                        self.driver.submit(SnapshotReceived(snapshot_msg, Path(f.name)))
                     snapshot_msg = None
                     continue
                 if kind != FRAME_MSG:
                     raise ValueError(f"unexpected frame kind {kind!r}")
                 msg = decode(body, unpack_payload)
                 if isinstance(msg, ClientBatchRequest):
-                    self._serve_forwarded_batch(pid, msg)
+                    self.forwarder.serve_batch(pid, msg)
                 elif isinstance(msg, ClientBatchResponse):
-                    waiters = self._fwd_batches.pop(msg.request_id, None)
-                    self._fwd_leader.pop(msg.request_id, None)
-                    if waiters is not None:
-                        for w, reply in zip(waiters, msg.replies):
-                            w.set(reply)
-                        for w in waiters[len(msg.replies):]:
-                            w.fail("ERR the leader sent too few replies")
+                    self.forwarder.replies(msg)
                 elif isinstance(msg, ClientRequest):  # a single forwarded command (older peers)
-                    self._serve_forwarded(pid, msg)
+                    self.forwarder.serve_one(pid, msg)
                 elif isinstance(msg, ClientResponse):
                     raise ValueError("unexpected ClientResponse (this node forwards in batches)")
                 elif isinstance(msg, Handshake):
@@ -1217,7 +573,7 @@ class Node:
                         snapshot_msg = msg
                         continue
                     self.metrics.received(pid, msg)
-                    self._submit(("msg", msg))
+                    self.driver.submit(PeerMessage(msg))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
         except Exception as exc:
@@ -1231,7 +587,7 @@ class Node:
                 Path(snapshot_file.name).unlink(missing_ok=True)
             # What the peer sent us on this link may be lost with it (it drops what it had
             # queued when its connection fails): reads and forwards waiting on it ask again.
-            self._submit(("link_down", pid))
+            self.driver.submit(PeerLost(pid, unreachable=False))
 
     def _refuse_peer(self, hs: Handshake) -> str | None:
         if hs.cluster != self.cfg.cluster:
@@ -1252,121 +608,14 @@ class Node:
             event(events, "peer_up", f"peer {pid} is up", node=self.id, term=self.raft.term, peer=pid)
 
     # ------------------------------------------------------------------ forwarding
-    def _serve_forwarded(self, pid: str, req: ClientRequest) -> None:
-        """A follower forwarded a client command: submit it now (order matters), reply later."""
-        argv, resp3 = _unwrap_forwarded(req.argv)
-        op = self._prepare(self._parse_forwarded(argv), forwarded=True, resp3=resp3)
-
-        async def finish() -> None:
-            reply = await op()
-            self._send_peer(pid, FRAME_MSG, ClientResponse(request_id=req.request_id, value=reply))
-
-        assert self._nursery is not None
-        self._nursery.start_soon(finish)
-
-    def _serve_forwarded_batch(self, pid: str, req: ClientBatchRequest) -> None:
-        """A follower's forwarded commands: start them all now, in order; one reply frame."""
-        ops = []
-        for wrapped in req.commands:
-            argv, resp3 = _unwrap_forwarded(wrapped)
-            ops.append(self._prepare(self._parse_forwarded(argv), forwarded=True, resp3=resp3))
-
-        async def finish() -> None:
-            replies = [await op() for op in ops]
-            self._send_peer(pid, FRAME_MSG, ClientBatchResponse(request_id=req.request_id, replies=tuple(replies)))
-
-        assert self._nursery is not None
-        self._nursery.start_soon(finish)
-
-    def _parse_forwarded(self, argv: tuple[bytes, ...] | list[bytes]) -> C.Request:
-        if len(argv) == 2 and argv[0] == TXN_FORWARD:  # EXEC on a follower
-            try:
-                command = Command.decode(argv[1])
-            except ValueError as exc:
-                return C.ErrorReply(f"ERR {exc}")
-            if command.type != CommandType.TRANSACTION:
-                return C.ErrorReply("ERR a forwarded transaction must hold a transaction")
-            return C.WriteRequest(command)
-        return C.parse_command(list(argv), self.cfg.limits)
-
-    def _forward(self, argv: list[bytes], resp3: bool = False) -> Callable[[], Awaitable[bytes]]:
-        """Send a command to the leader. Commands forwarded in one turn of the event loop,
-        from any number of connections, travel as one `ClientBatchRequest`."""
-        leader = self.raft.leader_id
-        if leader is None or leader == self.id:
-            return _const(encode_error("NOLEADER no leader is known; try again shortly"))
-        w = _Waiter()
-        # The leader encodes the reply for the client's protocol (RESP3's nil is not RESP2's).
-        wrapped = [RESP3_FORWARD, *argv] if resp3 else argv
-        if len(argv) > 5 and argv[0].lower() == b"session" and argv[1].lower() == b"call":
-            w.resend = wrapped
-        self._fwd_buf.append((wrapped, w))
-        if not self._fwd_scheduled:
-            self._fwd_scheduled = True
-            assert self._nursery is not None
-            self._nursery.start_soon(self._send_forwards)
-        self.stats["forwarded"] += 1
-
-        async def result() -> bytes:
-            if not await self._wait(w):  # timed out: the waiter is done, so a parked
-                self._fwd_batches.pop(w.ctx, None)  # session write is not forwarded after this
-                self._fwd_leader.pop(w.ctx, None)
-                return encode_error(f"TIMEOUT no answer from the leader {leader}; the outcome is unknown")
-            if w.error is not None:
-                return encode_error(w.error)
-            return bytes(w.value) if isinstance(w.value, (bytes, bytearray)) else encode(w.value)
-
-        return result
-
-    async def _send_forwards(self) -> None:
-        self._fwd_scheduled = False
-        buf, self._fwd_buf = self._fwd_buf, []
-        if not buf:
-            return
-        leader = self.raft.leader_id
-        if leader is None or leader == self.id:
-            again = [(a, w) for a, w in buf if w.resend is not None and w.ctx]  # sent before: send again
-            for _, w in buf:
-                if not (w.resend is not None and w.ctx):
-                    w.fail("TRYAGAIN the leader changed before the command was forwarded; nothing was sent")
-            self._reforward(again)
-            return
-        parts: list[list[tuple[list[bytes], _Waiter]]] = [[]]
-        size = 0
-        for item in buf:  # frames stay well under the frame limit
-            n = sum(len(a) for a in item[0]) + 16
-            if parts[-1] and (len(parts[-1]) >= MAX_BATCH_COMMANDS or size + n > MAX_FRAME_SIZE // 4):
-                parts.append([])
-                size = 0
-            parts[-1].append(item)
-            size += n
-        for part in parts:
-            rid = next(self._forward_ids)
-            waiters = [w for _, w in part]
-            sent_before = [w.ctx != 0 for w in waiters]
-            for w in waiters:
-                w.ctx = rid
-            self._fwd_batches[rid] = waiters
-            self._fwd_leader[rid] = leader
-            msg = ClientBatchRequest(request_id=rid, commands=tuple(tuple(a) for a, _ in part))
-            if not self._send_peer(leader, FRAME_MSG, msg):
-                self._fwd_batches.pop(rid, None)
-                self._fwd_leader.pop(rid, None)
-                for w, before in zip(waiters, sent_before):
-                    if before:  # a session write sent before: its outcome is unknown
-                        w.fail(f"TIMEOUT cannot reach the leader {leader} to forward the write again; "
-                               "the outcome is unknown (retry it with the same session and seq)")
-                    else:
-                        w.fail(f"TRYAGAIN cannot reach the leader {leader}; nothing was sent")
-
     # ------------------------------------------------------------------ clients
     async def _handle_client(self, stream: trio.abc.Stream, handover: list[bytes | bytearray]) -> None:
-        if self._clients + self._unidentified >= self.cfg.max_clients:
+        if self.clients_connected + self._unidentified >= self.cfg.max_clients:
             await safe_send(stream, encode_error("ERR max number of clients reached"))
             return
-        self._clients += 1
+        self.clients_connected += 1
         parser = RespParser(max_bulk_len=self.cfg.limits.max_value_len + 1024)
-        state = _Session(authed=not self.cfg.token, input=self._client_input.account())
+        state = _Session(authed=not self.cfg.token, input=self.client_input.account())
         data: bytes | bytearray = handover.pop()
         metrics = self.metrics
         clock = time.perf_counter
@@ -1479,7 +728,7 @@ class Node:
         finally:
             if state.input is not None:
                 state.input.close()
-            self._clients -= 1
+            self.clients_connected -= 1
 
     async def _replies(self, ops: list[tuple[Callable[[], Awaitable[bytes]], Histogram | None]], out: bytearray,
                        t0: float) -> None:
@@ -1520,12 +769,12 @@ class Node:
             self.stats["total_writes"] += 1
             if not self.raft.is_leader():
                 return "w", self._to_leader(cmd, False, state.resp3)
-            w = _Waiter()
-            if not self._client_op(b"\x93\x01" + _pack(cmd[1]) + _pack(cmd[2]), w):
+            w = Waiter()
+            if not self.driver.client_op(b"\x93\x01" + _pack(cmd[1]) + _pack(cmd[2]), w):
                 return "w", _const(OVERLOADED)
 
             async def set_result() -> bytes:
-                if not await self._wait(w):
+                if not await self.driver.wait(w):
                     return encode_error("TIMEOUT the write was not committed in time; the outcome is unknown")
                 if w.error is not None:
                     return encode_error(w.error)
@@ -1537,14 +786,14 @@ class Node:
             self.stats["total_reads"] += 1
             key = cmd[1]
             resp3 = state.resp3
-            w = _Waiter()
-            if not self._client_op(None, w):
+            w = Waiter()
+            if not self.driver.client_op(None, w):
                 return "r", _const(OVERLOADED)
 
             async def get_result() -> bytes:
-                refused = await self._read_point(w)
+                refused = await self.driver.read_point(w)
                 if refused is not None:
-                    return refused
+                    return encode_error(refused)
                 return encode_bulk(self.sm.get_value(key, self._read_now()), resp3=resp3)
 
             return "r", get_result
@@ -1835,7 +1084,7 @@ class Node:
             async def after_election() -> bytes:
                 deadline = trio.current_time() + self.cfg.tick_ms * self.cfg.election_ticks[1] / 1000
                 while raft.leader_id is None and trio.current_time() < deadline:
-                    await trio.sleep(self.cfg.tick_ms / 1000)
+                    await self.driver.leader_changed(deadline - trio.current_time())
                 if raft.leader_id is None:
                     return encode_error("NOLEADER no leader is known; try again shortly")
                 return await self._prepare(req, argv=argv, resp3=resp3)()
@@ -1845,13 +1094,13 @@ class Node:
             self.stats["total_writes"] += 1
             if not raft.is_leader():
                 return self._to_leader(argv, forwarded, resp3)
-            w = _Waiter()
-            if not self._client_op(req.command.encode(), w):
+            w = Waiter()
+            if not self.driver.client_op(req.command.encode(), w):
                 return _const(OVERLOADED)
             command = req.command
 
             async def write_result() -> bytes:
-                if not await self._wait(w):
+                if not await self.driver.wait(w):
                     return encode_error("TIMEOUT the write was not committed in time; the outcome is unknown")
                 if w.error is not None:
                     return encode_error(w.error)
@@ -1860,40 +1109,40 @@ class Node:
             return write_result
         if isinstance(req, _READS):
             self.stats["total_reads"] += 1
-            w = _Waiter()
-            if not self._client_op(None, w):
+            w = Waiter()
+            if not self.driver.client_op(None, w):
                 return _const(OVERLOADED)
 
             async def read_result() -> bytes:
-                refused = await self._read_point(w)
+                refused = await self.driver.read_point(w)
                 if refused is not None:
-                    return refused
+                    return encode_error(refused)
                 return self._serve_read(req, resp3)
 
             return read_result
         if isinstance(req, C.InfoRequest):
-            return _const(encode_bulk(self.info_text(req.sections).encode()))
+            return _const(encode_bulk(status.info_text(self, req.sections).encode()))
         if isinstance(req, C.ClusterRequest):
-            text = self.cluster_info_text() if req.sub == "info" else self.cluster_nodes_text()
+            text = status.cluster_info_text(self) if req.sub == "info" else status.cluster_nodes_text(self)
             return _const(encode_bulk(text.encode()))
         if isinstance(req, C.MemberRequest):
             return self._member(req, argv, forwarded)
         if isinstance(req, C.LeaderTransferRequest):
             if not raft.is_leader():
                 return self._to_leader(argv, forwarded, resp3)
-            w = _Waiter()
-            if not self._submit(("transfer", req.node_id, w)):
+            w = Waiter()
+            if not self.driver.submit(Transfer(req.node_id, w)):
                 return _const(OVERLOADED)
 
             async def transfer_result() -> bytes:
-                await self._wait(w)
+                await self.driver.wait(w)
                 if w.error:
                     return encode_error(w.error)
                 deadline = trio.current_time() + self.cfg.request_timeout
                 while trio.current_time() < deadline:
                     if raft.leader_id == req.node_id:
                         return encode_simple("OK")
-                    await trio.sleep(self.cfg.tick_ms / 1000)
+                    await self.driver.leader_changed(deadline - trio.current_time())
                 return encode_error(f"TIMEOUT leadership did not move to {req.node_id} in time")
 
             return transfer_result
@@ -1971,7 +1220,7 @@ class Node:
         forward it once; a command that was already forwarded is refused, never bounced on."""
         if forwarded or argv is None:
             return _const(encode_error("TRYAGAIN this node is no longer the leader; nothing was written"))
-        return self._forward(argv, resp3)
+        return self.forwarder.forward(argv, resp3)
 
     def _member_refusal(self, req: C.MemberRequest) -> str | None:
         """A membership change that would change nothing, or not what it says, is refused
@@ -1997,7 +1246,7 @@ class Node:
 
     def _member(self, req: C.MemberRequest, argv: list[bytes] | None, forwarded: bool) -> Callable[[], Awaitable[bytes]]:
         if req.op == C.MemberOp.LIST:
-            return _const(encode([line.encode() for line in self.member_lines()]))
+            return _const(encode([line.encode() for line in status.member_lines(self)]))
         if not self.raft.is_leader():
             return self._to_leader(argv, forwarded)
         assert req.node_id is not None
@@ -2011,12 +1260,12 @@ class Node:
         else:
             ctype = ConfigChangeType.PROMOTE
         change = ConfigChange(type=ctype, node_id=req.node_id, address=req.address or "")
-        w = _Waiter()
-        if not self._submit(("conf", change, w)):
+        w = Waiter()
+        if not self.driver.submit(Reconfigure(change, w)):
             return _const(OVERLOADED)
 
         async def conf_result() -> bytes:
-            if not await self._wait(w):
+            if not await self.driver.wait(w):
                 return encode_error("TIMEOUT the membership change did not commit in time; the outcome is unknown")
             if w.error:
                 return encode_error(w.error)
@@ -2031,28 +1280,28 @@ class Node:
     def _snapshot_op(self, req: C.SnapshotRequest, resp3: bool) -> Callable[[], Awaitable[bytes]]:
         """SNAPSHOT CREATE/READ/RELEASE: a consistent backup file, fetched in chunks."""
         if req.op == "create":
-            w = _Waiter()
-            if not self._submit(("read", w)):
+            w = Waiter()
+            if not self.driver.submit(ReadPoint(w)):
                 return _const(OVERLOADED)
 
             async def create() -> bytes:
                 # A linearizable point: everything acknowledged before now is included.
-                if not await self._wait(w) or w.error is not None:
-                    self._forget_read(w)
+                if not await self.driver.wait(w) or w.error is not None:
+                    self.driver.forget_read(w)
                     return encode_error(w.error or "TIMEOUT no quorum confirmed the snapshot point in time")
-                if not await self._wait_applied(int(w.value)):
+                if not await self.driver.wait_applied(int(w.value)):
                     return encode_error("TIMEOUT this node did not catch up in time")
                 # The snapshot point must be on disk: flush the applied state first.
-                fw = _Waiter()
-                if not self._submit(("flush", fw)):
+                fw = Waiter()
+                if not self.driver.submit(FlushState(fw)):
                     return OVERLOADED
-                if not await self._wait(fw):
+                if not await self.driver.wait(fw):
                     return encode_error("TIMEOUT the state was not written in time")
                 sid = next(self._backup_ids)
                 path = self._backup_dir() / f"backup-{sid}.aegis-snapshot"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 t0 = time.perf_counter()
-                info, keys = await self._export_state(path)
+                info, keys = await self.driver.export_state(path)
                 self.metrics.snapshots["backup"].observe(time.perf_counter() - t0)
                 self.metrics.snapshot_bytes["backup"] = path.stat().st_size
                 index = info.index
@@ -2079,189 +1328,6 @@ class Node:
             return encode_bulk(await trio.to_thread.run_sync(chunk), resp3=resp3)
 
         return read
-
-    def _submit(self, ev: tuple[Any, ...]) -> bool:
-        """Hand an event to the Raft task; False when its inbox is full (the node is
-        overloaded). Peer messages and ticks may be dropped: Raft tolerates loss."""
-        try:
-            self._inbox_send.send_nowait(ev)
-            return True
-        except trio.WouldBlock:
-            return False
-
-    async def _read_point(self, w: _Waiter) -> bytes | None:
-        """Wait until a linearizable read may be served (its ReadIndex confirmed and applied
-        here); the error reply if it may not, None when it may."""
-        if not await self._wait(w):
-            self._forget_read(w)
-            return encode_error("TIMEOUT no quorum confirmed the read in time")
-        if w.error is not None:
-            return encode_error(w.error)
-        if not await self._wait_applied(int(w.value)):
-            return encode_error("TIMEOUT this node did not catch up in time")
-        return None
-
-    async def _wait(self, w: _Waiter) -> bool:
-        """Wait for `w` for --request-timeout at most; False if the time ran out.
-
-        Without a cancel scope per wait: those cost the leader about a tenth of its CPU with
-        64 clients writing one command at a time. The deadline goes into one queue, in the
-        order the waits began (the timeout is the same for all), and `_expire_waits` wakes
-        those past it. The queue holds weak references: a wait that got its result does not
-        keep its waiter alive until the deadline."""
-        if w.event.is_set():  # common in a pipeline: the whole batch committed together
-            return not w.timed_out
-        self._deadlines.append((trio.current_time() + self.cfg.request_timeout, weakref.ref(w)))
-        await w.event.wait()
-        return not w.timed_out
-
-    async def _expire_waits(self) -> None:
-        """Wake the waits past their deadline, a few times a second (so a -TIMEOUT comes at
-        most this much after --request-timeout)."""
-        interval = min(0.05, self.cfg.request_timeout / 10)
-        queue = self._deadlines
-        while True:
-            await trio.sleep(interval)
-            now = trio.current_time()
-            while queue and queue[0][0] <= now:
-                w = queue.popleft()[1]()
-                if w is not None and not w.event.is_set():
-                    w.timed_out = True
-                    w.event.set()
-
-    async def _wait_applied(self, index: int) -> bool:
-        if self.sm.last_applied >= index:
-            return True
-        w = _Waiter()
-        self._apply_waiters.append((index, w))
-        return await self._wait(w)
-
-    # ------------------------------------------------------------------ status
-    def role_name(self) -> str:
-        raft = self.raft
-        if raft.is_learner():
-            return "learner"
-        return {Role.LEADER: "leader", Role.CANDIDATE: "candidate", Role.PRE_CANDIDATE: "candidate"}.get(
-            raft.role, "follower")
-
-    def info_fields(self) -> dict[str, object]:
-        raft = self.raft
-        m = raft.membership
-        snap = raft.log.snapshot_meta()
-        leader = raft.leader_id
-        return {
-            "node_id": self.id,
-            "cluster": self.cfg.cluster,
-            "role": self.role_name(),
-            "leader_id": leader or "",
-            "leader_addr": self._addresses().get(leader, "") if leader else "",
-            "term": raft.term,
-            "voted_for": raft.voted_for or "",
-            "commit_index": raft.commit_index,
-            "applied_index": self.sm.last_applied,
-            "last_log_index": raft.log.last_index(),
-            "first_log_index": raft.log.first_index(),
-            "snapshot_index": snap.index,
-            "snapshot_term": snap.term,
-            "members": ",".join(sorted(m.members)),
-            "voters": ",".join(sorted(m.voters)),
-            "learners": ",".join(sorted(m.learners)),
-            "cluster_state": self.cluster_state().label,
-            "keys": len(self.sm),
-            "state_durable_index": self.kv.durable_applied,  # applied state on disk (the log replays the rest)
-            "state_pending_keys": self.kv.overlay_keys(),
-            "feed_revision": self.feed.current if hasattr(self, "feed") else self.sm.last_applied,
-            "feed_history_floor": self.kv.history_floor(),  # CHANGES ... FROM resumes from here on
-            "connected_clients": self._clients,
-            "client_input_bytes": self._client_input.held,  # in unfinished requests (--client-buffer-mb)
-            "disk_full": int(self.space.full),  # the leader refuses writes (aegis.space)
-            "disk_full_refused": self.space.refused,
-            "client_input_refused": self._client_input.refused,
-            "tcp_port": self.port,
-            "data_dir": os.path.abspath(self.cfg.data_dir),
-            "fsync": "always" if self.cfg.fsync else "never (UNSAFE)",
-            "uptime_in_seconds": int(time.time() - self.started_at),
-            "process_id": os.getpid(),
-            "aegis_version": __version__,
-            **self.stats,
-            **self.zdict.info(),
-        }
-
-    def info_text(self, sections: tuple[str, ...] = ()) -> str:
-        lines = ["# Aegis"]
-        lines += [f"{k}:{v}" for k, v in self.info_fields().items()]
-        return "\r\n".join(lines) + "\r\n"
-
-    def cluster_state(self) -> ClusterState:
-        stats = self.cluster.stats()
-        if self.raft.leader_id is None and not self.raft.is_leader():
-            return ClusterState.NO_QUORUM if not stats.has_quorum else stats.state
-        return stats.state
-
-    def cluster_info_text(self) -> str:
-        s = self.cluster.stats()
-        raft = self.raft
-        fields = {
-            "cluster_name": self.cfg.cluster,
-            "cluster_state": self.cluster_state().label,
-            "cluster_leader": raft.leader_id or "",
-            "cluster_term": raft.term,
-            "cluster_commit_index": raft.commit_index,
-            "cluster_size": len(raft.membership.voters),
-            "cluster_voters": len(raft.membership.voters),
-            "cluster_learners": len(raft.membership.learners),
-            "cluster_quorum": raft.quorum(),
-            "cluster_healthy_nodes": s.healthy_nodes,
-            "cluster_suspect_nodes": s.suspect_nodes,
-            "cluster_down_nodes": s.down_nodes,
-            "cluster_has_quorum": int(s.has_quorum),
-            "cluster_my_id": self.id,
-        }
-        return "".join(f"{k}:{v}\r\n" for k, v in fields.items())
-
-    def cluster_nodes_text(self) -> str:
-        """One line per member: ``id addr role=… match=… health=… last_heard_ms=… flags=… error=…``."""
-        raft = self.raft
-        m = raft.membership
-        addrs = self._addresses()
-        now = time.monotonic()
-        lines = []
-        for nid in sorted(m.members):
-            if nid == self.id:
-                role = self.role_name()
-            elif nid == raft.leader_id:
-                role = "leader"
-            elif nid in m.learners:
-                role = "learner"
-            else:
-                role = "follower"
-            if raft.is_leader():
-                pr = raft.progress.get(nid)
-                match = pr.match_index if pr is not None else 0
-            else:
-                match = raft.log.last_index() if nid == self.id else -1
-            try:
-                h = self.cluster.health(nid)
-                health = h.status.label if hasattr(h.status, "label") else str(h.status)
-                heard_ms = int((now - h.last_heard) * 1000) if nid != self.id else 0
-                err = (h.error or "-").replace(" ", "_") if h.status != NodeStatus.HEALTHY else "-"
-            except KeyError:
-                health, heard_ms, err = "Unknown", -1, "-"
-            flags = "myself" if nid == self.id else "-"
-            lines.append(f"{nid} {addrs.get(nid, '-')} role={role} match={match} health={health} "
-                         f"last_heard_ms={heard_ms} flags={flags} error={err}")
-        return "\n".join(lines) + "\n"
-
-    def member_lines(self) -> list[str]:
-        m = self.raft.membership
-        addrs = self._addresses()
-        out = []
-        for nid in sorted(m.members):
-            kind = "learner" if nid in m.learners else "voter"
-            lead = " leader" if nid == self.raft.leader_id else ""
-            out.append(f"{nid} {addrs.get(nid, '-')} {kind}{lead}")
-        return out
-
 
 # ---------------------------------------------------------------------- helpers
 #: What a client connection that went away raises.

@@ -44,6 +44,7 @@ def test_a_truncated_snapshot_is_discarded(tmp_path: Path) -> None:
 
 async def test_a_full_raft_inbox_answers_tryagain_and_changes_nothing(tmp_path: Path) -> None:
     from aegis import commands as C
+    from aegis.driver import TICK, Waiter
     from aegis.server import OVERLOADED, Node, ServerConfig
 
     node = Node(ServerConfig(node_id="solo", port=0, data_dir=str(tmp_path / "solo"), inbox_depth=2))
@@ -51,13 +52,11 @@ async def test_a_full_raft_inbox_answers_tryagain_and_changes_nothing(tmp_path: 
     try:
         node.raft.campaign(pre_vote=False)  # a cluster of one: leader at once
         assert node.raft.is_leader()
-        assert node._submit(("tick",)) and node._submit(("tick",))
-        assert not node._submit(("tick",))  # full: dropped, not raised
+        assert node.driver.submit(TICK) and node.driver.submit(TICK)
+        assert not node.driver.submit(TICK)  # full: dropped, not raised
         # Client reads and writes wait in their own bounded list; fill it too.
-        from aegis.server import _Waiter
-
-        assert node._client_op(b"x", _Waiter()) and node._client_op(None, _Waiter())
-        assert not node._client_op(None, _Waiter())
+        assert node.driver.client_op(b"x", Waiter()) and node.driver.client_op(None, Waiter())
+        assert not node.driver.client_op(None, Waiter())
         for argv in ([b"SET", b"k", b"v"], [b"GET", b"k"], [b"MEMBER", b"ADD", b"n2", b"127.0.0.1:1"]):
             reply = await node._prepare(C.parse_command(argv), argv=argv)()
             assert reply == OVERLOADED
@@ -81,9 +80,9 @@ async def test_the_set_get_fast_path_matches_the_general_path(tmp_path: Path) ->
 
         # SET k v and GET k take it; anything else does not.
         assert fast([b"SET", b"k", b"\xffv"]) is not None
-        assert node._client_ops[-1][0] == Command.set("k", b"\xffv").encode()  # the general path's payload
+        assert node.driver._client_ops[-1][0] == Command.set("k", b"\xffv").encode()  # the general path's payload
         assert fast([b"set", b"k", b"v"]) is not None
-        assert fast([b"GET", b"k"]) is not None and node._client_ops[-1][0] is None
+        assert fast([b"GET", b"k"]) is not None and node.driver._client_ops[-1][0] is None
         for argv in ([b"SET", b"k", b"v", b"NX"], [b"SeT", b"k", b"v"], [b"GET", b"k" * 70_000],
                      [b"SET", b"k", b"v" * (node.cfg.limits.max_value_len + 1)], [b"DEL", b"k"]):
             assert fast(argv) is None, argv
