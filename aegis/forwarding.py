@@ -29,7 +29,7 @@ from typing import Awaitable, Callable
 
 from . import commands as C
 from .driver import Waiter
-from .protocol import encode, encode_error
+from .protocol import constant_reply, encode, encode_error
 from .state import Command, CommandType
 from .transport import MAX_BATCH_COMMANDS, MAX_FRAME_SIZE, ClientBatchRequest, ClientBatchResponse, ClientRequest, ClientResponse
 
@@ -93,7 +93,7 @@ class Forwarder:
         """Send a command to the leader; returns its reply to await."""
         leader = self._leader()
         if leader is None or leader == self.id:
-            return _const(encode_error("NOLEADER no leader is known; try again shortly"))
+            return constant_reply(encode_error("NOLEADER no leader is known; try again shortly"))
         w = Waiter()
         # The leader encodes the reply for the client's protocol (RESP3's nil is not RESP2's).
         wrapped = [RESP3_FORWARD, *argv] if resp3 else argv
@@ -244,13 +244,6 @@ class Forwarder:
             self._send(pid, ClientResponse(request_id=req.request_id, value=await op()))
 
         self._spawn(finish)
-
-
-def _const(data: bytes) -> Op:
-    async def value() -> bytes:
-        return data
-
-    return value
 
 
 __all__ = ["Forwarder", "RESP3_FORWARD", "TXN_FORWARD", "parse_forwarded", "unwrap_forwarded"]

@@ -51,7 +51,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias, Union
+from typing import Awaitable, Callable, Final, TypeAlias, Union
 
 __all__ = [
     "DEFAULT_MAX_INLINE_LEN",
@@ -73,6 +73,7 @@ __all__ = [
     "encode_error",
     "encode_integer",
     "encode_bulk",
+    "constant_reply",
     "encode_array",
     "encode_command",
     "OK",
@@ -858,3 +859,13 @@ class RespReplyParser:
                     raise self._fail(str(exc)) from None
             else:
                 return value
+
+
+def constant_reply(data: bytes) -> Callable[[], Awaitable[bytes]]:
+    """A reply already known, in the shape of one still to come (a node's pipelines await
+    each command's reply in order, whatever it is)."""
+
+    async def value() -> bytes:
+        return data
+
+    return value

@@ -2,37 +2,38 @@
 
 Theory of operation
 -------------------
-One task, `_raft_loop`, owns the `RaftNode`, the `StateMachine` and the store's write side,
-so nothing needs a lock. Everything else talks to it through a bounded memory channel
-(`_inbox`): ticks, peer messages, proposals, read-index requests, membership changes.
-The loop drains whatever is queued, proposes all waiting writes as one batch, then runs
-the Ready cycle (DESIGN.md §2):
+`Node` wires the parts of a running node together and serves clients; each other part
+has its own home and reaches the rest only through what it is handed:
 
-1. a leader whose term and vote did not change sends its AppendEntries first, so its own
-   fsync runs in parallel with the followers' [dissertation §10.2.1];
-2. it persists the Ready (snapshot install, truncation, entries, hard state, membership) in
-   ONE LMDB transaction in a worker thread — term and vote are durable before any message
-   that depends on them leaves (step 3);
-3. it sends the remaining messages, applies committed entries, answers waiting clients,
-   and calls `advance`.
+* `aegis.driver.RaftDriver` — the one task that owns the `RaftNode`, the `StateMachine`
+  and the store's write side: typed inbox events, the Ready cycle with group commit, the
+  waiters every request awaits, the background state flush and log compaction;
+* `aegis.forwarding.Forwarder` — request routing: a follower forwards what only a leader
+  may run, in batches, and the leader serves what followers forwarded;
+* `aegis.peer_service.PeerService` — peer connections in (handshake, frames, snapshot
+  transfers received and verified) and snapshots streamed out;
+* `aegis.backup_service.BackupService` — SNAPSHOT CREATE/READ/RELEASE for `aegis snapshot save`;
+* `aegis.status` — INFO, CLUSTER INFO/NODES and MEMBER LIST text;
+* `aegis.peers.ConnectionPool` — outgoing peer links.
 
-While step 2 runs the loop is blocked, so new proposals pile up in the inbox and become the
-next batch: one fsync per batch, however many clients (group commit).
+Clients speak RESP2/RESP3 (aegis.protocol); peers open a connection with `PEER_MAGIC` and
+then length-prefixed frames (aegis.transport codec; never pickle). A connection's first
+bytes say which it is. A node reaches its peers only through the addresses in its
+`--peers` (or the membership), and recognises them by node id and cluster name, never by
+source address.
 
-Clients speak RESP2 (aegis.protocol); peers open a connection with `PEER_MAGIC` and then
-length-prefixed frames (aegis.transport codec; never pickle). A node reaches its peers only
-through the addresses in its `--peers` (or the membership), and recognises them by node id
-and cluster name, never by source address. A follower forwards writes to the leader as
-`ClientRequest` frames; reads use ReadIndex [§6.4] and are served locally once applied.
-
-Answers: a write is acknowledged only after its entry is committed and applied. With no
-leader a client gets `-NOLEADER` at once; when the outcome is unknown, `-TIMEOUT`.
+A client connection parses every command it has (a pipeline), starts each in order
+(`_prepare`: submission order is the apply order) and awaits their replies in order. A
+read and a write of one pipeline never overlap: a read sees the writes before it. Plain
+SET and GET take a fast path with the same checks and replies. Writes go through the log
+and are acknowledged only once committed and applied; reads use ReadIndex [§6.4] and are
+served locally once applied; a follower forwards writes. With no leader a client gets
+`-NOLEADER` (after one election timeout); when the outcome is unknown, `-TIMEOUT`.
 """
 
 from __future__ import annotations
 
 import hmac
-import itertools
 import logging
 import os
 import ssl
@@ -45,26 +46,22 @@ import msgpack
 import trio
 
 from . import commands as C
-from . import failpoints, status
+from . import status
+from .backup_service import BackupService
 from .budget import Account, ByteBudget
 from .cluster import Cluster, ClusterConfig
 from .fastio import FdStream
 from .forwarding import TXN_FORWARD, Forwarder, parse_forwarded, unwrap_forwarded
 from .log import Membership
-from .messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest, RaftMessage
+from .messages import ConfigChange, ConfigChangeType, RaftMessage
 from .node import NodeId, NodeInfo, NodeStatus
-from .protocol import OK, Reply, RespParser, encode, encode_array, encode_bulk, encode_error, encode_integer, encode_simple
+from .protocol import OK, Reply, RespParser, constant_reply, encode, encode_array, encode_bulk, encode_error, encode_integer, encode_simple
 from .driver import (
     TICK,
     DictionaryEntry,
-    FlushState,
     PeerLost,
-    PeerMessage,
     RaftDriver,
-    ReadPoint,
     Reconfigure,
-    SnapshotReceived,
-    SnapshotSent,
     Transfer,
     Waiter,
 )
@@ -75,34 +72,11 @@ from .metrics import Histogram, NodeMetrics, node_health, new_registry, render, 
 from .zdict import ZDict, leader_loop as zdict_leader_loop
 from .space import SpaceGuard
 from .state import Command, StateMachine
-from .peers import (
-    FRAME_MSG,
-    FRAME_PING,
-    FRAME_REJECT,
-    FRAME_SNAP_CHUNK,
-    FRAME_SNAP_END,
-    HANDSHAKE_TIMEOUT,
-    PEER_MAGIC,
-    ConnectionPool,
-    accept_handshake,
-    frame,
-    fsync_close,
-    handshake_budget,
-    read_frame,
-    safe_send,
-    send_snapshot_file,
-)
+from .peers import FRAME_MSG, HANDSHAKE_TIMEOUT, PEER_MAGIC, ConnectionPool, safe_send
+from .peer_service import PeerService
 from .peerauth import PeerAuth
 from .config import ServerConfig
-from .tls import peer_cert_presented
-from .transport import (
-    ClientBatchRequest,
-    ClientBatchResponse,
-    ClientRequest,
-    ClientResponse,
-    Handshake,
-    decode,
-)
+from .transport import Handshake
 
 log = logging.getLogger("aegis.server")
 events = logging.getLogger("aegis.events")
@@ -134,8 +108,6 @@ class Node:
         self.started_at = time.time()
         self._peer_addrs: dict[str, str] = {}  # the members' addresses when last looked at
         self._lingering: dict[str, tuple[float, str]] = {}  # departed member -> (until, address)
-        self._backups: dict[int, Path] = {}
-        self._backup_ids = itertools.count(1)
         self.peer_auth = PeerAuth(cfg.secret if cfg.secret is not None else (cfg.token or "").encode())
         self._tls_server = cfg.tls.server_context() if cfg.tls is not None else None
         self.pool = ConnectionPool(
@@ -144,7 +116,7 @@ class Node:
             ping_interval=cfg.tick_ms * cfg.heartbeat_ticks / 1000,
             pack_payload=_pack_payload,
             on_unreachable=self._peer_unreachable,
-            stream_snapshot=self._stream_snapshot,
+            stream_snapshot=lambda pid, stream, msg: self.peers.send_snapshot(pid, stream, msg),
             auth=self.peer_auth,
             ssl_context=cfg.tls.peer_context() if cfg.tls is not None else None,
             packer_for=lambda pid: self.zdict.packer_for(self.raft, pid),
@@ -152,12 +124,9 @@ class Node:
         self.clients_connected = 0
         self._unidentified = 0  # connections that have sent nothing yet (count for --max-clients)
         self.client_input = ByteBudget(cfg.client_buffer_bytes, "unfinished client requests")
-        self._handshakes = handshake_budget()  # what peers not yet accepted may make us hold
-        self._peer_streams: dict[str, trio.abc.Stream] = {}  # the newest inbound connection per peer
         self.stats = {"total_writes": 0, "total_reads": 0, "total_commands": 0, "forwarded": 0,
                       "batches": 0, "entries_persisted": 0, "snapshots_taken": 0, "snapshots_installed": 0, "expired_keys": 0,
                       "feed_subscribers": 0, "pubsub_clients": 0, "idle_closed": 0}
-        self._transfer_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self.metrics = NodeMetrics(cfg.node_id)  # see aegis.metrics: cheap counters, read at scrape time
         self.metrics_port: int | None = None
@@ -169,6 +138,8 @@ class Node:
         self.zdict: ZDict
         self.driver: RaftDriver  # the Raft task (aegis.driver), made by _open
         self.forwarder: Forwarder  # request routing to and from the leader (aegis.forwarding)
+        self.peers: PeerService  # peer connections in, snapshots out (aegis.peer_service)
+        self.backups: BackupService  # SNAPSHOT CREATE/READ/RELEASE (aegis.backup_service)
 
     # ------------------------------------------------------------------ startup
     def _open(self) -> None:
@@ -208,8 +179,6 @@ class Node:
         # Writes are refused while less than an eighth of the map (at least 1 MiB) is free.
         self.space = SpaceGuard(self._free_bytes, max(1 << 20, cap // 8), on_change=self._space_changed)
         self.zdict = ZDict(zcfg, self.store, self.kv.applied())
-        for stale in self._backup_dir().glob("*") if self._backup_dir().is_dir() else []:
-            stale.unlink(missing_ok=True)  # backups of a previous run were never released
         rcfg = RaftConfig(
             election_timeout_min=cfg.election_ticks[0],
             election_timeout_max=cfg.election_ticks[1],
@@ -238,6 +207,13 @@ class Node:
                                    send=lambda pid, msg: self._send_peer(pid, FRAME_MSG, msg),
                                    start=self._start_forwarded, wait=self.driver.wait, spawn=self._spawn,
                                    stats=self.stats)
+        self.peers = PeerService(cfg, auth=self.peer_auth, tls=self._tls_server is not None, pool=self.pool,
+                                 cluster=self.cluster, metrics=self.metrics, forwarder=self.forwarder,
+                                 submit=self.driver.submit, unpack_payload=lambda: self.store.codec.unpack_payload,
+                                 membership=lambda: self.raft.membership, term=lambda: self.raft.term,
+                                 export_state=self.driver.export_state)
+        self.backups = BackupService(cfg.data_dir, self.driver, self.metrics, OVERLOADED)
+        self.backups.clear()
 
     def _sync_cluster_view(self) -> None:
         m = self.raft.membership
@@ -411,33 +387,6 @@ class Node:
             pass
         self.driver.submit(PeerLost(pid, unreachable=True))
 
-    async def _stream_snapshot(self, pid: str, stream: trio.abc.Stream, msg: InstallSnapshotRequest) -> None:
-        """InstallSnapshot in chunks: the current snapshot exported as a backup-format file."""
-        tmp = Path(self.cfg.data_dir) / f"outgoing-{pid}.snap"
-        ok = False
-        try:
-            t0 = time.perf_counter()
-            info, _ = await self.driver.export_state(tmp)
-            if info.index != msg.snapshot.index:
-                msg = InstallSnapshotRequest(term=msg.term, leader_id=msg.leader_id, snapshot=info.meta,
-                                             receiver=msg.receiver)
-            await send_snapshot_file(stream, msg, tmp)
-            ok = True
-            size = tmp.stat().st_size
-            seconds = time.perf_counter() - t0
-            self.pool.bytes_sent += size
-            self.metrics.snapshots["sent"].observe(seconds)
-            self.metrics.snapshot_bytes["sent"] = size
-            event(events, "snapshot_sent", f"{self.id} sent a snapshot at index {msg.snapshot.index} to {pid} "
-                  f"({size} bytes, {seconds:.2f} s)", node=self.id, term=self.raft.term, peer=pid,
-                  index=int(msg.snapshot.index), bytes=size, seconds=round(seconds, 3))
-        finally:
-            self.driver.submit(SnapshotSent(pid, ok))
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-
     # ------------------------------------------------------------------ connections
     async def _handle_connection(self, tcp: trio.SocketStream) -> None:
         stream: trio.abc.Stream = tcp
@@ -470,7 +419,7 @@ class Node:
         if first.startswith(PEER_MAGIC[:1]):
             if stream is tcp and self.cfg.fd_streams:
                 stream = FdStream(tcp)  # the hot path from here on: no scheduler trip per call
-            await self._handle_peer(stream, bytearray(first))
+            await self.peers.serve(stream, bytearray(first))
         else:
             # Handed over in a list the client task empties: a reference kept here would
             # keep the first chunk (up to 64 KiB) alive for the whole connection.
@@ -496,116 +445,6 @@ class Node:
             await trio.aclose_forcefully(tcp)
             return None
         return tls
-
-    async def _handle_peer(self, stream: trio.abc.Stream, buf: bytearray) -> None:
-        if self._tls_server is not None and not peer_cert_presented(stream):
-            log.warning("refused a peer connection that presented no TLS certificate (peers need one signed "
-                        "by --tls-ca)")
-            await safe_send(stream, frame(FRAME_REJECT + b"a peer must present a TLS certificate signed by the "
-                                                         b"cluster's CA"))
-            return
-        hs = await accept_handshake(stream, buf, self._refuse_peer, self._handshakes, auth=self.peer_auth,
-                                    me=self.id)
-        if hs is None:
-            return
-        unpack_payload = self.store.codec.unpack_payload
-
-        pid = hs.node_id
-        # A peer keeps one outgoing connection to us, so a new one means the old is dead: close
-        # it. Each member then has at most one frame in flight here, whoever claims its id.
-        old = self._peer_streams.get(pid)
-        self._peer_streams[pid] = stream
-        if old is not None:
-            log.info("a new connection from peer %s replaces its previous one", pid)
-            await old.aclose()
-        snapshot_file = None
-        snapshot_msg: InstallSnapshotRequest | None = None
-        try:
-            while True:
-                body_ = await read_frame(stream, buf)
-                if body_ is None:
-                    return
-                self.metrics.peer_bytes_in += len(body_) + 4
-                self._heard_from(pid)
-                kind, body = body_[:1], body_[1:]
-                if kind == FRAME_PING:
-                    continue
-                if kind == FRAME_SNAP_CHUNK and snapshot_file is not None:
-                    await trio.to_thread.run_sync(_write_snapshot_chunk, snapshot_file, body)
-                    continue
-                if kind == FRAME_SNAP_END and snapshot_file is not None and snapshot_msg is not None:
-                    f = snapshot_file
-                    await trio.to_thread.run_sync(fsync_close, f)
-                    snapshot_file = None
-                    problem = await trio.to_thread.run_sync(_verify_snapshot_file, Path(f.name))
-                    if problem:
-                        # Never install what does not verify; the leader sends it again.
-                        log.warning("discarding a snapshot from %s: %s", pid, problem)
-                        Path(f.name).unlink(missing_ok=True)
-                    else:
-                        self.driver.submit(SnapshotReceived(snapshot_msg, Path(f.name)))
-                    snapshot_msg = None
-                    continue
-                if kind != FRAME_MSG:
-                    raise ValueError(f"unexpected frame kind {kind!r}")
-                msg = decode(body, unpack_payload)
-                if isinstance(msg, ClientBatchRequest):
-                    self.forwarder.serve_batch(pid, msg)
-                elif isinstance(msg, ClientBatchResponse):
-                    self.forwarder.replies(msg)
-                elif isinstance(msg, ClientRequest):  # a single forwarded command (older peers)
-                    self.forwarder.serve_one(pid, msg)
-                elif isinstance(msg, ClientResponse):
-                    raise ValueError("unexpected ClientResponse (this node forwards in batches)")
-                elif isinstance(msg, Handshake):
-                    raise ValueError("second handshake")
-                else:
-                    if msg.sender != pid:
-                        raise ValueError(f"peer {pid} sent a message claiming to be from {msg.sender}")
-                    if isinstance(msg, InstallSnapshotRequest):
-                        # One file per transfer: a resent snapshot must never truncate one
-                        # that is verified and waiting to be installed.
-                        path = Path(self.cfg.data_dir) / f"incoming-{pid}-{next(self._transfer_ids)}.snap"
-                        if snapshot_file is not None:  # a transfer started again before it ended
-                            snapshot_file.close()
-                            Path(snapshot_file.name).unlink(missing_ok=True)
-                        snapshot_file = open(path, "wb")
-                        snapshot_msg = msg
-                        continue
-                    self.metrics.received(pid, msg)
-                    self.driver.submit(PeerMessage(msg))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return
-        except Exception as exc:
-            log.warning("closing connection from peer %s: %s", pid, exc)
-            return
-        finally:
-            if self._peer_streams.get(pid) is stream:
-                del self._peer_streams[pid]
-            if snapshot_file is not None:  # a transfer the link lost half-way
-                snapshot_file.close()
-                Path(snapshot_file.name).unlink(missing_ok=True)
-            # What the peer sent us on this link may be lost with it (it drops what it had
-            # queued when its connection fails): reads and forwards waiting on it ask again.
-            self.driver.submit(PeerLost(pid, unreachable=False))
-
-    def _refuse_peer(self, hs: Handshake) -> str | None:
-        if hs.cluster != self.cfg.cluster:
-            return f"cluster mismatch: this node is in cluster {self.cfg.cluster!r}, the caller in {hs.cluster!r}"
-        if hs.node_id == self.id:
-            return f"the caller claims to be {hs.node_id}, which is this node"
-        known = set(self.raft.membership.members) | set(self.cfg.peers)
-        if hs.node_id not in known:
-            return f"{hs.node_id!r} is not a member of cluster {self.cfg.cluster!r}"
-        return None  # then it proves it knows the cluster secret (accept_handshake)
-
-    def _heard_from(self, pid: str) -> None:
-        try:
-            ch = self.cluster.heartbeat(pid)
-        except KeyError:
-            return
-        if ch is not None and ch.old in (NodeStatus.DOWN, NodeStatus.STARTING):
-            event(events, "peer_up", f"peer {pid} is up", node=self.id, term=self.raft.term, peer=pid)
 
     # ------------------------------------------------------------------ forwarding
     # ------------------------------------------------------------------ clients
@@ -634,7 +473,7 @@ class Node:
                     if cmd is None:
                         break
                     if not isinstance(cmd, list):  # a protocol violation: reply, then close
-                        ops.append((_const(cmd.reply), None))
+                        ops.append((constant_reply(cmd.reply), None))
                         close = True
                         break
                     self.stats["total_commands"] += 1
@@ -659,16 +498,16 @@ class Node:
                         continue
                     req = C.parse_command(cmd, self.cfg.limits)
                     if not state.authed and not C.allowed_before_auth(cmd[0]):
-                        ops.append((_const(encode_error(C.ERR_NOAUTH)), timer))
+                        ops.append((constant_reply(encode_error(C.ERR_NOAUTH)), timer))
                         continue
                     if isinstance(req, C.AuthRequest):
-                        ops.append((_const(self._auth(req, state)), timer))
+                        ops.append((constant_reply(self._auth(req, state)), timer))
                         continue
                     if isinstance(req, C.HelloRequest):
-                        ops.append((_const(self._hello(req, state)), timer))
+                        ops.append((constant_reply(self._hello(req, state)), timer))
                         continue
                     if isinstance(req, C.LocalReply) and req.close:
-                        ops.append((_const(req.encoded()), timer))
+                        ops.append((constant_reply(req.encoded()), timer))
                         close = True
                         break
                     if isinstance(req, C.ChangesRequest) and state.multi is None:
@@ -692,7 +531,7 @@ class Node:
                     if state.multi is not None or isinstance(req, C.TxnRequest):
                         queued = self._transaction_step(req, state)
                         if queued is not None:  # answered at once: queued, or refused
-                            ops.append((_const(queued), timer))
+                            ops.append((constant_reply(queued), timer))
                             continue
                         assert isinstance(req, C.TxnRequest)
                     kind = "r" if isinstance(req, (*_READS, C.SnapshotRequest)) else (
@@ -709,7 +548,7 @@ class Node:
                     else:
                         ops.append((self._prepare(req, argv=cmd, resp3=state.resp3), timer))
                 if not close and (refused := self._input_refused(parser, state)) is not None:
-                    ops.append((_const(refused), None))
+                    ops.append((constant_reply(refused), None))
                     close = True
                 await self._replies(ops, out, t0)
                 if out:
@@ -771,7 +610,7 @@ class Node:
                 return "w", self._to_leader(cmd, False, state.resp3)
             w = Waiter()
             if not self.driver.client_op(b"\x93\x01" + _pack(cmd[1]) + _pack(cmd[2]), w):
-                return "w", _const(OVERLOADED)
+                return "w", constant_reply(OVERLOADED)
 
             async def set_result() -> bytes:
                 if not await self.driver.wait(w):
@@ -788,7 +627,7 @@ class Node:
             resp3 = state.resp3
             w = Waiter()
             if not self.driver.client_op(None, w):
-                return "r", _const(OVERLOADED)
+                return "r", constant_reply(OVERLOADED)
 
             async def get_result() -> bytes:
                 refused = await self.driver.read_point(w)
@@ -1033,7 +872,7 @@ class Node:
         state.multi, state.dirty = None, False
         state.watches.clear()
         if not txn.commands and not txn.watches:
-            return _const(encode_array([]))
+            return constant_reply(encode_array([]))
         return self._prepare(C.WriteRequest(txn), argv=[TXN_FORWARD, txn.encode()], resp3=state.resp3)
 
     def _watch(self, keys: tuple[str, ...], state: _Session) -> Callable[[], Awaitable[bytes]]:
@@ -1096,7 +935,7 @@ class Node:
                 return self._to_leader(argv, forwarded, resp3)
             w = Waiter()
             if not self.driver.client_op(req.command.encode(), w):
-                return _const(OVERLOADED)
+                return constant_reply(OVERLOADED)
             command = req.command
 
             async def write_result() -> bytes:
@@ -1111,7 +950,7 @@ class Node:
             self.stats["total_reads"] += 1
             w = Waiter()
             if not self.driver.client_op(None, w):
-                return _const(OVERLOADED)
+                return constant_reply(OVERLOADED)
 
             async def read_result() -> bytes:
                 refused = await self.driver.read_point(w)
@@ -1121,10 +960,10 @@ class Node:
 
             return read_result
         if isinstance(req, C.InfoRequest):
-            return _const(encode_bulk(status.info_text(self, req.sections).encode()))
+            return constant_reply(encode_bulk(status.info_text(self, req.sections).encode()))
         if isinstance(req, C.ClusterRequest):
             text = status.cluster_info_text(self) if req.sub == "info" else status.cluster_nodes_text(self)
-            return _const(encode_bulk(text.encode()))
+            return constant_reply(encode_bulk(text.encode()))
         if isinstance(req, C.MemberRequest):
             return self._member(req, argv, forwarded)
         if isinstance(req, C.LeaderTransferRequest):
@@ -1132,7 +971,7 @@ class Node:
                 return self._to_leader(argv, forwarded, resp3)
             w = Waiter()
             if not self.driver.submit(Transfer(req.node_id, w)):
-                return _const(OVERLOADED)
+                return constant_reply(OVERLOADED)
 
             async def transfer_result() -> bytes:
                 await self.driver.wait(w)
@@ -1147,10 +986,10 @@ class Node:
 
             return transfer_result
         if isinstance(req, C.SnapshotRequest):
-            return self._snapshot_op(req, resp3)
+            return self.backups.op(req, resp3)
         if isinstance(req, (C.LocalReply, C.ErrorReply, C.HelloRequest)):
-            return _const(req.encoded(resp3))
-        return _const(encode_error("ERR command not supported here"))
+            return constant_reply(req.encoded(resp3))
+        return constant_reply(encode_error("ERR command not supported here"))
 
     def _read_now(self) -> int:
         """The time (ms) a read is served at: this node's clock, and never earlier than the
@@ -1219,7 +1058,7 @@ class Node:
         """A command only the leader may run, on a node that is not (or no longer) it:
         forward it once; a command that was already forwarded is refused, never bounced on."""
         if forwarded or argv is None:
-            return _const(encode_error("TRYAGAIN this node is no longer the leader; nothing was written"))
+            return constant_reply(encode_error("TRYAGAIN this node is no longer the leader; nothing was written"))
         return self.forwarder.forward(argv, resp3)
 
     def _member_refusal(self, req: C.MemberRequest) -> str | None:
@@ -1246,13 +1085,13 @@ class Node:
 
     def _member(self, req: C.MemberRequest, argv: list[bytes] | None, forwarded: bool) -> Callable[[], Awaitable[bytes]]:
         if req.op == C.MemberOp.LIST:
-            return _const(encode([line.encode() for line in status.member_lines(self)]))
+            return constant_reply(encode([line.encode() for line in status.member_lines(self)]))
         if not self.raft.is_leader():
             return self._to_leader(argv, forwarded)
         assert req.node_id is not None
         refused = self._member_refusal(req)
         if refused is not None:
-            return _const(encode_error(refused))
+            return constant_reply(encode_error(refused))
         if req.op == C.MemberOp.ADD:
             ctype = ConfigChangeType.ADD_LEARNER if req.learner else ConfigChangeType.ADD_VOTER
         elif req.op == C.MemberOp.REMOVE:
@@ -1262,7 +1101,7 @@ class Node:
         change = ConfigChange(type=ctype, node_id=req.node_id, address=req.address or "")
         w = Waiter()
         if not self.driver.submit(Reconfigure(change, w)):
-            return _const(OVERLOADED)
+            return constant_reply(OVERLOADED)
 
         async def conf_result() -> bytes:
             if not await self.driver.wait(w):
@@ -1273,61 +1112,6 @@ class Node:
 
         return conf_result
 
-    # ------------------------------------------------------------------ backups
-    def _backup_dir(self) -> Path:
-        return Path(self.cfg.data_dir) / "backups"
-
-    def _snapshot_op(self, req: C.SnapshotRequest, resp3: bool) -> Callable[[], Awaitable[bytes]]:
-        """SNAPSHOT CREATE/READ/RELEASE: a consistent backup file, fetched in chunks."""
-        if req.op == "create":
-            w = Waiter()
-            if not self.driver.submit(ReadPoint(w)):
-                return _const(OVERLOADED)
-
-            async def create() -> bytes:
-                # A linearizable point: everything acknowledged before now is included.
-                if not await self.driver.wait(w) or w.error is not None:
-                    self.driver.forget_read(w)
-                    return encode_error(w.error or "TIMEOUT no quorum confirmed the snapshot point in time")
-                if not await self.driver.wait_applied(int(w.value)):
-                    return encode_error("TIMEOUT this node did not catch up in time")
-                # The snapshot point must be on disk: flush the applied state first.
-                fw = Waiter()
-                if not self.driver.submit(FlushState(fw)):
-                    return OVERLOADED
-                if not await self.driver.wait(fw):
-                    return encode_error("TIMEOUT the state was not written in time")
-                sid = next(self._backup_ids)
-                path = self._backup_dir() / f"backup-{sid}.aegis-snapshot"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                t0 = time.perf_counter()
-                info, keys = await self.driver.export_state(path)
-                self.metrics.snapshots["backup"].observe(time.perf_counter() - t0)
-                self.metrics.snapshot_bytes["backup"] = path.stat().st_size
-                index = info.index
-                self._backups[sid] = path
-                log.info("backup %d at index %d (%d keys, %d bytes)", sid, index, keys, path.stat().st_size)
-                return encode([sid, int(info.index), int(info.term), keys, path.stat().st_size,
-                               info.checksum.encode()], resp3=resp3)
-
-            return create
-        path = self._backups.get(req.snapshot_id)
-        if path is None:
-            return _const(encode_error(f"ERR no snapshot with id {req.snapshot_id} on this node"))
-        if req.op == "release":
-            self._backups.pop(req.snapshot_id, None)
-            path.unlink(missing_ok=True)
-            return _const(encode_simple("OK"))
-
-        async def read() -> bytes:
-            def chunk() -> bytes:
-                with open(path, "rb") as f:
-                    f.seek(req.offset)
-                    return f.read(req.count)
-
-            return encode_bulk(await trio.to_thread.run_sync(chunk), resp3=resp3)
-
-        return read
 
 # ---------------------------------------------------------------------- helpers
 #: What a client connection that went away raises.
@@ -1340,26 +1124,6 @@ _WRITES: Final = (C.WriteRequest, C.MemberRequest, C.LeaderTransferRequest)
 
 class MetricsListenError(OSError):
     """`--metrics HOST:PORT` cannot be listened on (the message names the address)."""
-
-
-def _write_snapshot_chunk(f: Any, data: bytes) -> None:
-    """(In a worker thread.) One chunk of an incoming snapshot, on its way to the disk."""
-    f.write(data)
-    failpoints.hit("snapshot-mid-write")
-
-
-def _verify_snapshot_file(path: Path) -> str | None:
-    """Read a received snapshot file through: every chunk CRC and the SHA-256. None if good."""
-    from storage import StorageError, read_snapshot_file
-
-    try:
-        with read_snapshot_file(path) as reader:
-            for _ in reader:
-                pass
-    except (StorageError, ValueError, OSError) as exc:
-        path.unlink(missing_ok=True)
-        return str(exc)
-    return None
 
 
 def _pack_payload(e: Any) -> bytes:
@@ -1382,10 +1146,4 @@ def _fast_kind(cmd: list[bytes]) -> str:
         return "r" if name == b"GET" or name == b"get" else ""
     return ""
 
-
-def _const(data: bytes) -> Callable[[], Awaitable[bytes]]:
-    async def value() -> bytes:
-        return data
-
-    return value
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aegis.log import LogIndex, Membership, SnapshotMeta, Term
-from aegis.server import _verify_snapshot_file
+from aegis.peer_service import verify_snapshot_file
 from aegis.state import StateMachine
 from storage import write_snapshot_file
 
@@ -23,7 +23,7 @@ def _snapshot_file(tmp_path: Path) -> Path:
 
 def test_a_received_snapshot_that_verifies_is_kept(tmp_path: Path) -> None:
     path = _snapshot_file(tmp_path)
-    assert _verify_snapshot_file(path) is None
+    assert verify_snapshot_file(path) is None
     assert path.exists()
 
 
@@ -32,14 +32,14 @@ def test_a_received_snapshot_damaged_in_transit_is_discarded(tmp_path: Path) -> 
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x40
     path.write_bytes(bytes(raw))
-    problem = _verify_snapshot_file(path)
+    problem = verify_snapshot_file(path)
     assert problem and not path.exists()
 
 
 def test_a_truncated_snapshot_is_discarded(tmp_path: Path) -> None:
     path = _snapshot_file(tmp_path)
     path.write_bytes(path.read_bytes()[:-100])
-    assert _verify_snapshot_file(path) and not path.exists()
+    assert verify_snapshot_file(path) and not path.exists()
 
 
 async def test_a_full_raft_inbox_answers_tryagain_and_changes_nothing(tmp_path: Path) -> None:
