@@ -91,3 +91,29 @@ async def test_the_set_get_fast_path_matches_the_general_path(tmp_path: Path) ->
         assert fast([b"SET", b"k", b"v"]) is None  # mid-election: the general path waits
     finally:
         node.store.close()
+
+
+async def test_a_wait_for_a_leader_wakes_when_the_driver_sees_one(tmp_path: Path) -> None:
+    """Mid-election requests and LEADER TRANSFER wait on the driver's leader-change event
+    (set by the Ready that carries the new soft state), not by polling with sleeps."""
+    import trio
+
+    from aegis.driver import TICK
+    from aegis.server import Node, ServerConfig
+
+    node = Node(ServerConfig(node_id="solo", port=0, data_dir=str(tmp_path / "solo")))
+    node._open()
+    try:
+        async with trio.open_nursery() as nursery:
+            node._nursery = nursery
+            node.driver.start(nursery)
+            await node.driver.leader_changed(0.05)  # nothing changes: it returns at its timeout
+            assert node.raft.leader_id is None
+            t0 = trio.current_time()
+            node.raft.campaign(pre_vote=False)  # a cluster of one: leader at once
+            node.driver.submit(TICK)  # the loop runs the Ready that says so
+            await node.driver.leader_changed(10)
+            assert node.raft.is_leader() and trio.current_time() - t0 < 2
+            nursery.cancel_scope.cancel()
+    finally:
+        node.store.close()
