@@ -6,8 +6,9 @@ Theory of operation
 An engine owns four things: a `RaftNode` (the sans-IO core), a `StateMachine` it applies
 committed entries to, a `LogStore` it persists into (a `MemoryLogStore` unless the caller
 passes one), and a `Cluster` (the membership and health view). Whenever the engine *drives*
-it runs the core's Ready cycle exactly as the simulator (tests/sim/simulator.py) and any
-production driver must:
+it runs the core's Ready cycle through `aegis.memdriver.MemoryDriver`, the one reference
+in-memory driver (the simulator and the paper tests run theirs through it too), which
+does what any production driver must:
 
 1. persist: install an incoming snapshot, truncate, append entries, write the hard state
    and the membership — all before any message of the same Ready leaves (persist-before-send
@@ -59,7 +60,8 @@ from typing import Final
 
 from .cluster import Cluster, ClusterConfig, ClusterState, ClusterStateChange, StatusChange
 from .log import LogIndex, LogStore, Membership, MemoryLogStore, Term
-from .messages import InstallSnapshotRequest, RaftMessage, VoteRequest
+from .memdriver import MemoryDriver
+from .messages import RaftMessage, VoteRequest
 from .node import NodeId, NodeInfo, NodeRole, NodeStatus, parse_address
 from .raft import RaftConfig, RaftNode, ReadState, Ready, Role
 from .state import Command, CommandResult, StateMachine
@@ -233,18 +235,22 @@ class ReplicationEngine:
             raise TypeError("local must be a NodeInfo")
         self.local = local
         self.config = config
-        self.store: LogStore = store if store is not None else MemoryLogStore(Membership.of([local.node_id]))
-        self.state_machine = state_machine if state_machine is not None else StateMachine()
-        self._snapshot_data = snapshot_data
-        snap = self.store.snapshot()
-        if snap.index > self.state_machine.last_applied:
+        store = store if store is not None else MemoryLogStore(Membership.of([local.node_id]))
+        sm = state_machine if state_machine is not None else StateMachine()
+        snap = store.snapshot()
+        if snap.index > sm.last_applied:
             if not snapshot_data:
                 raise ValueError(
                     f"the store is compacted to index {snap.index}: pass the state machine "
                     "restored from its snapshot, or the snapshot bytes"
                 )
-            self.state_machine.restore_chunks([snapshot_data], expect_index=snap.index)
-        self.raft = RaftNode(local.node_id, config.raft, self.store)
+            sm.restore_chunks([snapshot_data], expect_index=snap.index)
+        # The Ready cycle runs in the reference in-memory driver (aegis.memdriver); the
+        # engine collects what each drive produced and notes role changes after each batch.
+        self._driver = MemoryDriver(
+            RaftNode(local.node_id, config.raft, store), sm,
+            snapshot_data=snapshot_data, auto_snapshot=True, after_ready=self._after_ready,
+        )
         self._peers: dict[NodeId, NodeInfo | None] = {}
         self._outbox: list[RaftMessage] = []
         self._results: list[CommandResult] = []
@@ -263,6 +269,23 @@ class ReplicationEngine:
         self._cluster_state = self.cluster.stats().state
 
     # ------------------------------------------------------------------ identity and state
+    @property
+    def raft(self) -> RaftNode:
+        """The sans-IO core."""
+        return self._driver.raft
+
+    @property
+    def store(self) -> LogStore:
+        """The log store the core reads and the driver persists into."""
+        return self._driver.store
+
+    @property
+    def state_machine(self) -> StateMachine:
+        """The state machine committed entries are applied to."""
+        sm = self._driver.state_machine
+        assert sm is not None
+        return sm
+
     @property
     def node_id(self) -> NodeId:
         return self.local.node_id
@@ -448,42 +471,17 @@ class ReplicationEngine:
         return result
 
     def _drive(self) -> None:
-        raft = self.raft
-        while raft.has_ready():
-            rd = raft.ready()
-            self._persist(rd)
-            self._send(rd)
-            self._apply(rd)
-            if rd.read_states:
-                self._read_states.extend(rd.read_states)
-            raft.advance(rd)
-            self._note_role()
-            if raft.should_snapshot():
-                self._take_snapshot()
+        # The Ready cycle is aegis.memdriver's: persist, send, apply, read states, advance,
+        # snapshot on should_snapshot; the role is noted after every batch.
+        out = self._driver.cycle()
+        self._outbox.extend(out.messages)
+        self._results.extend(out.results)
+        self._read_states.extend(out.read_states)
         self._note_role()
         self._note_cluster()
 
-    def _persist(self, rd: Ready) -> None:
-        rd.persist_to(self.store)
-        if rd.snapshot is not None:
-            self._snapshot_data = rd.snapshot.data
-
-    def _send(self, rd: Ready) -> None:
-        for m in rd.messages:
-            if isinstance(m, InstallSnapshotRequest) and not m.data:
-                m = InstallSnapshotRequest(
-                    term=m.term, leader_id=m.leader_id, snapshot=m.snapshot,
-                    data=self._snapshot_data, receiver=m.receiver,
-                )
-            self._outbox.append(m)
-
-    def _apply(self, rd: Ready) -> None:
-        sm = self.state_machine
-        if rd.snapshot is not None and rd.snapshot.data:
-            sm.restore_chunks([rd.snapshot.data], expect_index=rd.snapshot.meta.index)
-        results = self._results
-        for rs in sm.apply_entries(rd.committed_entries):
-            results.extend(rs)
+    def _after_ready(self, rd: Ready) -> None:
+        self._note_role()
 
     def _note_role(self) -> None:
         role = self._current_role()
@@ -545,18 +543,10 @@ class ReplicationEngine:
             self._state_changes.append(ClusterStateChange(self._cluster_state, state))
             self._cluster_state = state
 
-    def _take_snapshot(self) -> None:
-        sm = self.state_machine
-        meta = self.raft.snapshot_meta_for(LogIndex(sm.last_applied))
-        data = b"".join(sm.snapshot_chunks())
-        self.store.compact(meta)
-        self._snapshot_data = data
-        self.raft.compacted(meta)
-
     @property
     def snapshot_data(self) -> bytes:
         """The bytes of the latest snapshot (what a restart passes back as `snapshot_data`)."""
-        return self._snapshot_data
+        return self._driver.snapshot_data
 
     def __repr__(self) -> str:
         return (

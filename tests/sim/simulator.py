@@ -34,8 +34,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from aegis.log import EntryType, LogEntry, LogIndex, MemoryLogStore, Membership
-from aegis.messages import ConfigChange, ConfigChangeType, InstallSnapshotRequest
-from aegis.raft import ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, Role
+from aegis.memdriver import MemoryDriver
+from aegis.messages import ConfigChange, ConfigChangeType
+from aegis.raft import (
+    ConfigChangeError, NotLeaderError, ProposalDroppedError, RaftConfig, RaftNode, ReadState, Ready, Role,
+)
 from aegis.state import Command, CommandResult, CommandType, Item, StateMachine, decode_batch, encode_batch
 from aegis.transport import InMemoryTransport
 
@@ -96,15 +99,31 @@ class FaultRates:
 
 @dataclass
 class SimNode:
+    """One node: its "disk" (survives crashes), and the driver of its current (or, while it
+    is down, its last) life: the RaftNode, the state machine and the snapshot bytes (which
+    survive crashes too, like the disk)."""
+
     id: str
     disk: MemoryLogStore
-    snapshot_data: bytes = b""
-    raft: RaftNode | None = None
-    sm: StateMachine = field(default_factory=StateMachine)
+    driver: MemoryDriver | None = None  # set at boot
     alive: bool = True
     last_commit: int = 0
     skew: int = 0  # ms this node's clock is ahead of the fake clock (negative: behind)
     waiting_reads: list[tuple[int, int, int]] = field(default_factory=list)  # (ctx, read index, start ms)
+
+    @property
+    def raft(self) -> RaftNode | None:
+        """The node's RaftNode; None while it is down."""
+        return self.driver.raft if self.alive and self.driver is not None else None
+
+    @property
+    def sm(self) -> StateMachine:
+        assert self.driver is not None and self.driver.state_machine is not None
+        return self.driver.state_machine
+
+    @property
+    def snapshot_data(self) -> bytes:
+        return self.driver.snapshot_data if self.driver is not None else b""
 
 
 class Simulation:
@@ -177,6 +196,9 @@ class Simulation:
         self.read_rng = random.Random(f"{seed}/reads")  # reads do not perturb the fault schedule
         self.notice_rng = random.Random(f"{seed}/notices")  # neither do deferred commit notices
         self.reads_served = 0
+        # Whether the entry being applied is the first application of its index anywhere
+        # (set by `_check_apply` before the entry is applied, read by `_applied` after).
+        self._first_apply = False
 
     # ------------------------------------------------------------------ lifecycle
     def _config(self, nid: str) -> RaftConfig:
@@ -207,19 +229,28 @@ class Simulation:
         return max(self.clock_ms(node), node.sm.clock) / 1000
 
     def _boot(self, node: SimNode) -> None:
-        node.sm = StateMachine()
-        if node.snapshot_data:
-            self._check_restored(node, node.sm.restore_chunks([node.snapshot_data]))
-        node.raft = RaftNode(node.id, self._config(node.id), node.disk)
+        data = node.snapshot_data  # what the previous life left
+        sm = StateMachine()
+        if data:
+            self._check_restored(node, sm, sm.restore_chunks([data]))
+        raft = RaftNode(node.id, self._config(node.id), node.disk)
+        node.driver = MemoryDriver(
+            raft, sm, snapshot_data=data, auto_snapshot=True,
+            before_persist=lambda rd: self._check_ready(node, rd),
+            on_restored=lambda snap, index: self._check_restored(node, node.sm, index),
+            before_apply=lambda e: self._check_apply(node, e),
+            after_apply=lambda e, results: self._applied(node, e, results),
+            on_read_state=lambda rs: self._read_state(node, rs),
+            after_ready=lambda rd: self._after_ready(node),
+        )
         node.alive = True
-        node.last_commit = node.raft.commit_index
+        node.last_commit = raft.commit_index
 
     def crash(self, nid: str) -> None:
         node = self.nodes[nid]
         if not node.alive:
             return
-        node.alive = False
-        node.raft = None
+        node.alive = False  # and so node.raft is None
         node.waiting_reads = []
         self.net.crash(nid)
         self.pending[nid] = []  # clients of a crashed node see an unknown outcome
@@ -233,52 +264,23 @@ class Simulation:
         self._drain(node)
 
     # ------------------------------------------------------------------ the driver
+    # Every node runs the reference in-memory driver (aegis.memdriver.MemoryDriver):
+    # persist, send, apply, read states, advance, snapshot when the core asks. The checks
+    # below are its hooks, each at its point of the cycle.
     def _drain(self, node: SimNode) -> None:
-        raft = node.raft
-        assert raft is not None
-        while raft.has_ready():
-            rd = raft.ready()
-            if rd.hard_state is not None and rd.hard_state.commit_index < node.disk.initial_state()[0].commit_index:
-                self.fail(f"{node.id}: persisted commit index went backwards")
-            rd.persist_to(node.disk)
-            if rd.snapshot is not None:
-                node.snapshot_data = rd.snapshot.data
-                self._check_restored(node, node.sm.restore_chunks([rd.snapshot.data]))
-            for m in rd.messages:
-                if isinstance(m, InstallSnapshotRequest) and not m.data:
-                    m = InstallSnapshotRequest(
-                        term=m.term, leader_id=m.leader_id, snapshot=m.snapshot,
-                        data=node.snapshot_data, receiver=m.receiver,
-                    )
-                self.net.send(m, self.now)
-            for e in rd.committed_entries:
-                self._apply(node, e)
-            for rs in rd.read_states:
-                floor = self.reads.pop((node.id, rs.ctx), None)
-                if floor is not None and rs.index < floor:
-                    self.fail(f"{node.id}: read {rs.ctx} got read index {rs.index}, but a write at {floor} "
-                              "was acknowledged before the read began (not linearizable)")
-                self.reads_served += floor is not None
-                start = self.read_start.pop((node.id, rs.ctx), None)
-                if start is not None:
-                    node.waiting_reads.append((rs.ctx, int(rs.index), start))
-            raft.advance(rd)
-            if raft.should_snapshot():
-                self._take_snapshot(node)
-            if node.waiting_reads:
-                self._serve_reads(node)
+        assert node.alive and node.driver is not None
+        for m in node.driver.cycle().messages:
+            self.net.send(m, self.now)
 
-    def _take_snapshot(self, node: SimNode) -> None:
-        raft = node.raft
-        assert raft is not None
-        idx = LogIndex(node.sm.last_applied)
-        meta = raft.snapshot_meta_for(idx)
-        data = b"".join(node.sm.snapshot_chunks())
-        node.disk.compact(meta)
-        node.snapshot_data = data
-        raft.compacted(meta)
+    def _check_ready(self, node: SimNode, rd: Ready) -> None:
+        """Before a batch is persisted."""
+        if rd.hard_state is not None and rd.hard_state.commit_index < node.disk.initial_state()[0].commit_index:
+            self.fail(f"{node.id}: persisted commit index went backwards")
+        if rd.snapshot is not None and not rd.snapshot.data:
+            self.fail(f"{node.id}: installs the snapshot at {rd.snapshot.meta.index} without its data")
 
-    def _apply(self, node: SimNode, e: LogEntry) -> None:
+    def _check_apply(self, node: SimNode, e: LogEntry) -> None:
+        """Before `node` applies committed entry `e`."""
         key = _entry_key(e)
         seen = self.applied.get(e.index)
         if seen is None:
@@ -292,8 +294,12 @@ class Simulation:
             self.committed_in[e.index] = self._highest_term()
         if e.index <= node.sm.last_applied:
             self.fail(f"{node.id} is handed entry {e.index} again (applied up to {node.sm.last_applied})")
-        results = node.sm.apply_entries([e])[0]
-        self._check_applied(node, e, seen is None, results)
+        self._first_apply = seen is None
+
+    def _applied(self, node: SimNode, e: LogEntry, results: list[CommandResult]) -> None:
+        """After `node` applied committed entry `e` (in a transaction of its own)."""
+        key = _entry_key(e)
+        self._check_applied(node, e, self._first_apply, results)
         # Acknowledge the client whose proposal this was, if it was proposed on this node.
         still = []
         for idx, pkey in self.pending[node.id]:
@@ -303,6 +309,22 @@ class Simulation:
             elif idx > e.index:
                 still.append((idx, pkey))
         self.pending[node.id] = still
+
+    def _after_ready(self, node: SimNode) -> None:
+        """After a batch was advanced (and the snapshot it may have led to taken)."""
+        if node.waiting_reads:
+            self._serve_reads(node)
+
+    def _read_state(self, node: SimNode, rs: ReadState) -> None:
+        """A read state, before the batch that carried it is advanced."""
+        floor = self.reads.pop((node.id, rs.ctx), None)
+        if floor is not None and rs.index < floor:
+            self.fail(f"{node.id}: read {rs.ctx} got read index {rs.index}, but a write at {floor} "
+                      "was acknowledged before the read began (not linearizable)")
+        self.reads_served += floor is not None
+        start = self.read_start.pop((node.id, rs.ctx), None)
+        if start is not None:
+            node.waiting_reads.append((rs.ctx, int(rs.index), start))
 
     # ------------------------------------------------------------------ the data checks
     def _check_applied(self, node: SimNode, e: LogEntry, first: bool, results: list[CommandResult]) -> None:
@@ -360,9 +382,10 @@ class Simulation:
         elif c.name in ("PEXPIRE", "PEXPIREAT") or (c.name == "SET" and c.args[4] in (b"PX", b"PXAT")):
             self.stats["deadlines_set"] += 1
 
-    def _check_restored(self, node: SimNode, index: int) -> None:
+    def _check_restored(self, node: SimNode, sm: StateMachine, index: int) -> None:
+        """After `sm` (`node`'s, or the one it boots with) restored a snapshot at `index`."""
         want = self.stored_at.get(index)
-        if want is not None and list(node.sm.backend.items()) != want:
+        if want is not None and list(sm.backend.items()) != want:
             self.fail(f"{node.id}: the snapshot at {index} does not hold the state applied there")
 
     def _serve_reads(self, node: SimNode) -> None:

@@ -1,7 +1,7 @@
 """A scriptable in-memory network of RaftNodes for the paper tests (etcd's `network`).
 
-`Net.deliver()` runs every node's Ready cycle (persisting into its MemoryLogStore exactly
-as a driver must) and delivers messages until the network is quiet. `cut`, `isolate`,
+`Net.deliver()` runs every node's Ready cycle (through aegis.memdriver.MemoryDriver, into
+its MemoryLogStore) and delivers messages until the network is quiet. `cut`, `isolate`,
 `drop_types` and `recover` shape what gets through.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from aegis.log import EntryType, LogEntry, LogIndex, Membership, MemoryLogStore, Term
-from aegis.messages import InstallSnapshotRequest, RaftMessage
-from aegis.raft import RaftConfig, RaftNode, Ready
+from aegis.memdriver import MemoryDriver
+from aegis.messages import RaftMessage
+from aegis.raft import RaftConfig, RaftNode
 from aegis.state import StateMachine
 
 
@@ -21,48 +22,42 @@ def make_config(**kw: object) -> RaftConfig:
     return RaftConfig(**base)  # type: ignore[arg-type]
 
 
-def persist(store: MemoryLogStore, rd: Ready) -> None:
-    """What every driver does with a Ready before sending its messages."""
-    rd.persist_to(store)
-
-
 class Peer:
+    """One node of the network: a RaftNode over its MemoryLogStore, driven by the reference
+    in-memory driver (aegis.memdriver) with a StateMachine, snapshotting only when told
+    (`snapshot_now`). `applied` and `read_states` record what its cycles handed out."""
+
     def __init__(self, node_id: str, voters: Iterable[str], learners: Iterable[str] = (),
                  config: RaftConfig | None = None, store: MemoryLogStore | None = None) -> None:
         self.id = node_id
         self.store = store or MemoryLogStore(Membership.of(voters, learners))
         self.config = config or make_config()
-        self.raft = RaftNode(node_id, self.config, self.store)
-        self.sm = StateMachine()
-        self.snapshot_data = b""
+        self.driver = MemoryDriver(RaftNode(node_id, self.config, self.store), StateMachine(), auto_snapshot=False)
         self.applied: list[LogEntry] = []
         self.read_states: list[tuple[int, int]] = []
 
+    @property
+    def raft(self) -> RaftNode:
+        return self.driver.raft
+
+    @property
+    def sm(self) -> StateMachine:
+        sm = self.driver.state_machine
+        assert sm is not None
+        return sm
+
+    @property
+    def snapshot_data(self) -> bytes:
+        return self.driver.snapshot_data
+
     def cycle(self) -> list[RaftMessage]:
-        out: list[RaftMessage] = []
-        while self.raft.has_ready():
-            rd = self.raft.ready()
-            persist(self.store, rd)
-            if rd.snapshot is not None:
-                self.snapshot_data = rd.snapshot.data
-                self.sm.restore_chunks([rd.snapshot.data])
-            for m in rd.messages:
-                if isinstance(m, InstallSnapshotRequest) and not m.data:
-                    m = InstallSnapshotRequest(term=m.term, leader_id=m.leader_id, snapshot=m.snapshot,
-                                               data=self.snapshot_data, receiver=m.receiver)
-                out.append(m)
-            for e in rd.committed_entries:
-                self.applied.append(e)
-                self.sm.apply_entry(e)
-            self.read_states.extend((r.ctx, r.index) for r in rd.read_states)
-            self.raft.advance(rd)
-        return out
+        out = self.driver.cycle()
+        self.applied.extend(out.committed)
+        self.read_states.extend((r.ctx, r.index) for r in out.read_states)
+        return out.messages
 
     def snapshot_now(self) -> None:
-        meta = self.raft.snapshot_meta_for(LogIndex(self.sm.last_applied))
-        self.snapshot_data = b"".join(self.sm.snapshot_chunks())
-        self.store.compact(meta)
-        self.raft.compacted(meta)
+        self.driver.take_snapshot()
 
     def restart(self) -> None:
         """Crash and restart: keep only what was persisted through Ready. Like a real
@@ -71,10 +66,11 @@ class Peer:
 
         self.incarnation = getattr(self, "incarnation", 0) + 1
         self.config = dataclasses.replace(self.config, seed=(self.config.seed or 0) + 7919 * self.incarnation)
-        self.raft = RaftNode(self.id, self.config, self.store)
-        self.sm = StateMachine()
+        sm = StateMachine()
         if self.snapshot_data:
-            self.sm.restore_chunks([self.snapshot_data])
+            sm.restore_chunks([self.snapshot_data])
+        self.driver.raft = RaftNode(self.id, self.config, self.store)
+        self.driver.state_machine = sm
         self.applied = []
 
 

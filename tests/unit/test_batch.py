@@ -15,6 +15,7 @@ from aegis.state import (
 )
 
 from aegis.log import HardState, Membership, MemoryLogStore
+from aegis.memdriver import MemoryDriver
 from aegis.messages import AppendEntriesRequest
 from aegis.raft import RaftNode
 
@@ -130,17 +131,10 @@ def test_a_restart_with_a_durable_state_machine_does_not_reapply() -> None:
     n = RaftNode("a", make_config(), store)
     n.campaign(pre_vote=False)
     sm = StateMachine()
-    for _ in range(3):
-        rd = n.ready()
-        rd.persist_to(store)
-        sm.apply_entries(rd.committed_entries)
-        n.advance(rd)
+    driver = MemoryDriver(n, sm)
+    driver.cycle()
     n.propose(Command.set("k", b"v"))
-    while n.has_ready():
-        rd = n.ready()
-        rd.persist_to(store)
-        sm.apply_entries(rd.committed_entries)
-        n.advance(rd)
+    driver.cycle()
     applied = sm.last_applied
     assert applied == store.last_index()
     # The stored commit index may lag (it is written lazily); the applied index says more.

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 
 from aegis.log import EntryType, HardState, LogEntry, LogIndex, LogInvariantError, Membership, MemoryLogStore, Term
+from aegis.memdriver import MemoryDriver
 from aegis.messages import (
     AppendEntriesRequest,
     AppendEntriesResponse,
@@ -35,13 +36,8 @@ def node(nid: str = "a", voters: list[str] = ABC, store: MemoryLogStore | None =
 
 
 def drain(n: RaftNode) -> list:
-    out = []
-    while n.has_ready():
-        rd = n.ready()
-        rd.persist_to(n.log.store)
-        out.extend(rd.messages)
-        n.advance(rd)
-    return out
+    """Run the node's Ready cycle (no state machine); the messages it sent."""
+    return MemoryDriver(n).cycle().messages
 
 
 # ---------------------------------------------------------------- §5.1 terms
@@ -924,14 +920,8 @@ def test_a_new_leader_serves_no_read_before_an_entry_of_its_term_commits() -> No
     assert n.is_leader() and n.log.last_index() == 3 and n.commit_index < 3
 
     def cycle() -> tuple[list, list]:
-        msgs, reads = [], []
-        while n.has_ready():
-            rd = n.ready()
-            rd.persist_to(n.log.store)
-            msgs.extend(rd.messages)
-            reads.extend(rd.read_states)
-            n.advance(rd)
-        return msgs, reads
+        out = MemoryDriver(n).cycle()
+        return out.messages, out.read_states
 
     cycle()
     assert n.read_index(9)
