@@ -40,9 +40,11 @@ class ServerConfig:
     # about 1 KB (bench/compare.py's SET -P16: 63 -> 54 µs of node CPU per write). The log
     # is the durable record meanwhile; the cost is a longer replay after a crash. The keys
     # waiting are Python objects: a bulk load at 30k writes/s reaches the key limit first,
-    # and 100k keys held 155 MB RssAnon per node after bench/load_bench.py, 50k 122-136 MB.
+    # and 100k keys held 155 MB RssAnon per node after bench/load_bench.py, 50k 121-134 MB,
+    # 25k 103-117 MB (93-98 MB with the heap trimmed after each big flush: aegis.driver),
+    # at the same load time.
     state_flush_s: float = 2.0
-    state_flush_keys: int = 50_000
+    state_flush_keys: int = 25_000
     # A Ready whose entries add up to at most this many bytes is written and fsynced on the
     # trio thread itself: a hop to a worker thread and back costs two wake-ups (about as much
     # as the fsync on a fast disk). Only where nothing must go out during the sync: a
