@@ -65,10 +65,10 @@ events = logging.getLogger("aegis.events")
 class PeerService:
     def __init__(self, cfg: ServerConfig, *, auth: PeerAuth, tls: bool, pool: ConnectionPool, cluster: Cluster,
                  metrics: NodeMetrics, forwarder: Forwarder, submit: Callable[[Event], bool],
-                 unpack_payload: Callable[[], Callable[..., Any]], membership: Callable[[], Membership],
+                 unpack_payload: Callable[..., Any], membership: Callable[[], Membership],
                  term: Callable[[], int], export_state: Callable[[Path], Awaitable[tuple[Any, int]]]) -> None:
-        """`submit`: the driver's inbox; `unpack_payload()`: the store codec's entry
-        decoder now; `membership()`/`term()`: the core's now; `export_state(path)`: the
+        """`submit`: the driver's inbox; `unpack_payload`: the store codec's entry
+        decoder; `membership()`/`term()`: the core's now; `export_state(path)`: the
         driver's consistent snapshot export."""
         self.cfg = cfg
         self.id = cfg.node_id
@@ -98,7 +98,7 @@ class PeerService:
                                     me=self.id)
         if hs is None:
             return
-        unpack_payload = self._unpack_payload()
+        unpack_payload = self._unpack_payload
 
         pid = hs.node_id
         # A peer keeps one outgoing connection to us, so a new one means the old is dead: close

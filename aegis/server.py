@@ -50,12 +50,7 @@ from . import status
 from .backup_service import BackupService
 from .budget import Account, ByteBudget
 from .cluster import Cluster, ClusterConfig
-from .fastio import FdStream
-from .forwarding import TXN_FORWARD, Forwarder, parse_forwarded, unwrap_forwarded
-from .log import Membership
-from .messages import ConfigChange, ConfigChangeType, RaftMessage
-from .node import NodeId, NodeInfo, NodeStatus
-from .protocol import OK, Reply, RespParser, constant_reply, encode, encode_array, encode_bulk, encode_error, encode_integer, encode_simple
+from .config import ServerConfig
 from .driver import (
     TICK,
     DictionaryEntry,
@@ -65,18 +60,23 @@ from .driver import (
     Transfer,
     Waiter,
 )
-from .raft import RaftConfig, RaftNode, Ready
+from .fastio import FdStream
 from .feed import ChangeFeed, Compacted
+from .forwarding import TXN_FORWARD, Forwarder, parse_forwarded, unwrap_forwarded
+from .log import Membership
 from .logs import event
+from .messages import ConfigChange, ConfigChangeType, RaftMessage
 from .metrics import Histogram, NodeMetrics, node_health, new_registry, render, serve_http
-from .zdict import ZDict, leader_loop as zdict_leader_loop
-from .space import SpaceGuard
-from .state import Command, StateMachine
-from .peers import FRAME_MSG, HANDSHAKE_TIMEOUT, PEER_MAGIC, ConnectionPool, safe_send
+from .node import NodeId, NodeInfo, NodeStatus
 from .peer_service import PeerService
 from .peerauth import PeerAuth
-from .config import ServerConfig
+from .peers import FRAME_MSG, HANDSHAKE_TIMEOUT, PEER_MAGIC, ConnectionPool, safe_send
+from .protocol import OK, Reply, RespParser, constant_reply, encode, encode_array, encode_bulk, encode_error, encode_integer, encode_simple
+from .raft import RaftConfig, RaftNode, Ready
+from .space import SpaceGuard
+from .state import Command, StateMachine
 from .transport import Handshake
+from .zdict import ZDict, leader_loop as zdict_leader_loop
 
 log = logging.getLogger("aegis.server")
 events = logging.getLogger("aegis.events")
@@ -209,7 +209,7 @@ class Node:
                                    stats=self.stats)
         self.peers = PeerService(cfg, auth=self.peer_auth, tls=self._tls_server is not None, pool=self.pool,
                                  cluster=self.cluster, metrics=self.metrics, forwarder=self.forwarder,
-                                 submit=self.driver.submit, unpack_payload=lambda: self.store.codec.unpack_payload,
+                                 submit=self.driver.submit, unpack_payload=self.store.codec.unpack_payload,
                                  membership=lambda: self.raft.membership, term=lambda: self.raft.term,
                                  export_state=self.driver.export_state)
         self.backups = BackupService(cfg.data_dir, self.driver, self.metrics, OVERLOADED)

@@ -55,7 +55,7 @@ def info_fields(node: Node) -> dict[str, object]:
         "keys": len(node.sm),
         "state_durable_index": node.kv.durable_applied,  # applied state on disk (the log replays the rest)
         "state_pending_keys": node.kv.overlay_keys(),
-        "feed_revision": node.feed.current if hasattr(node, "feed") else node.sm.last_applied,
+        "feed_revision": node.feed.current,
         "feed_history_floor": node.kv.history_floor(),  # CHANGES ... FROM resumes from here on
         "connected_clients": node.clients_connected,
         "client_input_bytes": node.client_input.held,  # in unfinished requests (--client-buffer-mb)
