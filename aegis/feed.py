@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from itertools import islice
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +62,9 @@ class Compacted:
     current: int
 
 
+_revision = itemgetter(0)
+
+
 class ChangeFeed:
     def __init__(self, applied: int, durable: int, history: HistoryStore | None = None,
                  memory_limit: int = 100_000) -> None:
@@ -80,9 +85,8 @@ class ChangeFeed:
 
     def publish(self, changes: list[Change], applied: int) -> None:
         """Changes of entries just applied, in order; `applied` is the new applied index."""
-        for c in changes:
-            self._recent.append(c)
-            self._revs.append(c[0])
+        self._recent.extend(changes)
+        self._revs.extend(map(_revision, changes))
         self._current = max(self._current, applied)
         if changes:
             self._trim()
@@ -124,7 +128,7 @@ class ChangeFeed:
         i = bisect.bisect_right(self._revs, self._durable)
         j = bisect.bisect_right(self._revs, upto)
         self._taking = upto
-        return [self._recent[k] for k in range(i, j)]
+        return list(islice(self._recent, i, j))  # one walk: a deque's [k] walks to k each time
 
     def flush_done(self, ok: bool) -> None:
         if ok and self._taking > self._durable:
@@ -143,7 +147,7 @@ class ChangeFeed:
             last = self._revs[end - 1]
             while end < len(self._recent) and self._revs[end] == last:
                 end += 1
-            return [self._recent[k] for k in range(i, end)]
+            return list(islice(self._recent, i, end))
         history = self._history
         oldest = self._floor
         if history is not None:
