@@ -97,6 +97,10 @@ DEFAULT_MAX_DEPTH: Final = 32
 _CRLF: Final = b"\r\n"
 # Redis's string2ll: optional minus, no leading zeros, no plus, no blanks, no underscores.
 _INTEGER_RE: Final = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+# The headers a whole command takes the fast path with (`RespParser._whole`): a positive
+# count and non-negative lengths in string2ll's form; anything else takes the careful path.
+_MULTIBULK_HEAD: Final = re.compile(rb"\*([1-9][0-9]{0,8})\r\n")
+_BULK_HEAD: Final = re.compile(rb"\$(0|[1-9][0-9]{0,17})\r\n")
 _STAR: Final = ord("*")
 _DOLLAR: Final = ord("$")
 _LF: Final = ord("\n")
@@ -363,6 +367,9 @@ class RespParser:
                     self._compact()
                     return None
                 if buf[self._pos] == _STAR:
+                    whole = self._whole()
+                    if whole is not None:
+                        return whole
                     started = self._start_multibulk()
                     if started is None:
                         self._compact()
@@ -426,6 +433,40 @@ class RespParser:
             self._scan_at = self._pos
             return None
         return cr
+
+    def _whole(self) -> list[bytes] | None:
+        """A whole multibulk command already buffered at `_pos`, well formed and within
+        every limit, parsed in one pass; None (and nothing consumed) for anything else,
+        which the careful path then reads, errors and waits included. A command that is
+        not complete yet is walked here once: the careful path keeps its progress."""
+        buf = self._buf
+        pos = self._pos
+        m = _MULTIBULK_HEAD.match(buf, pos)
+        if m is None:
+            return None
+        count = int(m.group(1))
+        if count > self.max_args:
+            return None
+        p = m.end()
+        have = len(buf)
+        max_bulk = self.max_bulk_len
+        head = _BULK_HEAD.match
+        argv = []
+        for _ in range(count):
+            m = head(buf, p)
+            if m is None:
+                return None
+            size = int(m.group(1))
+            start = m.end()
+            end = start + size
+            if size > max_bulk or end + 2 > have or buf[end] != _CR or buf[end + 1] != _LF:
+                return None
+            argv.append(bytes(buf[start:end]))
+            p = end + 2
+        if p - pos > self.max_request_len:
+            return None
+        self._pos = p
+        return argv
 
     def _start_multibulk(self) -> ProtocolViolation | bool | None:
         cr = self._find_line("Protocol error: too big mbulk count string")

@@ -335,6 +335,66 @@ def test_fuzz_truncated_streams_never_error(commands: list[list[bytes]], data: s
     assert got == commands[: len(got)]
 
 
+class _CarefulOnly(RespParser):
+    """The parser without its whole-command fast path: the reference it must agree with."""
+
+    __slots__ = ()
+
+    def _whole(self) -> None:
+        return None
+
+
+def _near_resp(data: st.DataObject) -> bytes:
+    """Valid commands with a few bytes changed, cut or inserted: the headers, lengths and
+    line ends the fast path checks are where the mutations land."""
+    stream = bytearray(b"".join(encode_command(argv) for argv in data.draw(st.lists(ARGV, max_size=6))))
+    for _ in range(data.draw(st.integers(min_value=0, max_value=4))):
+        at = data.draw(st.integers(min_value=0, max_value=len(stream)))
+        junk = data.draw(st.sampled_from([b"*", b"$", b"\r", b"\n", b"-", b"0", b"9", b"+", b" ", b"x", b""]))
+        how = data.draw(st.sampled_from(["put", "insert", "cut"]))
+        if how == "put" and at < len(stream) and junk:
+            stream[at : at + 1] = junk
+        elif how == "insert":
+            stream[at:at] = junk
+        else:
+            del stream[at : at + data.draw(st.integers(min_value=0, max_value=3))]
+    return bytes(stream)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_fuzz_the_whole_command_fast_path_agrees_with_the_careful_path(data: st.DataObject) -> None:
+    stream = _near_resp(data)
+    cuts = data.draw(st.lists(st.integers(min_value=0), max_size=6))
+    limits = data.draw(st.fixed_dictionaries({
+        "max_inline_len": st.integers(min_value=8, max_value=128),
+        "max_bulk_len": st.integers(min_value=1, max_value=64),
+        "max_args": st.integers(min_value=1, max_value=8),
+        "max_request_len": st.integers(min_value=16, max_value=300),
+    }))
+    fast, careful = RespParser(**limits), _CarefulOnly(**limits)
+    for chunk in _chunked(stream, cuts):
+        fast.feed(chunk)
+        careful.feed(chunk)
+        got = [c.message if isinstance(c, ProtocolViolation) else c for c in fast]
+        want = [c.message if isinstance(c, ProtocolViolation) else c for c in careful]
+        assert got == want
+        assert (fast.buffered, fast.held, fast.in_request) == (careful.buffered, careful.held, careful.in_request)
+
+
+def test_the_fast_path_takes_whole_commands_and_leaves_the_rest_to_the_careful_path() -> None:
+    parser = RespParser(max_bulk_len=8)
+    parser.feed(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*2\r\n$3\r\nGET\r\n$2\r\nk")
+    assert parser._whole() == [b"GET", b"k"]
+    assert parser._whole() is None  # the second is not all here: nothing consumed
+    assert parser.buffered == len(b"*2\r\n$3\r\nGET\r\n$2\r\nk")
+    parser.feed(b"2\r\n*1\r\n$9\r\n123456789\r\n")
+    assert parser.next_command() == [b"GET", b"k2"]
+    assert parser._whole() is None  # a bulk past max_bulk_len: the careful path says why
+    got = parser.next_command()
+    assert isinstance(got, ProtocolViolation) and got.message == "Protocol error: invalid bulk length"
+
+
 # --------------------------------------------------------------------------- encoders
 
 
