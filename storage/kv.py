@@ -729,6 +729,8 @@ class LmdbKV:
         blake = _blake2b
         changed: dict[bytes, int] = {}  # the deadlines this write gives `due` (0: removed)
 
+        crc, u32, vr, vr_zstd = zlib.crc32, _U32.pack, _VR.pack, _VR_ZSTD.pack
+
         def body(txn: lmdb.Transaction[bytes]) -> None:
             changed.clear()
             on_disk = self._due_disk
@@ -736,7 +738,7 @@ class LmdbKV:
             positions = []
             dues = []
             for k, rec in items.items():
-                dk = db_key(k)
+                dk = _SHORT + k if len(k) <= MAX_INLINE_KEY else db_key(k)
                 if rec is None:
                     if txn.delete(dk, db=db):
                         txn.delete(blake(k, digest_size=8).digest(), dk, db=scan)
@@ -744,10 +746,16 @@ class LmdbKV:
                             txn.delete(dk, db=due)
                             changed[k] = 0
                     continue
-                puts.append((dk, encode_record(k, *rec, packed=packed_of(rec[0]))))
+                value, version, revision, expires = rec
+                if expires or dk[0] or version > _VERSION_MAX:
+                    puts.append((dk, encode_record(k, *rec, packed=packed_of(value))))
+                else:  # encode_record's common case, inline: a short key, no deadline
+                    pk = packed_of(value)
+                    raw = vr(version, revision) + value if pk is None else \
+                        vr(version | _ZSTD_VALUE, revision) + vr_zstd(pk[0], len(value)) + pk[1]
+                    puts.append((dk, u32(crc(raw, crc(k))) + raw))
                 if created is None:
                     positions.append((blake(k, digest_size=8).digest(), dk))
-                expires = rec[3]
                 if expires:
                     if on_disk.get(k) != expires:
                         dues.append((dk, _encode_due(k, dk, expires)))

@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Iterator, Sequence, Union
 import lmdb
 import msgpack
 import pytest
+import zstandard as zstd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -67,6 +68,7 @@ from storage import (
     write_snapshot_file,
 )
 import storage.kv as kvmod
+from storage.codec import Codec
 from storage.env import Env
 from storage.kv import (
     K_APPLIED,
@@ -925,6 +927,38 @@ def test_record_codec_round_trips_and_checks_the_key() -> None:
     assert raw[20:24] == struct.pack(">I", len(long)) and raw[24 : 24 + len(long)] == long
     with pytest.raises(CorruptionError):
         decode_record(long[:-1] + b"M", raw)
+
+
+_FLUSH_RECORDS = st.dictionaries(
+    st.one_of(st.binary(max_size=12), st.binary(min_size=MAX_INLINE_KEY - 1, max_size=MAX_INLINE_KEY + 2)),
+    st.tuples(
+        st.one_of(st.binary(max_size=80), st.integers(min_value=0, max_value=300).map(lambda n: b"v" * n)),
+        st.integers(min_value=1, max_value=(1 << 62) - 1),
+        st.integers(min_value=0, max_value=1 << 40),
+        st.sampled_from([0, T0, T0 + 1]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=_FLUSH_RECORDS, dictionary=st.booleans())
+def test_a_flush_stores_exactly_the_records_encode_record_makes(
+        tmp_path: Path, records: dict[bytes, Record], dictionary: bool) -> None:
+    """write_flush encodes the common record inline; byte for byte what encode_record gives."""
+    with tempfile.TemporaryDirectory(dir=tmp_path) as d:
+        store = LmdbStore.open(d, node_id="n1", codec=Codec())  # not the shared default codec
+        try:
+            if dictionary:
+                samples = [b"v%05d" % i + b"v" * (i % 200) for i in range(400)]
+                store.codec.add_dictionary(zstd.train_dictionary(2048, samples).as_bytes(), activate=True)
+            kv = store.state()
+            assert kv.write_flush(dict(records), applied=1, term=1)
+            with kv._env.begin(db=kv._db) as txn:
+                for k, rec in records.items():
+                    assert txn.get(db_key(k)) == encode_record(k, *rec, codec=store.codec)
+        finally:
+            store.close()
 
 
 @pytest.mark.parametrize("size", [0, 1, MAX_INLINE_KEY, MAX_INLINE_KEY + 1, 64 * 1024])
