@@ -835,22 +835,18 @@ class LmdbKV:
         elif history:  # no history kept: everything before these is gone
             floor = max(floor, history[-1][0])
         excess = int(txn.stat(hist)["entries"]) - self._hist_keep
-        if excess > 0:
+        if excess > 0:  # the oldest `excess` go, and the rest of the revision the last is in
             cur = txn.cursor(db=hist)
             cur.first()
-            dropped = -1
-            while True:
-                k = cur.key()
-                if not k:
-                    break
-                rev = _HIST_KEY.unpack(k)[0]
-                if excess <= 0 and rev != dropped:
-                    break
-                cur.delete()
-                dropped = rev
-                excess -= 1
-            if dropped >= 0:
-                floor = max(floor, dropped)
+            delete = cur.delete  # deletes the current entry and moves to the next
+            for _ in range(excess - 1):
+                delete()
+            dropped = _HIST_KEY.unpack(cur.key())[0]
+            delete()
+            unpack = _HIST_KEY.unpack
+            while (k := cur.key()) and unpack(k)[0] == dropped:
+                delete()
+            floor = max(floor, dropped)
         return floor
 
     def history_floor(self) -> int:

@@ -1947,3 +1947,39 @@ def test_the_change_history_is_written_with_the_state_pruned_and_reset_by_instal
     assert kv.history_floor() == 9 and kv.read_history(0, 100) == []
     kv.close()
     store.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=5), min_size=1, max_size=4),
+       keep=st.integers(min_value=1, max_value=12))
+def test_history_pruning_drops_the_oldest_whole_revisions_past_the_limit(
+        tmp_path: Path, sizes: list[list[int]], keep: int) -> None:
+    """Each flush writes revisions of the given sizes; the history then keeps the newest
+    changes, at least `keep` of them, and drops only whole revisions (the model below)."""
+    with tempfile.TemporaryDirectory(dir=tmp_path) as d:
+        store = LmdbStore.open(d, node_id="n1", sync=False, codec=Codec())
+        try:
+            kv = store.state()
+            kv.history_keep = keep
+            model: list[int] = []  # the revision of every change kept, oldest first
+            floor = 0
+            rev = 0
+            for flush in sizes:
+                history = []
+                for n in flush:
+                    rev += 1
+                    history += [(rev, b"k%d" % i, b"v") for i in range(n)]
+                model += [c[0] for c in history]
+                kv.put(b"k", b"v", 1, rev)
+                kv.transact(lambda v: None, rev, 1)
+                taken = kv.take_flush()
+                assert taken is not None and kv.write_flush(*taken, history=history)
+                kv.flush_done(True)
+                if len(model) > keep:
+                    dropped = model[len(model) - keep - 1]
+                    model = [r for r in model if r > dropped]
+                    floor = dropped
+                assert [c[0] for c in kv.read_history(0, 1000)] == model
+                assert kv.history_floor() == floor
+        finally:
+            store.close()
