@@ -96,6 +96,10 @@ class _Session:
     dirty: bool = False  # a command failed to queue: EXEC aborts
     watches: dict[str, int] = field(default_factory=dict)  # WATCHed key -> revision seen
     input: Account | None = None  # its share of the node's budget for unfinished requests
+    # The read point the fast-path GETs of one run share: all of them arrived before it was
+    # asked for, so one ReadIndex serves them all. Dropped whenever the replies so far are
+    # awaited (a write may come between) and when the next chunk of input arrives.
+    read_point: Waiter | None = None
 
 
 class Node:
@@ -461,6 +465,7 @@ class Node:
         try:
             while True:
                 t0 = clock()  # when this batch of (pipelined) commands arrived: their latency's start
+                state.read_point = None
                 metrics.client_bytes_in += len(data)
                 parser.feed(data)
                 out = bytearray()
@@ -489,6 +494,7 @@ class Node:
                                 # one pipeline must not ask for its read point before they
                                 # were answered (it would read without them).
                                 await self._replies(ops, out, t0)
+                                state.read_point = None
                                 ops = []
                             fast = self._fast_path(cmd, state, kind)
                     if fast is not None:
@@ -512,6 +518,7 @@ class Node:
                         break
                     if isinstance(req, C.ChangesRequest) and state.multi is None:
                         await self._replies(ops, out, t0)
+                        state.read_point = None
                         timer.observe(clock() - t0)  # a stream: counted when it starts
                         if out:
                             metrics.client_bytes_out += len(out)
@@ -520,6 +527,7 @@ class Node:
                         return
                     if isinstance(req, C.PubSubRequest) and state.multi is None:
                         await self._replies(ops, out, t0)
+                        state.read_point = None
                         timer.observe(clock() - t0)  # a stream: counted when it starts
                         if out:
                             metrics.client_bytes_out += len(out)
@@ -540,6 +548,7 @@ class Node:
                         # A pipeline runs in order: a read sees the writes before it, and a
                         # write is not submitted before the reads ahead of it were served.
                         await self._replies(ops, out, t0)
+                        state.read_point = None
                         ops = []
                     last_kind = kind or last_kind
                     if isinstance(req, C.TxnRequest):
@@ -551,6 +560,7 @@ class Node:
                     ops.append((constant_reply(refused), None))
                     close = True
                 await self._replies(ops, out, t0)
+                state.read_point = None
                 if out:
                     metrics.client_bytes_out += len(out)
                     await stream.send_all(bytes(out))
@@ -625,9 +635,12 @@ class Node:
             self.stats["total_reads"] += 1
             key = cmd[1]
             resp3 = state.resp3
-            w = Waiter()
-            if not self.driver.client_op(None, w):
-                return "r", constant_reply(OVERLOADED)
+            w = state.read_point
+            if w is None or w.event.is_set():
+                w = Waiter()
+                if not self.driver.client_op(None, w):
+                    return "r", constant_reply(OVERLOADED)
+                state.read_point = w
 
             async def get_result() -> bytes:
                 refused = await self.driver.read_point(w)

@@ -292,6 +292,29 @@ def test_a_pipelined_get_sees_the_sets_before_it_on_every_node(cluster: LocalClu
     assert not stale
 
 
+def test_gets_around_a_set_in_one_pipeline_do_not_share_a_read_point(cluster: LocalCluster) -> None:
+    """The plain GETs of one run share a read point; a SET between two runs ends the first,
+    so the GETs after it see it, on the leader and on followers."""
+    cluster.leader()
+    wrong = []
+    for nid, node in sorted(cluster.nodes.items()):
+        c = node.client(protocol=2)
+        key = f"gsg:{nid}"
+        c.set(key, "old")
+        for round_ in range(20):
+            pipe = c.pipeline(transaction=False)
+            for _ in range(8):
+                pipe.get(key)
+            pipe.set(key, round_)
+            for _ in range(8):
+                pipe.get(key)
+            got = pipe.execute()
+            before = b"old" if round_ == 0 else str(round_ - 1).encode()
+            if got != [before] * 8 + [True] + [str(round_).encode()] * 8:
+                wrong.append((nid, round_, got))
+    assert not wrong
+
+
 def test_concurrent_reads_sharing_a_read_point_see_every_acknowledged_write(cluster: LocalCluster) -> None:
     """Reads that reach the Raft task together share one read point: 16 clients pipelining
     GETs on every node, each right after its own acknowledged SET, all see their write."""

@@ -87,6 +87,16 @@ async def test_the_set_get_fast_path_matches_the_general_path(tmp_path: Path) ->
                      [b"SET", b"k", b"v" * (node.cfg.limits.max_value_len + 1)], [b"DEL", b"k"]):
             assert fast(argv) is None, argv
         assert fast([b"GET", b"k"], _Session(authed=False)) is None
+        # The GETs of one run share one read point; a dropped one (the connection awaited
+        # its replies, or new input came) or one already resolved is not used again.
+        state.read_point = None
+        ops = len(node.driver._client_ops)
+        assert fast([b"GET", b"a"]) is not None and fast([b"GET", b"b"]) is not None
+        assert len(node.driver._client_ops) == ops + 1 and state.read_point is node.driver._client_ops[-1][1]
+        state.read_point = None
+        assert fast([b"GET", b"a"]) is not None and len(node.driver._client_ops) == ops + 2
+        node.driver._client_ops[-1][1].set(7)
+        assert fast([b"GET", b"a"]) is not None and len(node.driver._client_ops) == ops + 3
         node.raft.leader_id = None
         assert fast([b"SET", b"k", b"v"]) is None  # mid-election: the general path waits
     finally:
