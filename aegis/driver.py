@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 
 import trio
 
-from . import failpoints
+from . import failpoints, worker
 from .log import EntryType, HardState, LogIndex, SnapshotMeta
 from .logs import event
 from .messages import ConfigChange, InstallSnapshotRequest, RaftMessage, VoteResponse
@@ -535,7 +535,7 @@ class RaftDriver:
                 if self._persist_inline(rd):
                     took, installed = self._persist(rd, hs)
                 else:
-                    took, installed = await trio.to_thread.run_sync(self._persist, rd, hs)
+                    took, installed = await worker.run_sync(self._persist, rd, hs)
             except Exception as exc:
                 self.disk_error("writing the log", exc)
                 raise

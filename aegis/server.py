@@ -635,12 +635,14 @@ class Node:
             self.stats["total_reads"] += 1
             key = cmd[1]
             resp3 = state.resp3
-            w = state.read_point
-            if w is None or w.event.is_set():
+            shared = state.read_point
+            if shared is None or shared.event.is_set():
                 w = Waiter()
                 if not self.driver.client_op(None, w):
                     return "r", constant_reply(OVERLOADED)
                 state.read_point = w
+            else:
+                w = shared
 
             async def get_result() -> bytes:
                 refused = await self.driver.read_point(w)

@@ -13,7 +13,6 @@ import trio.testing
 
 from aegis.budget import ByteBudget
 from aegis.peers import (
-    FRAME_ACCEPT,
     FRAME_MSG,
     FRAME_REJECT,
     HANDSHAKE_FRAME_LIMIT,

@@ -64,7 +64,6 @@ from storage import (
     LmdbKV,
     LmdbStore,
     SnapshotError,
-    StorageError,
     write_snapshot_file,
 )
 import storage.kv as kvmod
