@@ -714,17 +714,19 @@ class LmdbKV:
         codec = self.codec
         floor = [self._hist_floor]
         packer = codec.value_packer() if codec is not None else None
-        memo: dict[int, tuple[bytes, tuple[int, bytes] | None]] = {}
+        # Each value compressed once, for its record and its history entry (the last change
+        # of a key is the value of its record: the same object). Keyed by id(): `items` and
+        # `history` hold every value until this returns, so no id is reused meanwhile.
+        memo: dict[int, tuple[int, bytes] | None] = {}
 
         def packed_of(value: bytes) -> tuple[int, bytes] | None:
-            """A value compressed once for its record and its history entry (the same
-            object: the last change of a key is the value of its record)."""
             if packer is None or not value:
                 return None
-            hit = memo.get(id(value))
-            if hit is None or hit[0] is not value:
-                hit = memo[id(value)] = (value, packer(value))
-            return hit[1]
+            vid = id(value)
+            if vid in memo:
+                return memo[vid]
+            pk = memo[vid] = packer(value)
+            return pk
 
         blake = _blake2b
         changed: dict[bytes, int] = {}  # the deadlines this write gives `due` (0: removed)
@@ -750,7 +752,10 @@ class LmdbKV:
                 if expires or dk[0] or version > _VERSION_MAX:
                     puts.append((dk, encode_record(k, *rec, packed=packed_of(value))))
                 else:  # encode_record's common case, inline: a short key, no deadline
-                    pk = packed_of(value)
+                    if packer is None or not value:
+                        pk = None
+                    else:
+                        pk = memo[id(value)] = packer(value)
                     raw = vr(version, revision) + value if pk is None else \
                         vr(version | _ZSTD_VALUE, revision) + vr_zstd(pk[0], len(value)) + pk[1]
                     puts.append((dk, u32(crc(raw, crc(k))) + raw))
@@ -767,8 +772,8 @@ class LmdbKV:
                 puts.sort(key=_first)
                 txn.cursor(db).putmulti(puts)
             if created is not None:  # (a key deleted since it was created has no record)
-                positions = [(blake(k, digest_size=8).digest(), db_key(k)) for k in created
-                             if items.get(k) is not None]
+                positions = [(blake(k, digest_size=8).digest(), _SHORT + k if len(k) <= MAX_INLINE_KEY else db_key(k))
+                             for k in created if items.get(k) is not None]
             if positions:
                 positions.sort(key=_first)
                 txn.cursor(scan).putmulti(positions)  # a pair already there is kept once
@@ -824,11 +829,17 @@ class LmdbKV:
             puts = []
             seq = 0
             prev = -1
-            for rev, key, value in history:
+            hk, clen, vr_zstd, crc, u32 = _HIST_KEY.pack, _CLEN.pack, _VR_ZSTD.pack, zlib.crc32, _U32.pack
+            for rev, key, value in history:  # _encode_change, inline
                 seq = seq + 1 if rev == prev else 0
                 prev = rev
-                puts.append((_HIST_KEY.pack(rev, seq),
-                             _encode_change(key, value, packed=packed_of(value) if value else None)))
+                if value is None:
+                    body = b"\x00" + clen(len(key)) + key
+                else:
+                    pk = packed_of(value)
+                    body = b"\x01" + clen(len(key)) + key + value if pk is None else \
+                        b"\x02" + clen(len(key)) + key + vr_zstd(pk[0], len(value)) + pk[1]
+                puts.append((hk(rev, seq), u32(crc(body)) + body))
             cur = txn.cursor(db=hist)
             last = cur.key() if cur.last() else b""
             cur.putmulti(puts, append=bool(last) and puts[0][0] > last or not last)

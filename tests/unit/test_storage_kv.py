@@ -74,6 +74,8 @@ from storage.kv import (
     K_INDEXES,
     MAX_INLINE_KEY,
     STATE_DIR,
+    _encode_change,
+    _HIST_KEY,
     db_key,
     decode_record,
     encode_applied,
@@ -944,7 +946,8 @@ _FLUSH_RECORDS = st.dictionaries(
 @given(records=_FLUSH_RECORDS, dictionary=st.booleans())
 def test_a_flush_stores_exactly_the_records_encode_record_makes(
         tmp_path: Path, records: dict[bytes, Record], dictionary: bool) -> None:
-    """write_flush encodes the common record inline; byte for byte what encode_record gives."""
+    """write_flush encodes the common record and every history change inline; byte for
+    byte what encode_record and _encode_change give."""
     with tempfile.TemporaryDirectory(dir=tmp_path) as d:
         store = LmdbStore.open(d, node_id="n1", codec=Codec())  # not the shared default codec
         try:
@@ -952,10 +955,22 @@ def test_a_flush_stores_exactly_the_records_encode_record_makes(
                 samples = [b"v%05d" % i + b"v" * (i % 200) for i in range(400)]
                 store.codec.add_dictionary(zstd.train_dictionary(2048, samples).as_bytes(), activate=True)
             kv = store.state()
-            assert kv.write_flush(dict(records), applied=1, term=1)
+            kv.history_keep = 10_000
+            # The history: each record's value (the same object, as a flush has it) and a
+            # copy of it (another object), then two deletions sharing one revision.
+            history: list[tuple[int, bytes, bytes | None]] = []
+            for i, (k, rec) in enumerate(records.items()):
+                history += [(2 * i + 1, k, rec[0]), (2 * i + 2, k, bytes(bytearray(rec[0])))]
+            history += [(2 * len(records) + 1, b"gone", None), (2 * len(records) + 1, b"", None)]
+            assert kv.write_flush(dict(records), applied=1, term=1, history=history)
             with kv._env.begin(db=kv._db) as txn:
                 for k, rec in records.items():
                     assert txn.get(db_key(k)) == encode_record(k, *rec, codec=store.codec)
+            with kv._env.begin(db=kv._hist_db) as txn:
+                stored = list(txn.cursor())
+            seqs = [0] * (len(history) - 1) + [1]
+            assert stored == [(_HIST_KEY.pack(rev, seq), _encode_change(k, v, store.codec))
+                              for (rev, k, v), seq in zip(history, seqs)]
         finally:
             store.close()
 
