@@ -22,7 +22,7 @@ from aegis.commands import (
 )
 from aegis.log import EntryType, LogEntry
 from aegis.protocol import split_inline
-from aegis.state import OPS, Command, CommandResult, CommandType, DictBackend, Snapshot, StateMachine, scan_hash
+from aegis.state import OPS, Command, CommandResult, CommandType, DictBackend, Snapshot, StateMachine, encode_batch, scan_hash
 
 T0 = 1_800_000_000_000  # ms: the leader's clock in these tests
 
@@ -309,3 +309,26 @@ def test_applying_records_every_change_for_the_feed() -> None:
     r.sm.changes = None  # off: nothing is recorded
     r.run("SET z 1")
     assert r.sm.changes is None
+
+
+def test_a_plain_set_in_a_batch_records_and_versions_as_the_general_path_does() -> None:
+    """A BATCH applies plain SETs straight from their wire form; the changes it records,
+    the versions and the results are those of the same SETs applied one by one."""
+    one, batched = Replica(), Replica()
+    for rep in (one, batched):
+        rep.sm.changes = []
+        rep.run("SET e x PX 10")
+        rep.run("SET k 1")
+    sets = [Command.set("e", b"y"), Command.set("k", b"2"), Command.set("n", b"3"), Command.set("n", b"4")]
+    at = T0 + 50  # after e's deadline: the SET meets an expired key
+    singles = [one.apply(c, at=at) for c in sets]
+    batched.index += 1
+    entry = LogEntry(batched.index, 1, EntryType.BATCH, encode_batch([c.encode() for c in sets]), timestamp=at / 1000)
+    [results] = batched.sm.apply_entries([entry])
+    assert [(r.success, r.version) for r in results] == [(r.success, r.version) for r in singles] == \
+        [(True, 1), (True, 2), (True, 1), (True, 2)]
+    assert batched.sm.changes == [(1, b"e", b"x"), (2, b"k", b"1"), (3, b"e", None), (3, b"e", b"y"),
+                                  (3, b"k", b"2"), (3, b"n", b"3"), (3, b"n", b"4")]
+    assert [(k, v) for _, k, v in batched.sm.changes] == [(k, v) for _, k, v in one.sm.changes]
+    for key in ("e", "k", "n"):
+        assert batched.sm.read(Command.get(key), at).version == one.sm.read(Command.get(key), at).version
