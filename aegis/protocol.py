@@ -99,8 +99,8 @@ _CRLF: Final = b"\r\n"
 _INTEGER_RE: Final = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 # The headers a whole command takes the fast path with (`RespParser._whole`): a positive
 # count and non-negative lengths in string2ll's form; anything else takes the careful path.
-_MULTIBULK_HEAD: Final = re.compile(rb"\*([1-9][0-9]{0,8})\r\n")
 _BULK_HEAD: Final = re.compile(rb"\$(0|[1-9][0-9]{0,17})\r\n")
+_MULTIBULK_FIRST: Final = re.compile(rb"\*([1-9][0-9]{0,8})\r\n\$(0|[1-9][0-9]{0,17})\r\n")
 _STAR: Final = ord("*")
 _DOLLAR: Final = ord("$")
 _LF: Final = ord("\n")
@@ -441,28 +441,32 @@ class RespParser:
         not complete yet is walked here once: the careful path keeps its progress."""
         buf = self._buf
         pos = self._pos
-        m = _MULTIBULK_HEAD.match(buf, pos)
+        m = _MULTIBULK_FIRST.match(buf, pos)  # the count and the first bulk's header at once
         if m is None:
             return None
         count = int(m.group(1))
         if count > self.max_args:
             return None
-        p = m.end()
+        size = int(m.group(2))
+        start = m.end()
         have = len(buf)
         max_bulk = self.max_bulk_len
         head = _BULK_HEAD.match
         argv = []
-        for _ in range(count):
-            m = head(buf, p)
-            if m is None:
-                return None
-            size = int(m.group(1))
-            start = m.end()
+        while True:
             end = start + size
             if size > max_bulk or end + 2 > have or buf[end] != _CR or buf[end + 1] != _LF:
                 return None
             argv.append(bytes(buf[start:end]))
             p = end + 2
+            count -= 1
+            if not count:
+                break
+            m = head(buf, p)
+            if m is None:
+                return None
+            size = int(m.group(1))
+            start = m.end()
         if p - pos > self.max_request_len:
             return None
         self._pos = p
