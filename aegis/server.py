@@ -63,7 +63,7 @@ from .driver import (
 from .fastio import FdStream
 from .feed import ChangeFeed, Compacted
 from .forwarding import TXN_FORWARD, Forwarder, parse_forwarded, unwrap_forwarded
-from .log import Membership
+from .log import LogIndex, Membership
 from .logs import event
 from .messages import ConfigChange, ConfigChangeType, RaftMessage
 from .metrics import Histogram, NodeMetrics, node_health, new_registry, render, serve_http
@@ -180,6 +180,14 @@ class Node:
         # stored applied index are applied again as the log's commit index is relearned.
         self.kv = self.store.state()
         self.sm = StateMachine(backend=self.kv)
+        # The state's clock is the time of its last applied entry (the log's time only moves
+        # forward): from the log when it still holds that entry. (After a snapshot install
+        # with nothing applied since, it does not: the clock then waits for the next entry.)
+        applied = self.sm.last_applied
+        if self.store.first_index() <= applied <= self.store.last_index():
+            last = self.store.entries(LogIndex(applied), LogIndex(applied + 1))
+            if last:
+                self.sm.advance_clock(int(last[0].timestamp * 1000))
         # Writes are refused while less than an eighth of the map (at least 1 MiB) is free.
         self.space = SpaceGuard(self._free_bytes, max(1 << 20, cap // 8), on_change=self._space_changed)
         self.zdict = ZDict(zcfg, self.store, self.kv.applied())

@@ -1170,6 +1170,13 @@ class StateMachine:
         that carried one: the state's own notion of now, the same on every replica."""
         return self._clock
 
+    def advance_clock(self, ms: int) -> None:
+        """Move `clock` forward to `ms` (never back): a node reopening a state whose last
+        applied entry it still holds sets the clock to that entry's time, which applying it
+        had set before the restart."""
+        if ms > self._clock:
+            self._clock = ms
+
     def record(self, key: bytes, now_ms: int | None = None) -> Record | None:
         """The key's record, or None if it is missing or past its deadline at `now_ms`
         (default: `clock`)."""

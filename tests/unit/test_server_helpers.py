@@ -156,3 +156,35 @@ def test_trimming_the_heap_gives_freed_memory_back() -> None:
     after = rss_anon_mib()
     assert before - after > 60, (before, after)  # about 120 MiB were freed
     assert len(pin) == 10
+
+
+def test_a_reopened_node_takes_its_state_clock_from_the_last_applied_entry(tmp_path: Path) -> None:
+    """The state's clock (the time reads hide expired keys by, at the least) is the time of
+    the last applied entry; a node reopened with all of it flushed has applied nothing since
+    and still reads by it. Entries after the stored applied index do not count (not applied)."""
+    from aegis.log import EntryType, HardState, LogEntry
+    from aegis.server import Node, ServerConfig
+    from aegis.state import Command
+
+    cfg = ServerConfig(node_id="solo", port=0, data_dir=str(tmp_path / "solo"))
+    node = Node(cfg)
+    node._open()
+    base = int(node.store.last_index())
+    times = [1_900_000_000.125, 1_900_000_001.5, 1_900_000_009.0]
+    entries = [LogEntry(LogIndex(base + i + 1), Term(1), EntryType.COMMAND, Command.set(f"k{i}", b"v").encode(), t)
+               for i, t in enumerate(times)]
+    node.store.write_batch(entries=entries, hard_state=HardState(Term(1), "solo", LogIndex(base + 2)))
+    node.sm.apply_entries(entries[:2])  # the third is in the log, not applied
+    flush = node.kv.take_flush()
+    assert flush is not None and node.kv.write_flush(*flush)
+    node.kv.flush_done(True)
+    assert node.sm.clock == 1_900_000_001_500
+    node.store.close()
+
+    again = Node(cfg)
+    again._open()
+    try:
+        assert again.sm.last_applied == base + 2
+        assert again.sm.clock == 1_900_000_001_500
+    finally:
+        again.store.close()
