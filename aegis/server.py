@@ -97,8 +97,9 @@ class _Session:
     watches: dict[str, int] = field(default_factory=dict)  # WATCHed key -> revision seen
     input: Account | None = None  # its share of the node's budget for unfinished requests
     # The read point the fast-path GETs of one run share: all of them arrived before it was
-    # asked for, so one ReadIndex serves them all. Dropped whenever the replies so far are
-    # awaited (a write may come between) and when the next chunk of input arrives.
+    # asked for, so one ReadIndex serves them all. A run ends when its replies are awaited
+    # (before a write, a stream, or the next chunk of input), and that resolves the read
+    # point: a GET that finds it resolved asks for a new one.
     read_point: Waiter | None = None
 
 
@@ -473,7 +474,6 @@ class Node:
         try:
             while True:
                 t0 = clock()  # when this batch of (pipelined) commands arrived: their latency's start
-                state.read_point = None
                 metrics.client_bytes_in += len(data)
                 parser.feed(data)
                 out = bytearray()
@@ -502,7 +502,6 @@ class Node:
                                 # one pipeline must not ask for its read point before they
                                 # were answered (it would read without them).
                                 await self._replies(ops, out, t0)
-                                state.read_point = None
                                 ops = []
                             fast = self._fast_path(cmd, state, kind)
                     if fast is not None:
@@ -526,7 +525,6 @@ class Node:
                         break
                     if isinstance(req, C.ChangesRequest) and state.multi is None:
                         await self._replies(ops, out, t0)
-                        state.read_point = None
                         timer.observe(clock() - t0)  # a stream: counted when it starts
                         if out:
                             metrics.client_bytes_out += len(out)
@@ -535,7 +533,6 @@ class Node:
                         return
                     if isinstance(req, C.PubSubRequest) and state.multi is None:
                         await self._replies(ops, out, t0)
-                        state.read_point = None
                         timer.observe(clock() - t0)  # a stream: counted when it starts
                         if out:
                             metrics.client_bytes_out += len(out)
@@ -556,7 +553,6 @@ class Node:
                         # A pipeline runs in order: a read sees the writes before it, and a
                         # write is not submitted before the reads ahead of it were served.
                         await self._replies(ops, out, t0)
-                        state.read_point = None
                         ops = []
                     last_kind = kind or last_kind
                     if isinstance(req, C.TxnRequest):
@@ -568,7 +564,6 @@ class Node:
                     ops.append((constant_reply(refused), None))
                     close = True
                 await self._replies(ops, out, t0)
-                state.read_point = None
                 if out:
                     metrics.client_bytes_out += len(out)
                     await stream.send_all(bytes(out))

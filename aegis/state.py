@@ -1306,10 +1306,8 @@ class StateMachine:
     def _execute_entry(self, view: KVView, entry: LogEntry) -> list[CommandResult]:
         index = int(entry.index)
         t = entry.type
-        base = view
-        changes = self.changes
-        if changes is not None:
-            view = _Recording(view, changes, index)
+        if self.changes is not None:
+            view = _Recording(view, self.changes, index)
         now = int(entry.timestamp * 1000)
         if now > self._clock:
             self._clock = now
@@ -1326,33 +1324,27 @@ class StateMachine:
                 return [CommandResult.fail(str(exc), applied_index=index)]
             ctx = _Ctx(view, index, now, True)
             out = []
-            get, put = base.get, base.put
             for pos, obj in enumerate(objs):
-                # The hot path: a plain SET straight from its wire form, without building a
-                # Command, on the backend itself (its changes noted here, as _Recording would).
-                if type(obj) is list and len(obj) == 3 and obj[0] == 1 and type(obj[1]) is bytes \
-                        and type(obj[2]) is bytes:
-                    key = obj[1]
-                    rec = get(key)
-                    if rec is None:
-                        version = 1
-                    elif rec[3] and rec[3] <= now:  # expired: this SET creates it anew
-                        if base.delete(key) and changes is not None:
-                            changes.append((index, key, None))
-                        version = 1
-                    else:
-                        version = rec[1] + 1
-                    put(key, obj[2], version, index)
-                    if changes is not None:
-                        changes.append((index, key, obj[2]))
-                    out.append(CommandResult(True, None, version, index))
-                    continue
                 ctx.pos = pos
                 out.append(self._execute_wire(ctx, obj))
             return out
         return []  # NO_OP, CONFIG_CHANGE: the core handles them
 
     def _execute_wire(self, ctx: _Ctx, obj: Any) -> CommandResult:
+        # The hot path: a SET straight from its wire form, without building a Command.
+        if type(obj) is list and len(obj) == 3 and obj[0] == 1 and type(obj[1]) is bytes and type(obj[2]) is bytes:
+            key = obj[1]
+            view = ctx.view
+            rec = view.get(key)
+            if rec is None:
+                version = 1
+            elif rec[3] and rec[3] <= ctx.now:  # expired: this SET creates it anew
+                view.delete(key)
+                version = 1
+            else:
+                version = rec[1] + 1
+            view.put(key, obj[2], version, ctx.index)
+            return CommandResult(True, None, version, ctx.index)
         try:
             command = Command._from_wire(obj)
         except (TypeError, ValueError, KeyError, IndexError) as exc:

@@ -11,8 +11,9 @@ once per Ready, so those costs were paid once per write at one client.
 `run_sync` keeps what the driver relies on: the function's result or exception comes back
 to the calling task, and a cancellation waits for the thread to finish (as
 `abandon_on_cancel=False` does: a log write is never abandoned halfway). It takes no limiter
-slot, so it is only for callers that run one call at a time (the driver's log writes, state
-flushes and compactions); anything a client can start many of keeps `trio.to_thread`.
+slot, so it is only for callers that run one call at a time. The driver's log write is the
+one that uses it: state flushes and compactions are rare enough to keep `trio.to_thread`,
+and anything a client can start many of must keep it.
 """
 
 from __future__ import annotations

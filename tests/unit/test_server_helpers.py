@@ -87,8 +87,8 @@ async def test_the_set_get_fast_path_matches_the_general_path(tmp_path: Path) ->
                      [b"SET", b"k", b"v" * (node.cfg.limits.max_value_len + 1)], [b"DEL", b"k"]):
             assert fast(argv) is None, argv
         assert fast([b"GET", b"k"], _Session(authed=False)) is None
-        # The GETs of one run share one read point; a dropped one (the connection awaited
-        # its replies, or new input came) or one already resolved is not used again.
+        # The GETs of one run share one read point; once it is resolved (the connection
+        # awaited the run's replies) the next GET asks for a new one.
         state.read_point = None
         ops = len(node.driver._client_ops)
         assert fast([b"GET", b"a"]) is not None and fast([b"GET", b"b"]) is not None
